@@ -1,0 +1,101 @@
+"""Command line: recipe arguments and the `noisy-student` console script.
+
+A recipe is a Python script that builds a `Config` and calls `run_recipe(config)`; these two
+are the same run:
+
+    python recipes/digits.py --rounds 2 --out runs/try --set loss.temperature=2
+    noisy-student run recipes/digits.py --rounds 2 --out runs/try --set loss.temperature=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import Config, ConfigError
+
+
+def recipe_parser(description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--rounds", type=int, help="number of Noisy Student rounds")
+    p.add_argument("--out", help="run directory (default: the recipe's, runs/<name>)")
+    p.add_argument("--name", help="experiment name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="a config.json to start from instead of the recipe's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set loss.temperature=2 (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing run directory")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def resolve_config(config: Config, args: argparse.Namespace) -> Config:
+    """Recipe config <- --config file <- --set overrides <- --rounds/--out/--name/--seed."""
+    if args.config:
+        config = Config.load(args.config)
+    overrides = list(args.overrides)
+    for key in ("rounds", "out", "name", "seed"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return config.with_overrides(overrides) if overrides else config
+
+
+def run_recipe(config: Config, argv: Sequence[str] | None = None,
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+               configure: Callable[[Config, argparse.Namespace], Config] | None = None) -> Any:
+    """Parse the recipe command line, resolve the config and run the loop.
+
+    `add_arguments` adds recipe-specific flags; `configure(config, args)` applies them.
+    Configuration errors are printed (all problems at once) with exit status 2.
+    """
+    from .checkpoint import RunDirError
+    from .data import DataError
+    from .loop import run
+    from .train import TrainingError
+
+    parser = recipe_parser(sys.modules["__main__"].__doc__)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        if configure is not None:
+            config = configure(config, args)
+        config = resolve_config(config, args)
+    except ConfigError as e:
+        parser.exit(2, f"{parser.prog}: {e}\n")
+    if args.print_config:
+        print(config.to_json())
+        return None
+    try:
+        return run(config, overwrite=args.overwrite)
+    except (ConfigError, DataError, RunDirError, TrainingError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="noisy-student", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_p = sub.add_parser("run", help="run a recipe script (its own flags follow it)",
+                           add_help=False)
+    run_p.add_argument("recipe", help="path to a recipe .py file")
+    if argv[:1] == ["run"] and len(argv) >= 2:
+        recipe, rest = argv[1], argv[2:]
+        path = Path(recipe)
+        if not path.is_file():
+            parser.exit(2, f"noisy-student run: no recipe file {recipe!r}\n")
+        sys.argv = [str(path), *rest]
+        runpy.run_path(str(path), run_name="__main__")
+        return
+    parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Torch datasets over in-memory uint8 images: noised for the student, plain for inference."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+Noise = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 [N, H, W, C] -> normalized float32 [N, C, H, W]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+class NoisedDataset(Dataset):
+    """Item `(p, i)`: `(noise(images[index[i]]) normalized [C, H, W], targets[i])`.
+
+    `index` maps items to images (pseudo-labels may repeat an image); `targets` are class ids
+    `int64 [n]` or soft labels `[n, C]`. Keys are `(pass, i)` pairs (see `train.StreamSampler`)
+    or plain `i` (pass 0): the noise of item i in pass p is drawn from `default_rng([seed, p,
+    i])`, so it depends neither on DataLoader workers nor on batch order.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, noise: Noise | None,
+                 mean: list[float], std: list[float], seed: int,
+                 index: np.ndarray | None = None) -> None:
+        self.images, self.noise, self.seed = images, noise, seed
+        self.index = np.arange(len(images)) if index is None else np.asarray(index)
+        if len(targets) != len(self.index):
+            raise ValueError(f"{len(targets)} targets for {len(self.index)} items")
+        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64 if targets.ndim == 1
+                                                   else np.float32))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        p, i = key if isinstance(key, tuple) else (0, key)
+        image = self.images[self.index[i]]
+        if self.noise is not None:
+            image = self.noise(image, np.random.default_rng([self.seed, p, i]))
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        return (x - self.mean) / self.std, self.targets[i]

@@ -1,0 +1,213 @@
+"""Image sources: each returns in-memory uint8 images with their labels and class names.
+
+Offline sources: scikit-learn's bundled `digits`, Fashion-MNIST from Debian's
+`dataset-fashion-mnist` package (or any directory of the four idx files), MNIST idx files, a
+user's `image_folder`. CIFAR-10 uses torchvision's download (online users only).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_ENV = "NOISY_STUDENT_FASHION_MNIST"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+class DataError(RuntimeError):
+    """Data could not be found or read; the message names what was tried."""
+
+
+@dataclass
+class ImageSet:
+    """Images `uint8 [N, H, W, C]` with labels `int64 [N]` (None when unknown)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        labels = None if self.labels is None else self.labels[indices]
+        return ImageSet(self.images[indices], labels, self.classes)
+
+
+@dataclass
+class Source:
+    """A training pool (labeled and unlabeled images are drawn from it) and a test set.
+
+    `test` is None when the source has no official test split (a share of the pool is then held
+    out). image_folder sources come pre-split: `unlabeled` is given and `pool` is the labeled set.
+    """
+
+    pool: ImageSet
+    test: ImageSet | None
+    unlabeled: ImageSet | None = None
+
+
+def load_source(cfg: DataConfig) -> Source:
+    loaders = {"digits": _digits, "fashion_mnist": _fashion_mnist, "mnist": _mnist,
+               "cifar10": _cifar10, "image_folder": _image_folder}
+    return loaders[cfg.source](cfg)
+
+
+def _digits(cfg: DataConfig) -> Source:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # 1,797 8x8 images, values 0..16
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return Source(ImageSet(images, d.target.astype(np.int64), [str(c) for c in range(10)]), None)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise DataError(f"{path}: not an unsigned-byte idx file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: truncated idx file ({body.size} bytes for shape {shape})")
+    return body.reshape(shape)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _idx_pair(directory: Path) -> Source | None:
+    """Load the four idx files from `directory`, or None when any is missing."""
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [_find_idx(directory, s) for s in stems]
+    if any(p is None for p in paths):
+        return None
+    xtr, ytr, xte, yte = (read_idx(p) for p in paths)  # type: ignore[arg-type]
+    return Source(ImageSet(xtr[..., None], ytr.astype(np.int64), []),
+                  ImageSet(xte[..., None], yte.astype(np.int64), []))
+
+
+def _mnist_like(cfg: DataConfig, name: str, env: str, system_dir: str | None,
+                classes: list[str], tv_class: str) -> Source:
+    tried: list[str] = []
+    candidates = [("data.root", cfg.root), (f"${env}", os.environ.get(env)),
+                  ("system package", system_dir)]
+    for label, directory in candidates:
+        if not directory:
+            continue
+        for d in (Path(directory), Path(directory) / name, Path(directory) / tv_class / "raw"):
+            source = _idx_pair(d)
+            if source is not None:
+                source.pool.classes = source.test.classes = classes  # type: ignore[union-attr]
+                return source
+        tried.append(f"{label}: {directory} (no idx files)")
+    if cfg.download:
+        import torchvision
+
+        root = Path(cfg.root or "data")
+        try:
+            getattr(torchvision.datasets, tv_class)(str(root), train=True, download=True)
+            getattr(torchvision.datasets, tv_class)(str(root), train=False, download=True)
+        except Exception as e:  # noqa: BLE001 - any download failure ends in the error below
+            tried.append(f"torchvision download into {root}: {type(e).__name__}: {e}")
+        else:
+            return _mnist_like(replace(cfg, root=str(root), download=False), name, env, None,
+                               classes, tv_class)
+    else:
+        tried.append("torchvision download: off (data.download = false)")
+    hint = (f"; on Debian/Ubuntu: apt-get install -y dataset-fashion-mnist"
+            if name == "fashion-mnist" else "")
+    raise DataError(f"{name} not found. Tried:\n  - " + "\n  - ".join(tried) +
+                    f"\nSet data.root or ${env} to a directory holding the four idx files{hint}.")
+
+
+def _fashion_mnist(cfg: DataConfig) -> Source:
+    return _mnist_like(cfg, "fashion-mnist", FASHION_MNIST_ENV, FASHION_MNIST_SYSTEM_DIR,
+                       FASHION_MNIST_CLASSES, "FashionMNIST")
+
+
+def _mnist(cfg: DataConfig) -> Source:
+    return _mnist_like(cfg, "mnist", "NOISY_STUDENT_MNIST", None,
+                       [str(c) for c in range(10)], "MNIST")
+
+
+def _cifar10(cfg: DataConfig) -> Source:
+    import torchvision
+
+    root = cfg.root or "data"
+    try:
+        train = torchvision.datasets.CIFAR10(root, train=True, download=cfg.download)
+        test = torchvision.datasets.CIFAR10(root, train=False, download=cfg.download)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"CIFAR-10 not available in {root!r} ({type(e).__name__}: {e}); it is "
+                        "downloaded by torchvision when online (data.download = true)") from e
+    return Source(ImageSet(train.data, np.asarray(train.targets, np.int64), train.classes),
+                  ImageSet(test.data, np.asarray(test.targets, np.int64), test.classes))
+
+
+def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB").resize((size, size))
+            array = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    return array[..., None] if channels == 1 else array
+
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_folder(directory: Path, size: int, channels: int, classes: list[str] | None) -> ImageSet:
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a directory (expected one sub-folder per class)")
+    found = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    classes = classes or found
+    if not classes:
+        raise DataError(f"{directory}: no class sub-folders")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DataError(f"{directory}: classes {unknown} are not in the labeled set {classes}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = _image_files(directory / name) if (directory / name).is_dir() else []
+        images += [_read_image(f, size, channels) for f in files]
+        labels += [label] * len(files)
+    if not images:
+        raise DataError(f"{directory}: no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
+    return ImageSet(np.stack(images), np.asarray(labels, np.int64), classes)
+
+
+def _image_folder(cfg: DataConfig) -> Source:
+    size, ch = cfg.image_size, cfg.channels
+    labeled = _class_folder(Path(cfg.labeled_dir or ""), size, ch, None)
+    empty = [c for i, c in enumerate(labeled.classes) if not (labeled.labels == i).any()]
+    if empty:
+        raise DataError(f"{cfg.labeled_dir}: class folders without images: {empty}")
+    test = _class_folder(Path(cfg.test_dir or ""), size, ch, labeled.classes)
+    files = _image_files(Path(cfg.unlabeled_dir or ""))
+    if not files:
+        raise DataError(f"{cfg.unlabeled_dir}: no unlabeled images found")
+    unlabeled = ImageSet(np.stack([_read_image(f, size, ch) for f in files]), None,
+                         labeled.classes)
+    return Source(labeled, test, unlabeled)

@@ -1,0 +1,51 @@
+"""Un-noised inference: the frozen teacher and batched prediction without augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import to_tensor
+
+
+class FrozenTeacher(nn.Module):
+    """A model fixed in eval mode with gradients off; `train()` cannot switch it back.
+
+    Wrap a teacher once; nothing downstream can turn on its dropout, stochastic depth or
+    batch-norm updates (Noisy Student: the teacher is not noised when it labels).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        super().train(False)
+        self.model.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
+                   batch_size: int = 1024, device: torch.device | str = "cpu",
+                   amp: bool = False, channels_last: bool = False,
+                   progress: object | None = None) -> torch.Tensor:
+    """Logits `float32 [N, C]` of `model` (in eval mode) on uint8 `images [N, H, W, C]`."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = to_tensor(images[start:start + batch_size], mean, std).to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out.append(model(x).float().cpu())
+            if progress is not None:
+                progress.update(len(x))  # type: ignore[attr-defined]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

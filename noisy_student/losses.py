@@ -1,0 +1,109 @@
+"""Losses. Each is a small module whose docstring carries its formula and whose forward returns
+`(total, parts)`, so that every part can be logged.
+
+Notation: z_s student logits, z_t teacher logits, T temperature, q = softmax(z_t / T) the
+teacher's soft pseudo-labels (computed once, offline, by `pseudo_label`), y true labels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Parts = dict[str, torch.Tensor]
+
+
+class LabelSmoothingCE(nn.Module):
+    """CE(z_s, y_eps), y_eps = (1 - eps) * onehot(y) + eps / C  (Szegedy et al. 2016)."""
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.smoothing)
+        return loss, {"ce": loss.detach()}
+
+
+class KDLoss(nn.Module):
+    """Hinton et al. 2015: KL(q || softmax(z_s / T)) * T^2, averaged over the batch.
+
+    The T^2 keeps gradient magnitudes independent of T: without it,
+    dL/dz_s = (softmax(z_s / T) - q) / T per sample.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, logits: torch.Tensor, soft_targets: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        T = self.temperature
+        log_p = F.log_softmax(logits.float() / T, dim=-1)  # [B, C]
+        kl = F.kl_div(log_p, soft_targets.float(), reduction="batchmean")
+        loss = kl * T * T
+        return loss, {"kd": loss.detach()}
+
+
+class SoftTargetCE(nn.Module):
+    """Noisy Student's soft pseudo-label loss: mean_b sum_c -q_bc log softmax(z_s)_bc."""
+
+    def forward(self, logits: torch.Tensor, soft_targets: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        loss = torch.sum(-soft_targets.float() * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return loss, {"soft_ce": loss.detach()}
+
+
+class HardDistillation(nn.Module):
+    """DeiT's hard distillation on pseudo-labeled images: CE(z_s, argmax q), optionally smoothed.
+
+    Targets may be soft rows `[B, C]` (their argmax is taken) or class ids `[B]`. With the
+    labeled CE weighted 0.5 and this weighted 0.5 (see `StudentLoss`), the total is DeiT's
+    0.5 * CE(z_s, y) + 0.5 * CE(z_s, argmax z_t).
+    """
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        hard = targets.argmax(dim=-1) if targets.ndim == 2 else targets
+        loss = F.cross_entropy(logits, hard, label_smoothing=self.smoothing)
+        return loss, {"hard_distill": loss.detach()}
+
+
+class StudentLoss(nn.Module):
+    """total = labeled_weight * CE_eps(z_s[labeled], y) + pseudo_weight * D(z_s[pseudo], q).
+
+    D is one of `KDLoss`, `SoftTargetCE`, `HardDistillation`. Without pseudo-labeled images
+    (round 0's teacher) the total is the labeled term alone.
+    """
+
+    def __init__(self, labeled: nn.Module, pseudo: nn.Module | None,
+                 labeled_weight: float = 1.0, pseudo_weight: float = 1.0) -> None:
+        super().__init__()
+        self.labeled, self.pseudo = labeled, pseudo
+        self.labeled_weight, self.pseudo_weight = labeled_weight, pseudo_weight
+
+    def forward(self, labeled_logits: torch.Tensor, labels: torch.Tensor,
+                pseudo_logits: torch.Tensor | None = None,
+                pseudo_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, Parts]:
+        sup, parts = self.labeled(labeled_logits, labels)
+        parts = {f"labeled_{k}": v for k, v in parts.items()}
+        total = self.labeled_weight * sup
+        if self.pseudo is not None and pseudo_logits is not None:
+            distill, pseudo_parts = self.pseudo(pseudo_logits, pseudo_targets)
+            parts.update({f"pseudo_{k}": v for k, v in pseudo_parts.items()})
+            total = total + self.pseudo_weight * distill
+        parts["total"] = total.detach()
+        return total, parts
+
+
+def build_student_loss(distillation: str, temperature: float, label_smoothing: float,
+                       labeled_weight: float, pseudo_weight: float,
+                       with_pseudo: bool = True) -> StudentLoss:
+    """The loss a round's student (or, with_pseudo=False, round 0's teacher) trains with."""
+    pseudo: nn.Module | None = None
+    if with_pseudo:
+        pseudo = {"kd": lambda: KDLoss(temperature), "soft_ce": SoftTargetCE,
+                  "hard": HardDistillation}[distillation]()
+    return StudentLoss(LabelSmoothingCE(label_smoothing), pseudo, labeled_weight, pseudo_weight)

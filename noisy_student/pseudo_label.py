@@ -1,0 +1,135 @@
+"""Pseudo-labeling: the un-noised teacher labels the unlabeled images, then filter and balance.
+
+As in the official Noisy Student: keep images whose confidence max_c softmax(z_t)_c is at least
+`threshold`; then, per predicted class, keep the `per_class` most confident images and duplicate
+the images of classes that have fewer (whole copies, then the most confident for the remainder),
+so every class with any kept image contributes exactly `per_class` items.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import PseudoLabelConfig
+from .inference import FrozenTeacher, predict_logits
+
+
+@dataclass
+class PseudoLabels:
+    """The teacher's labels for one round.
+
+    indices     int64 [m]     into the unlabeled set; an index repeats when balancing duplicated it
+    targets     float16 [m, C] soft labels softmax(z_t / T), or int64 [m] hard labels
+    confidence  float32 [m]   max_c softmax(z_t)_c of each kept item (T = 1)
+    predicted   int64 [n]     the teacher's class for every unlabeled image (kept or not)
+    confidence_all float32 [n] its confidence for every unlabeled image
+    meta        teacher identity, temperature, settings fingerprint, class count
+    """
+
+    indices: np.ndarray
+    targets: np.ndarray
+    confidence: np.ndarray
+    predicted: np.ndarray
+    confidence_all: np.ndarray
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    def kept_classes(self) -> np.ndarray:
+        """The class of each kept item `int64 [m]`."""
+        return self.predicted[self.indices]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays for an `.npz` file (loadable with allow_pickle=False)."""
+        return {"indices": self.indices, "targets": self.targets, "confidence": self.confidence,
+                "predicted": self.predicted, "confidence_all": self.confidence_all,
+                "meta": np.array(json.dumps(self.meta, sort_keys=True))}
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> PseudoLabels:
+        names = ("indices", "targets", "confidence", "predicted", "confidence_all")
+        return cls(*(np.asarray(arrays[k]) for k in names), json.loads(str(arrays["meta"])))
+
+    def stats(self, hidden_labels: np.ndarray | None = None) -> dict[str, Any]:
+        """Kept counts, per-class counts, mean confidence, accuracy against hidden labels."""
+        n = len(self.predicted)
+        unique = np.unique(self.indices)
+        counts = np.bincount(self.kept_classes(), minlength=self.num_classes)
+        out: dict[str, Any] = {
+            "unlabeled": n,
+            "kept": int(len(self.indices)),  # items the student trains on, duplicates included
+            "kept_unique": int(len(unique)),
+            "kept_fraction": float(len(unique) / n) if n else 0.0,
+            "per_class": counts.tolist(),
+            "mean_confidence": float(self.confidence.mean()) if len(self) else 0.0,
+            "mean_confidence_all": float(self.confidence_all.mean()) if n else 0.0,
+            "accuracy": None,
+            "accuracy_all": None,
+        }
+        if hidden_labels is not None and len(hidden_labels) == n:
+            right = self.predicted == hidden_labels
+            out["accuracy"] = float(right[unique].mean()) if len(unique) else None
+            out["accuracy_all"] = float(right.mean()) if n else None
+        return out
+
+
+def select(predicted: np.ndarray, confidence: np.ndarray, num_classes: int, threshold: float,
+           balance: bool, per_class: int | None = None) -> np.ndarray:
+    """Indices to train on: confidence >= threshold, then balanced per predicted class.
+
+    Without `per_class`, the target is the mean kept count over classes that kept any image.
+    Returned indices are grouped by class, most confident first within a class.
+    """
+    kept = np.flatnonzero(confidence >= threshold)
+    if not balance:
+        return kept
+    by_class = [kept[predicted[kept] == c] for c in range(num_classes)]
+    by_class = [m[np.argsort(-confidence[m], kind="stable")] for m in by_class]
+    present = [len(m) for m in by_class if len(m)]
+    if not present:
+        return kept  # nothing survived the threshold; the caller reports it
+    target = per_class or max(1, int(round(sum(present) / len(present))))
+    chosen = []
+    for members in by_class:
+        if len(members) >= target:
+            chosen.append(members[:target])
+        elif len(members):
+            copies, rest = divmod(target, len(members))
+            chosen.append(np.concatenate([np.tile(members, copies), members[:rest]]))
+    return np.concatenate(chosen) if chosen else kept
+
+
+def make_pseudo_labels(teacher: FrozenTeacher, images: np.ndarray, mean: list[float],
+                       std: list[float], cfg: PseudoLabelConfig, temperature: float,
+                       meta: dict[str, Any], device: torch.device | str = "cpu",
+                       amp: bool = False, channels_last: bool = False,
+                       progress: object | None = None) -> PseudoLabels:
+    """Run the frozen teacher (eval mode, no augmentation) on `images` and select as configured."""
+    if not isinstance(teacher, FrozenTeacher):
+        raise TypeError("pseudo-labels come from a FrozenTeacher, so the teacher is never noised")
+    logits = predict_logits(teacher, images, mean, std, cfg.batch_size, device, amp,
+                            channels_last, progress)  # [n, C]
+    num_classes = logits.shape[1]
+    confidence_all, predicted = logits.softmax(dim=1).max(dim=1)
+    confidence_all, predicted = confidence_all.numpy(), predicted.numpy().astype(np.int64)
+    indices = select(predicted, confidence_all, num_classes, cfg.threshold, cfg.balance,
+                     cfg.per_class).astype(np.int64)
+    if cfg.kind == "soft":
+        targets = (logits[torch.from_numpy(indices)] / temperature).softmax(dim=1)
+        targets = targets.numpy().astype(np.float16)
+    else:
+        targets = predicted[indices]
+    meta = dict(meta, num_classes=num_classes, temperature=temperature, kind=cfg.kind,
+                threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class)
+    return PseudoLabels(indices, targets, confidence_all[indices].astype(np.float32), predicted,
+                        confidence_all.astype(np.float32), meta)

@@ -1,0 +1,77 @@
+"""The config refuses bad input with messages that name the key and what is allowed."""
+
+import json
+
+import pytest
+
+from noisy_student.config import Config, ConfigError, LossConfig
+
+
+def test_defaults_are_valid_and_round_trip(tmp_path):
+    config = Config()
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json())
+    assert Config.load(path) == config
+
+
+def test_unknown_key_gets_a_suggestion():
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict({"loss": {"temprature": 2}})
+    assert "unknown key loss.temprature" in str(e.value)
+    assert "did you mean 'temperature'" in str(e.value)
+
+
+def test_all_problems_are_listed_at_once():
+    bad = {"rounds": "3", "train": {"optimizer": "adam", "lr": -1},
+           "pseudo_label": {"threshold": 1.0}, "loss": {"temperature": 0}}
+    with pytest.raises(ConfigError) as e:
+        Config.from_dict(bad)
+    problems = e.value.problems
+    assert any(p.startswith("rounds = '3': expected int") for p in problems)
+    assert any("train.optimizer = 'adam': expected one of 'sgd', 'adamw'" in p for p in problems)
+    assert any(p.startswith("train.lr = -1.0 is out of range") for p in problems)
+    assert any(p.startswith("pseudo_label.threshold = 1.0 is out of range: allowed [0, 1)")
+               for p in problems)
+    assert any(p.startswith("loss.temperature = 0.0 is out of range: allowed (0, inf)")
+               for p in problems)
+    assert len(problems) == 5
+
+
+def test_python_built_config_is_type_checked():
+    with pytest.raises(ConfigError, match="loss.temperature = 'hot': expected float"):
+        Config(loss=LossConfig(temperature="hot"))
+
+
+def test_overrides_parse_values_as_json_never_code():
+    c = Config().with_overrides(["loss.temperature=2", "model.ladder=[\"cnn_tiny\", \"cnn_small\"]",
+                                 "noise.enabled=false", "name=__import__('os')"])
+    assert c.loss.temperature == 2.0
+    assert c.model.ladder == ["cnn_tiny", "cnn_small"]
+    assert c.noise.enabled is False
+    assert c.name == "__import__('os')"  # stays text
+
+
+def test_bad_overrides():
+    with pytest.raises(ConfigError) as e:
+        Config().with_overrides(["noise.magnitud=3", "rounds", "train.batch_size=0"])
+    text = str(e.value)
+    assert "did you mean 'magnitude'" in text
+    assert "expected KEY=VALUE" in text
+    assert "train.batch_size = 0 is out of range" in text
+
+
+def test_cross_field_rules():
+    with pytest.raises(ConfigError, match="needs soft pseudo-labels"):
+        Config.from_dict({"pseudo_label": {"kind": "hard"}, "loss": {"distillation": "kd"}})
+    with pytest.raises(ConfigError, match="image_folder"):
+        Config.from_dict({"data": {"source": "image_folder"}})
+    Config.from_dict({"pseudo_label": {"kind": "hard"}, "loss": {"distillation": "hard"}})
+
+
+def test_fingerprint_changes_with_its_sections_only():
+    a = Config()
+    b = a.with_overrides(["pseudo_label.threshold=0.5"])
+    c = a.with_overrides(["train.lr=0.3"])
+    assert a.fingerprint("pseudo_label") != b.fingerprint("pseudo_label")
+    assert a.fingerprint("pseudo_label") == c.fingerprint("pseudo_label")
+    assert json.loads(a.to_json())["loss"]["temperature"] == 1.0

@@ -1,0 +1,101 @@
+"""The whole loop on a tiny slice of digits, and the refusals that protect a run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from noisy_student.checkpoint import RunDirError, load_npz
+from noisy_student.config import ConfigError
+from noisy_student.data import load_source, make_splits
+from noisy_student.loop import SUMMARY_COLUMNS, Loop, run
+from noisy_student.pseudo_label import PseudoLabels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_round_run_writes_every_documented_file(tiny_config, capsys):
+    summary = run(tiny_config)
+    out = tiny_config.out_dir
+    for name in ("config.json", "splits.json", "summary.json", "metrics.jsonl",
+                 "teacher/model.safetensors", "teacher/metrics.json", "teacher/DONE"):
+        assert (out / name).is_file(), name
+    for k in range(2):
+        for name in ("pseudo_labels.npz", "student.safetensors", "metrics.json", "DONE"):
+            assert (out / f"round_{k}" / name).is_file(), f"round_{k}/{name}"
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert [r["round"] for r in on_disk["rounds"]] == [0, 1]
+    for entry in on_disk["rounds"]:
+        assert set(SUMMARY_COLUMNS) <= set(entry)
+        assert 0.0 <= entry["student_top1"] <= entry["student_top5"] <= 1.0
+        assert entry["pseudo_label_accuracy"] is not None
+    # round 1's teacher is round 0's student
+    assert on_disk["rounds"][1]["teacher_top1"] == on_disk["rounds"][0]["student_top1"]
+    assert on_disk["rounds"][0]["teacher_top1"] == on_disk["teacher"]["top1"]
+    assert on_disk["rounds"][1]["student"] == "cnn_small"
+    # the DONE manifest lists the folder's files
+    done = json.loads((out / "round_1" / "DONE").read_text())
+    assert set(done["files"]) == {"pseudo_labels.npz", "student.safetensors", "metrics.json"}
+    # pseudo-labels name their teacher
+    pl = PseudoLabels.from_arrays(load_npz(out / "round_1" / "pseudo_labels.npz"))
+    round0 = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert pl.meta["teacher_sha256"] == round0["student_sha256"]
+    # per-epoch and per-step lines with every loss part
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r["event"] == "epoch" and r["phase"] == "round 0 student"]
+    assert epochs and {"labeled_ce", "pseudo_soft_ce", "total", "lr"} <= set(epochs[0])
+    assert any(r["event"] == "step" for r in lines)
+    assert "student top1" in capsys.readouterr().out  # the table is printed
+
+
+def test_splits_are_reproducible_and_disjoint(tiny_config):
+    a = make_splits(load_source(tiny_config.data), tiny_config.data, 3)
+    b = make_splits(load_source(tiny_config.data), tiny_config.data, 3)
+    c = make_splits(load_source(tiny_config.data), tiny_config.data, 4)
+    assert a.record == b.record and a.record["labeled"] != c.record["labeled"]
+    lab, unl, test = (set(a.record[k]) for k in ("labeled", "unlabeled", "test"))
+    assert not (lab & unl) and not (lab & test) and not (unl & test)
+    assert np.bincount(a.labeled.labels).tolist() == [5] * 10
+
+
+def test_smaller_student_is_refused(tiny_config):
+    small_last = tiny_config.with_overrides(['model.ladder=["cnn_small", "cnn_tiny"]'])
+    with pytest.raises(ConfigError, match="smaller than its teacher"):
+        Loop(small_last)
+    allowed = small_last.with_overrides(["model.allow_smaller_student=true"])
+    Loop(allowed, overwrite=True)  # accepted
+
+
+def test_existing_run_directory_is_refused(tiny_config):
+    out = tiny_config.out_dir
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("old result")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        Loop(tiny_config)
+    assert (out / "keep.txt").read_text() == "old result"
+
+
+def test_recipe_script_and_console_script_agree(tmp_path):
+    args = ["--rounds", "2", "--out", str(tmp_path / "x"), "--set", "loss.temperature=2",
+            "--print-config"]
+    direct = subprocess.run([sys.executable, str(ROOT / "recipes" / "digits.py"), *args],
+                            capture_output=True, text=True, check=True)
+    via_cli = subprocess.run([sys.executable, "-m", "noisy_student.cli", "run",
+                              str(ROOT / "recipes" / "digits.py"), *args],
+                             capture_output=True, text=True, check=True)
+    assert direct.stdout == via_cli.stdout
+    config = json.loads(direct.stdout)
+    assert config["rounds"] == 2 and config["loss"]["temperature"] == 2.0
+
+
+def test_recipe_reports_bad_override_with_exit_2(tmp_path):
+    bad = subprocess.run([sys.executable, str(ROOT / "recipes" / "digits.py"), "--set",
+                          "loss.temprature=2", "--out", str(tmp_path / "y")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "did you mean 'temperature'" in bad.stderr
+    assert not (tmp_path / "y").exists()

@@ -1,0 +1,88 @@
+"""Losses against hand computations."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from noisy_student.losses import (HardDistillation, KDLoss, LabelSmoothingCE, SoftTargetCE,
+                                  StudentLoss, build_student_loss)
+
+
+def _softmax(z, T=1.0):
+    e = [math.exp(v / T) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_equals_hand_computation():
+    z_s, z_t, T = [1.0, 2.0, 0.5], [0.2, -1.0, 3.0], 2.0
+    q, p = _softmax(z_t, T), _softmax(z_s, T)
+    expected = T * T * sum(qi * math.log(qi / pi) for qi, pi in zip(q, p))
+    loss, parts = KDLoss(T)(torch.tensor([z_s]), torch.tensor([q]))
+    assert math.isclose(loss.item(), expected, rel_tol=1e-5)
+    assert math.isclose(parts["kd"].item(), expected, rel_tol=1e-5)
+
+
+def test_kd_gradient_is_p_minus_q_over_T_before_T2():
+    torch.manual_seed(0)
+    T = 3.0
+    z_s = torch.randn(4, 5, requires_grad=True)
+    q = torch.softmax(torch.randn(4, 5) / T, dim=1)
+    loss, _ = KDLoss(T)(z_s, q)
+    loss.backward()
+    p = torch.softmax(z_s.detach() / T, dim=1)
+    # batchmean divides by B; the T^2 factor multiplies (p - q) / T
+    expected = (p - q) / T * T * T / 4
+    assert torch.allclose(z_s.grad, expected, atol=1e-6)
+
+
+def test_soft_target_ce_and_its_hard_limit():
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.1, 0.3, 0.2]])
+    q = torch.tensor([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]])
+    expected = -(q * torch.log_softmax(z, 1)).sum(1).mean()
+    assert torch.allclose(SoftTargetCE()(z, q)[0], expected)
+    onehot = torch.eye(3)[torch.tensor([0, 2])]
+    assert torch.allclose(SoftTargetCE()(z, onehot)[0], F.cross_entropy(z, torch.tensor([0, 2])))
+
+
+def test_hard_distillation_is_ce_on_teacher_argmax():
+    z_s = torch.tensor([[1.0, 2.0, 0.0], [0.5, -0.5, 2.0]])
+    q = torch.tensor([[0.1, 0.3, 0.6], [0.8, 0.1, 0.1]])  # argmax: 2, 0
+    loss, parts = HardDistillation()(z_s, q)
+    by_hand = -(math.log(_softmax([1.0, 2.0, 0.0])[2]) + math.log(_softmax([0.5, -0.5, 2.0])[0])) / 2
+    assert math.isclose(loss.item(), by_hand, rel_tol=1e-6)
+    assert torch.allclose(HardDistillation()(z_s, torch.tensor([2, 0]))[0], loss)
+
+
+def test_deit_hard_distillation_total():
+    """0.5 * CE(z_s, y) + 0.5 * CE(z_s, argmax z_t) through StudentLoss."""
+    z_lab, y = torch.tensor([[0.3, 1.2, -0.4]]), torch.tensor([1])
+    z_pse, q = torch.tensor([[2.0, 0.1, 0.0]]), torch.tensor([[0.2, 0.5, 0.3]])
+    loss = build_student_loss("hard", 1.0, 0.0, 0.5, 0.5)
+    total, parts = loss(z_lab, y, z_pse, q)
+    expected = 0.5 * -math.log(_softmax([0.3, 1.2, -0.4])[1]) + 0.5 * -math.log(_softmax([2.0, 0.1, 0.0])[1])
+    assert math.isclose(total.item(), expected, rel_tol=1e-6)
+    assert set(parts) == {"labeled_ce", "pseudo_hard_distill", "total"}
+
+
+def test_label_smoothing_by_hand():
+    z, eps = [1.0, 0.0, -1.0, 0.5], 0.1
+    logp = [math.log(v) for v in _softmax(z)]
+    target = [eps / 4] * 4
+    target[2] += 1 - eps
+    expected = -sum(t * lp for t, lp in zip(target, logp))
+    loss, parts = LabelSmoothingCE(eps)(torch.tensor([z]), torch.tensor([2]))
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+
+
+def test_student_loss_weights_and_parts():
+    torch.manual_seed(1)
+    z_l, y = torch.randn(3, 4), torch.tensor([0, 1, 3])
+    z_u, q = torch.randn(6, 4), torch.softmax(torch.randn(6, 4), 1)
+    loss = StudentLoss(LabelSmoothingCE(0.0), KDLoss(2.0), labeled_weight=0.3, pseudo_weight=2.0)
+    total, parts = loss(z_l, y, z_u, q)
+    assert torch.allclose(total, 0.3 * parts["labeled_ce"] + 2.0 * parts["pseudo_kd"])
+    assert torch.allclose(parts["total"], total)
+    only_labeled, parts = build_student_loss("kd", 2.0, 0.0, 1.0, 1.0, with_pseudo=False)(z_l, y)
+    assert set(parts) == {"labeled_ce", "total"}
+    assert torch.allclose(only_labeled, F.cross_entropy(z_l, y))

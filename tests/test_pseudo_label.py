@@ -1,0 +1,104 @@
+"""Filtering, balancing and the un-noised teacher."""
+
+import numpy as np
+import pytest
+import torch
+
+from noisy_student.checkpoint import load_npz, save_npz
+from noisy_student.config import PseudoLabelConfig
+from noisy_student.inference import FrozenTeacher
+from noisy_student.models import create_model
+from noisy_student.pseudo_label import PseudoLabels, make_pseudo_labels, select
+
+
+def _crafted():
+    # 10 images, 3 classes. predicted class and confidence by hand.
+    predicted = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 0])
+    confidence = np.array([0.9, 0.8, 0.5, 0.2, 0.95, 0.35, 0.6, 0.31, 0.1, 0.7])
+    return predicted, confidence
+
+
+def test_threshold_only():
+    predicted, confidence = _crafted()
+    kept = select(predicted, confidence, 3, threshold=0.3, balance=False)
+    assert kept.tolist() == [0, 1, 2, 4, 5, 6, 7, 9]
+
+
+def test_balance_caps_most_confident_and_duplicates_short_classes():
+    predicted, confidence = _crafted()
+    # kept per class: 0 -> [0 (.9), 1 (.8), 9 (.7), 2 (.5)], 1 -> [4, 5], 2 -> [6, 7]
+    chosen = select(predicted, confidence, 3, threshold=0.3, balance=True, per_class=3)
+    assert chosen.tolist() == [0, 1, 9, 4, 5, 4, 6, 7, 6]
+    # default target: mean kept per class = round(8 / 3) = 3
+    assert select(predicted, confidence, 3, 0.3, True).tolist() == chosen.tolist()
+    # a cap of 5 duplicates whole sets first, then the most confident
+    five = select(predicted, confidence, 3, 0.3, True, per_class=5)
+    assert five.tolist() == [0, 1, 9, 2, 0, 4, 5, 4, 5, 4, 6, 7, 6, 7, 6]
+
+
+def test_balance_skips_classes_with_nothing_kept():
+    predicted = np.array([0, 0, 1])
+    confidence = np.array([0.9, 0.8, 0.1])
+    assert select(predicted, confidence, 3, 0.3, True).tolist() == [0, 1]
+    assert select(predicted, confidence, 3, 0.95, True).tolist() == []
+
+
+class _Fixed(torch.nn.Module):
+    """Logits chosen by hand for 4 images (input value picks the row)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = torch.tensor([[4.0, 0.0], [0.0, 0.2], [3.0, 1.0], [0.0, 5.0]])
+
+    def forward(self, x):
+        idx = x.flatten(1)[:, 0].round().long()
+        return self.rows[idx]
+
+
+def test_make_pseudo_labels_soft_targets_and_stats():
+    images = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1)
+    cfg = PseudoLabelConfig(kind="soft", threshold=0.6, balance=False)
+    pl = make_pseudo_labels(FrozenTeacher(_Fixed()), images, [0.0], [1 / 255], cfg, 2.0, {})
+    probs = torch.softmax(_Fixed().rows, 1)
+    assert pl.predicted.tolist() == [0, 1, 0, 1]
+    assert pl.indices.tolist() == [0, 2, 3]  # image 1 has confidence 0.55 < 0.6
+    expected = torch.softmax(_Fixed().rows[[0, 2, 3]] / 2.0, 1).numpy()
+    assert pl.targets.dtype == np.float16
+    np.testing.assert_allclose(pl.targets.astype(np.float32), expected, atol=1e-3)
+    np.testing.assert_allclose(pl.confidence, probs.max(1).values[[0, 2, 3]].numpy(), rtol=1e-6)
+    stats = pl.stats(np.array([0, 1, 1, 1]))
+    assert stats["kept"] == 3 and stats["per_class"] == [2, 1]
+    assert stats["accuracy"] == pytest.approx(2 / 3)  # image 2 is wrong
+    assert stats["accuracy_all"] == pytest.approx(3 / 4)
+
+
+def test_hard_labels_and_npz_round_trip(tmp_path):
+    images = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1)
+    cfg = PseudoLabelConfig(kind="hard", threshold=0.0, balance=False)
+    pl = make_pseudo_labels(FrozenTeacher(_Fixed()), images, [0.0], [1 / 255], cfg, 1.0,
+                            {"teacher": "fixed"})
+    assert pl.targets.tolist() == [0, 1, 0, 1] and pl.targets.dtype == np.int64
+    save_npz(tmp_path / "pl.npz", pl.arrays())
+    back = PseudoLabels.from_arrays(load_npz(tmp_path / "pl.npz"))
+    assert back.meta["teacher"] == "fixed" and back.meta["kind"] == "hard"
+    for name, array in pl.arrays().items():
+        if name != "meta":
+            np.testing.assert_array_equal(array, back.arrays()[name])
+
+
+def test_teacher_is_unnoised_and_stays_frozen():
+    torch.manual_seed(0)
+    model = create_model("cnn_tiny", num_classes=10, in_chans=1, drop_rate=0.5, drop_path_rate=0.3)
+    model.train()
+    teacher = FrozenTeacher(model)
+    teacher.train()  # cannot switch it back
+    assert not teacher.training and not model.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    images = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    cfg = PseudoLabelConfig(threshold=0.0, balance=True)
+    a = make_pseudo_labels(teacher, images, [0.5], [0.25], cfg, 1.0, {}, progress=None)
+    b = make_pseudo_labels(teacher, images, [0.5], [0.25], cfg, 1.0, {}, progress=None)
+    for name in ("indices", "targets", "confidence", "predicted"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(TypeError, match="FrozenTeacher"):
+        make_pseudo_labels(model, images, [0.5], [0.25], cfg, 1.0, {})
