@@ -49,7 +49,15 @@ def build_model(config: Config, rung: int, splits: Splits) -> nn.Module:
 
 def check_ladder(config: Config, splits: Splits) -> list[int]:
     """Parameter count of each rung; refuse a student smaller than its teacher (unless allowed)."""
-    sizes = [count_params(build_model(config, r, splits)) for r in range(config.rounds + 1)]
+    sizes, problems = [], []
+    for r in range(config.rounds + 1):
+        try:
+            sizes.append(count_params(build_model(config, r, splits)))
+        except (ValueError, TypeError) as e:
+            problems.append(f"model.ladder[{min(r, len(config.model.ladder) - 1)}] = "
+                            f"{config.model_for(r)!r}: {e}")
+    if problems:
+        raise ConfigError(problems)
     if not config.model.allow_smaller_student:
         for r in range(1, len(sizes)):
             if sizes[r] < sizes[r - 1]:

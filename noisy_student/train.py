@@ -100,7 +100,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 eval_times: int = 5) -> TrainResult:
     """Train `model` for `epochs` and return the weights to use next, with per-epoch history."""
     cuda = device.type == "cuda"
-    amp, channels_last = cfg.amp and cuda, cfg.channels_last and cuda
+    amp, channels_last = cfg.amp and cuda, cfg.channels_last
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -1,0 +1,120 @@
+"""Data sources and the image_folder recipe."""
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from noisy_student.config import DataConfig
+from noisy_student.data import DataError, NoisedDataset, load_source, make_splits
+from noisy_student.data.sources import FASHION_MNIST_SYSTEM_DIR, read_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_reader_round_trip_and_truncation(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    _write_idx(tmp_path / "a.gz", images)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), images)
+    raw = gzip.decompress((tmp_path / "a.gz").read_bytes())
+    (tmp_path / "b").write_bytes(raw[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "b")
+
+
+def test_fashion_mnist_from_a_given_root_and_clear_error(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 50)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    src = load_source(DataConfig(source="fashion_mnist", root=str(tmp_path)))
+    assert src.pool.images.shape == (300, 28, 28, 1) and len(src.test) == 50
+    assert src.pool.classes[0] == "T-shirt/top"
+    splits = make_splits(src, DataConfig(source="fashion_mnist", labeled_per_class=3), 0)
+    assert splits.record["counts"] == {"labeled": 30, "unlabeled": 270, "test": 50}
+    # nothing anywhere, downloads off: the error names every place tried
+    monkeypatch.setenv("NOISY_STUDENT_FASHION_MNIST", str(tmp_path / "env"))
+    monkeypatch.setattr("noisy_student.data.sources.FASHION_MNIST_SYSTEM_DIR",
+                        str(tmp_path / "sys"))
+    with pytest.raises(DataError) as e:
+        load_source(DataConfig(source="fashion_mnist", root=str(tmp_path / "none"),
+                               download=False))
+    text = str(e.value)
+    assert "data.root" in text and "$NOISY_STUDENT_FASHION_MNIST" in text
+    assert "system package" in text and "torchvision download" in text
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_SYSTEM_DIR).is_dir(),
+                    reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_system_package_split():
+    cfg = DataConfig(source="fashion_mnist", labeled_per_class=100, download=False)
+    splits = make_splits(load_source(cfg), cfg, 0)
+    assert splits.record["counts"] == {"labeled": 1000, "unlabeled": 59000, "test": 10000}
+    assert np.bincount(splits.labeled.labels).tolist() == [100] * 10
+
+
+def test_noised_dataset_is_a_function_of_seed_pass_and_index():
+    from noisy_student.noise import build_noise
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    ds = NoisedDataset(images, np.arange(4), build_noise(True, 2, 9, True, 1, 1), [0.5], [0.5],
+                       seed=1)
+    a, b = ds[(0, 2)][0], ds[(0, 2)][0]
+    assert a.shape == (1, 8, 8) and (a == b).all()
+    assert not all((ds[(p, 2)][0] == a).all() for p in range(1, 6))
+    plain = NoisedDataset(images, np.arange(4), None, [0.0], [1.0], seed=1)
+    assert np.allclose(plain[3][0].numpy()[0] * 255, images[3, :, :, 0], atol=1e-3)
+
+
+def _image_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, per_class in (("labeled", 4), ("test", 3)):
+        for c, name in enumerate(["cat", "dog"]):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 100, (20, 24, 3)) + 120 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
+    (root / "unlabeled" / "batch1").mkdir(parents=True)
+    for i in range(12):
+        pixels = rng.integers(0, 220, (18, 18, 3)).astype(np.uint8)
+        Image.fromarray(pixels).convert("L" if i % 2 else "RGB").save(
+            root / "unlabeled" / "batch1" / f"{i}.jpg")
+
+
+def test_image_folder_recipe_runs(tmp_path):
+    _image_tree(tmp_path)
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "recipes" / "image_folder.py"),
+           "--labeled", str(tmp_path / "labeled"), "--unlabeled", str(tmp_path / "unlabeled"),
+           "--test", str(tmp_path / "test"), "--image-size", "16", "--rounds", "1",
+           "--out", str(out), "--set", 'model.ladder=["cnn_tiny"]',
+           "--set", "train.teacher_epochs=1", "--set", "train.epochs=1",
+           "--set", "train.batch_size=4", "--set", "pseudo_label.threshold=0",
+           "--set", "data.num_workers=0", "--set", "train.device=\"cpu\""]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (out / "round_0" / "DONE").is_file()
+    import json
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["counts"] == {"labeled": 8, "unlabeled": 12, "test": 6}
+    assert splits["classes"] == ["cat", "dog"]
+
+
+def test_image_folder_errors_name_the_cause(tmp_path):
+    _image_tree(tmp_path)
+    (tmp_path / "test" / "bird").mkdir()
+    (tmp_path / "test" / "bird" / "x.png").write_bytes(b"")
+    cfg = DataConfig(source="image_folder", labeled_dir=str(tmp_path / "labeled"),
+                     unlabeled_dir=str(tmp_path / "unlabeled"), test_dir=str(tmp_path / "test"))
+    with pytest.raises(DataError, match=r"classes \['bird'\] are not in the labeled set"):
+        load_source(cfg)
