@@ -169,6 +169,12 @@ class Loop:
             stats = labels.stats(self.splits.unlabeled.labels)
             save_npz(folder / "pseudo_labels.npz", labels.arrays())
             self.tracker.log("pseudo_labels", round=k, **stats)
+            accuracy = stats["accuracy"]
+            print(f"round {k} pseudo-labels from {teacher_name}: kept {stats['kept_unique']} of "
+                  f"{stats['unlabeled']} images ({100 * stats['kept_fraction']:.1f}%), "
+                  f"{stats['kept']} items after balancing, mean confidence "
+                  f"{stats['mean_confidence']:.3f}"
+                  + ("" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"), flush=True)
             label_seconds = time.perf_counter() - start
             del teacher
             result = self.train(k + 1, labels, f"round {k} student")

@@ -178,6 +178,9 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             metrics = evaluate(current)
             model.train()
             record.update(test_top1=metrics["top1"], test_ece=metrics["ece"])
+            print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, test top-1 "
+                  f"{100 * metrics['top1']:.2f}%, {record['images_per_second']:.0f} img/s",
+                  flush=True)
         tracker.log("epoch", **record)
         result.history.append(record)
     result.seconds = time.perf_counter() - start

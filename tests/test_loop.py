@@ -99,3 +99,15 @@ def test_recipe_reports_bad_override_with_exit_2(tmp_path):
     assert bad.returncode == 2
     assert "did you mean 'temperature'" in bad.stderr
     assert not (tmp_path / "y").exists()
+
+
+def test_round0_teacher_loaded_from_a_checkpoint(tiny_config, tmp_path):
+    first = run(tiny_config.with_overrides(["rounds=1"]))
+    weights = tiny_config.out_dir / "teacher" / "model.safetensors"
+    loaded = tiny_config.with_overrides([
+        "rounds=1", f'out="{tmp_path / "second"}"', "train.teacher_epochs=0",
+        f'model.teacher_checkpoint="{weights}"'])
+    second = run(loaded)
+    assert second["teacher"]["top1"] == first["teacher"]["top1"]
+    assert second["teacher"]["sha256"] == first["teacher"]["sha256"]
+    assert second["teacher"]["loaded_from"] == str(weights)

@@ -82,7 +82,7 @@ def read_idx(path: Path) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise DataError(f"{path}: truncated idx file ({body.size} bytes for shape {shape})")
-    return body.reshape(shape)
+    return body.reshape(shape).copy()  # writable, independent of the file buffer
 
 
 def _find_idx(directory: Path, stem: str) -> Path | None:

@@ -50,3 +50,13 @@ def drop_path_rates(num_blocks: int, drop_path_rate: float) -> list[float]:
     if num_blocks == 1:
         return [drop_path_rate]
     return [drop_path_rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
+def init_weights(module: nn.Module) -> None:
+    """He (fan_out) init for convolutions; batch norm as identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, drop_path_rates, init_weights
 
 
 def conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
@@ -91,15 +91,7 @@ class PreActResNet(nn.Module):
         self.final_bn = nn.BatchNorm2d(in_chs)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # [B, stem_width, H / stem_stride, W / stem_stride]

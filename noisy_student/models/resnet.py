@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._registry import register_model
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, drop_path_rates, init_weights
 from .preact import PreActResNet
 
 
@@ -109,13 +109,7 @@ class ResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
-
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # [B, 64, H, W]

@@ -1,0 +1,97 @@
+"""Training pieces: schedule, data order, EMA, optimizer groups, non-finite loss."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from noisy_student.config import TrainConfig
+from noisy_student.data import NoisedDataset
+from noisy_student.losses import build_student_loss
+from noisy_student.tracking import JsonlTracker
+from noisy_student.train import (StreamSampler, TrainingError, build_optimizer, lr_factor,
+                                 train_model)
+
+
+def test_lr_warmup_then_cosine():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)  # halfway through the cosine
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(0, 100, 0) == pytest.approx(1.0)
+
+
+def test_stream_sampler_passes_are_permutations_and_seeded():
+    it = iter(StreamSampler(7, seed=3))
+    keys = [next(it) for _ in range(21)]
+    for p in range(3):
+        assert sorted(i for q, i in keys if q == p) == list(range(7))
+    again = iter(StreamSampler(7, seed=3))
+    assert [next(again) for _ in range(21)] == keys
+    other = iter(StreamSampler(7, seed=4))
+    assert [next(other) for _ in range(21)] != keys
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.1))
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and [p.ndim for p in decayed["params"]] == [4]
+    assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
+    assert opt.param_groups[0]["nesterov"] is True
+
+
+class _Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(x.flatten(1))
+
+
+def _data(n=24):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)
+    return NoisedDataset(images, np.arange(n) % 3, None, [0.5], [0.25], seed=0)
+
+
+def _train(cfg, model=None, pseudo=None):
+    torch.manual_seed(0)
+    model = model or _Linear()
+    loss = build_student_loss("soft_ce", 1.0, 0.0, 1.0, 1.0, with_pseudo=pseudo is not None)
+    return train_model(model, loss, _data(), pseudo, cfg, epochs=2, seed=0,
+                       device=torch.device("cpu"), tracker=JsonlTracker(None), tag="t")
+
+
+def test_training_is_reproducible_and_ema_is_what_comes_back():
+    cfg = TrainConfig(batch_size=8, lr=0.1, device="cpu")
+    a, b = _train(cfg), _train(cfg)
+    assert torch.equal(a.model.head.weight, b.model.head.weight)
+    assert a.steps == 2 * 3 and len(a.history) == 2
+    raw = _Linear()
+    ema = _train(TrainConfig(batch_size=8, lr=0.1, device="cpu", ema_decay=0.9), model=raw)
+    assert ema.model is not raw  # the averaged copy teaches the next round
+    assert not torch.equal(ema.model.head.weight, raw.head.weight)
+
+
+def test_pseudo_batches_use_the_ratio_and_log_every_part():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (30, 4, 4, 1), dtype=np.uint8)
+    soft = rng.dirichlet(np.ones(3), size=30).astype(np.float16)
+    pseudo = NoisedDataset(images, soft, None, [0.5], [0.25], seed=1)
+    result = _train(TrainConfig(batch_size=4, unlabeled_ratio=2, device="cpu"), pseudo=pseudo)
+    assert result.steps == 2 * math.ceil(30 / 8)
+    assert {"labeled_ce", "pseudo_soft_ce", "total"} <= set(result.history[0])
+
+
+def test_non_finite_loss_stops_with_the_step():
+    class _NaN(_Linear):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+    with pytest.raises(TrainingError, match="at step 0"):
+        _train(TrainConfig(batch_size=8, device="cpu"), model=_NaN())
