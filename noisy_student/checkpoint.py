@@ -91,11 +91,15 @@ class RunDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def create(self, overwrite: bool = False) -> None:
-        """Make the directory; refuse one that already holds a run unless `overwrite`."""
+    def check_free(self, overwrite: bool = False) -> None:
+        """Refuse a directory that already holds a run unless `overwrite`."""
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
             raise RunDirError(f"{self.root} already holds a run; choose another --out, or pass "
                               "--overwrite to write into it")
+
+    def create(self, overwrite: bool = False) -> None:
+        """Make the directory (see `check_free`)."""
+        self.check_free(overwrite)
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):
             raise RunDirError(f"{self.root} is not writable")

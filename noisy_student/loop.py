@@ -75,13 +75,16 @@ class Loop:
     def __init__(self, config: Config, overwrite: bool = False) -> None:
         self.config = config
         self.run_dir = RunDir(config.out_dir)
-        self.run_dir.create(overwrite)
+        self.run_dir.check_free(overwrite)  # refuse early; create only once all checks pass
         seed_everything(config.seed)
         self.splits = make_splits(load_source(config.data), config.data, config.seed)
         self.sizes = check_ladder(config, self.splits)
+        self.run_dir.create(overwrite)
         save_json(self.run_dir.root / "config.json", config.to_dict())
         save_json(self.run_dir.root / "splits.json", self.splits.record)
         self.device = resolve_device(config.train.device)
+        cuda = self.device.type == "cuda"
+        self.fast = {"amp": config.train.amp and cuda, "channels_last": config.train.channels_last}
         self.tracker = JsonlTracker(self.run_dir.root / "metrics.jsonl")
         n = config.noise
         self.noise = build_noise(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding,
@@ -90,10 +93,9 @@ class Loop:
 
     # ---- pieces --------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        s, t = self.splits, self.config.train
-        cuda = self.device.type == "cuda"
-        logits = predict_logits(model, s.test.images, s.mean, s.std, t.eval_batch_size,
-                                self.device, t.amp and cuda, t.channels_last and cuda)
+        s = self.splits
+        logits = predict_logits(model, s.test.images, s.mean, s.std,
+                                self.config.train.eval_batch_size, self.device, **self.fast)
         return classification_metrics(logits, torch.from_numpy(s.test.labels), s.num_classes)
 
     def labeled_dataset(self) -> NoisedDataset:
@@ -139,13 +141,12 @@ class Loop:
     def pseudo_label(self, teacher: nn.Module, k: int, teacher_name: str,
                      teacher_sha: str) -> PseudoLabels:
         c, s = self.config, self.splits
-        cuda = self.device.type == "cuda"
         progress = Progress(len(s.unlabeled), f"round {k} pseudo-labels")
         labels = make_pseudo_labels(
             FrozenTeacher(teacher), s.unlabeled.images, s.mean, s.std, c.pseudo_label,
             c.loss.temperature, {"round": k, "teacher": teacher_name, "teacher_sha256": teacher_sha,
                                  "settings": c.fingerprint("pseudo_label", "data", "seed")},
-            self.device, c.train.amp and cuda, c.train.channels_last and cuda, progress)
+            self.device, progress=progress, **self.fast)
         progress.close()
         if len(labels) == 0:
             top = float(np.quantile(labels.confidence_all, 0.5))
