@@ -26,7 +26,7 @@ def make_config() -> Config:
         pseudo_label=PseudoLabelConfig(kind="hard", threshold=0.3, balance=True),
         loss=LossConfig(distillation="hard", label_smoothing=0.1),
         train=TrainConfig(optimizer="sgd", lr=0.05, batch_size=64, unlabeled_ratio=3,
-                          teacher_epochs=100, epochs=4),
+                          teacher_epochs=100, epochs=5),
     )
 
 
