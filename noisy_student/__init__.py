@@ -18,8 +18,8 @@ __all__ = ["Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "
            "PseudoLabelConfig", "TrainConfig", "run", "run_recipe"]
 
 
-def run(config: Config, overwrite: bool = False) -> dict:
+def run(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
     """Run the whole Noisy Student loop for `config` (see `noisy_student.loop`)."""
     from .loop import run as _run
 
-    return _run(config, overwrite)
+    return _run(config, overwrite, resume)

@@ -30,6 +30,9 @@ def recipe_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set loss.temperature=2 (repeatable)")
     p.add_argument("--overwrite", action="store_true",
                    help="write into an existing run directory")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: finished rounds are kept, the first "
+                        "unfinished one starts over")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -73,7 +76,7 @@ def run_recipe(config: Config, argv: Sequence[str] | None = None,
         print(config.to_json())
         return None
     try:
-        return run(config, overwrite=args.overwrite)
+        return run(config, overwrite=args.overwrite, resume=args.resume)
     except (ConfigError, DataError, RunDirError, TrainingError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
 

@@ -37,6 +37,8 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std:
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    if channels_last:  # weights too, so a fresh and a just-trained model compute the same way
+        model.to(memory_format=torch.channels_last)
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):

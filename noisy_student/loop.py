@@ -8,6 +8,7 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from typing import Any
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import RunDir, load_weights, save_json, save_npz, save_weights
+from .checkpoint import (RunDir, RunDirError, load_json, load_weights, save_json, save_npz,
+                         save_weights)
 from .config import Config, ConfigError
 from .data import NoisedDataset, Splits, load_source, make_splits
 from .evaluate import classification_metrics
@@ -72,16 +74,25 @@ def check_ladder(config: Config, splits: Splits) -> list[int]:
 class Loop:
     """Runs every round of one configured experiment into its run directory."""
 
-    def __init__(self, config: Config, overwrite: bool = False) -> None:
-        self.config = config
+    def __init__(self, config: Config, overwrite: bool = False, resume: bool = False) -> None:
+        self.config, self.resume = config, resume
         self.run_dir = RunDir(config.out_dir)
-        self.run_dir.check_free(overwrite)  # refuse early; create only once all checks pass
+        if resume:
+            check_resumable(self.run_dir, config)
+        else:
+            self.run_dir.check_free(overwrite)  # refuse early; create only once all checks pass
         seed_everything(config.seed)
         self.splits = make_splits(load_source(config.data), config.data, config.seed)
         self.sizes = check_ladder(config, self.splits)
-        self.run_dir.create(overwrite)
-        save_json(self.run_dir.root / "config.json", config.to_dict())
-        save_json(self.run_dir.root / "splits.json", self.splits.record)
+        if resume:
+            saved = load_json(self.run_dir.root / "splits.json")
+            if saved != json.loads(json.dumps(self.splits.record)):
+                raise RunDirError(f"{self.run_dir.root / 'splits.json'}: the data splits made "
+                                  "now differ from the saved ones (has the data changed?)")
+        else:
+            self.run_dir.create(overwrite)
+            save_json(self.run_dir.root / "config.json", config.to_dict())
+            save_json(self.run_dir.root / "splits.json", self.splits.record)
         self.device = resolve_device(config.train.device)
         cuda = self.device.type == "cuda"
         self.fast = {"amp": config.train.amp and cuda, "channels_last": config.train.channels_last}
@@ -138,6 +149,23 @@ class Loop:
         self.tracker.log("teacher", **info)
         return model, info
 
+    def finished_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
+        """Round 0's teacher from a finished `teacher/` folder (resume)."""
+        folder = self.run_dir.teacher
+        info = {k: v for k, v in load_json(folder / "metrics.json").items() if k != "test"}
+        model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
+        print(f"resume: round 0's teacher from {folder}", flush=True)
+        return model.to(self.device), info
+
+    def finished_round(self, k: int) -> tuple[nn.Module, dict[str, Any], str]:
+        """Round k's student, summary entry and weights hash from its finished folder (resume)."""
+        folder = self.run_dir.round(k)
+        metrics = load_json(folder / "metrics.json")
+        model = load_weights(build_model(self.config, k + 1, self.splits),
+                             folder / "student.safetensors")
+        print(f"resume: round {k} is complete, its student is loaded from {folder}", flush=True)
+        return model.to(self.device), {c: metrics[c] for c in SUMMARY_COLUMNS}, metrics["student_sha256"]
+
     def pseudo_label(self, teacher: nn.Module, k: int, teacher_name: str,
                      teacher_sha: str) -> PseudoLabels:
         c, s = self.config, self.splits
@@ -160,11 +188,17 @@ class Loop:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         c = self.config
-        teacher, info = self.initial_teacher()
+        done = self.resume and self.run_dir.is_done(self.run_dir.teacher)
+        teacher, info = self.finished_teacher() if done else self.initial_teacher()
         self.summary["teacher"] = info
         teacher_name, teacher_sha, teacher_top1 = info["model"], info["sha256"], info["top1"]
         for k in range(c.rounds):
             start, folder = time.perf_counter(), self.run_dir.round(k)
+            if self.resume and self.run_dir.is_done(folder):
+                teacher, entry, teacher_sha = self.finished_round(k)
+                self.summary["rounds"].append(entry)
+                teacher_name, teacher_top1 = entry["student"], entry["student_top1"]
+                continue
             folder.mkdir(parents=True, exist_ok=True)
             labels = self.pseudo_label(teacher, k, teacher_name, teacher_sha)
             stats = labels.stats(self.splits.unlabeled.labels)
@@ -223,6 +257,33 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join([*lines, fmt.format(*header), *(fmt.format(*r) for r in rows)])
 
 
-def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
-    """Run the whole loop for `config`; returns the summary (also in `<out>/summary.json`)."""
-    return Loop(config, overwrite).run()
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resumable(run_dir: RunDir, config: Config) -> None:
+    """Refuse to resume a directory without a run, or with a different config (shown as a diff)."""
+    path = run_dir.root / "config.json"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir.root}: nothing to resume (no config.json); start the run "
+                          "without --resume")
+    saved, now = _flatten(load_json(path)), _flatten(config.to_dict())
+    diff = [f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}"
+            for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    if diff:
+        raise ConfigError([f"--resume: the config differs from {path}:", *diff])
+
+
+def run(config: Config, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Run the whole loop for `config`; returns the summary (also in `<out>/summary.json`).
+
+    With `resume`, finished folders (those with DONE) are loaded instead of recomputed and the
+    first unfinished round starts over; the config must equal the saved one.
+    """
+    return Loop(config, overwrite, resume).run()

@@ -111,3 +111,33 @@ def test_round0_teacher_loaded_from_a_checkpoint(tiny_config, tmp_path):
     assert second["teacher"]["top1"] == first["teacher"]["top1"]
     assert second["teacher"]["sha256"] == first["teacher"]["sha256"]
     assert second["teacher"]["loaded_from"] == str(weights)
+
+
+def _without_seconds(summary):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in summary["rounds"]]
+
+
+def test_resume_after_a_crash_between_rounds_matches_an_uninterrupted_run(tiny_config, capsys):
+    full = run(tiny_config)
+    out = tiny_config.out_dir
+    first = json.loads((out / "round_1" / "metrics.json").read_text())
+    # a crash in round 1: its folder has no DONE, the student file was never written
+    (out / "round_1" / "DONE").unlink()
+    (out / "round_1" / "student.safetensors").unlink()
+    resumed = run(tiny_config, resume=True)
+    assert "resume: round 0 is complete" in capsys.readouterr().out
+    again = json.loads((out / "round_1" / "metrics.json").read_text())
+    assert again["student_sha256"] == first["student_sha256"]  # identical weights
+    assert again["test"] == first["test"]
+    assert _without_seconds(resumed) == _without_seconds(full)
+    assert (out / "round_1" / "DONE").is_file()
+
+
+def test_resume_refuses_a_changed_config_with_a_diff(tiny_config):
+    run(tiny_config.with_overrides(["rounds=1"]))
+    changed = tiny_config.with_overrides(["rounds=1", "loss.temperature=3"])
+    with pytest.raises(ConfigError) as e:
+        run(changed, resume=True)
+    assert "loss.temperature: saved 1.0, now 3.0" in str(e.value)
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        run(tiny_config.with_overrides(['out="/nonexistent/run"']), resume=True)
