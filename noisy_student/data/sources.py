@@ -132,7 +132,7 @@ def _mnist_like(cfg: DataConfig, name: str, env: str, system_dir: str | None,
                                classes, tv_class)
     else:
         tried.append("torchvision download: off (data.download = false)")
-    hint = (f"; on Debian/Ubuntu: apt-get install -y dataset-fashion-mnist"
+    hint = ("; on Debian/Ubuntu: apt-get install -y dataset-fashion-mnist"
             if name == "fashion-mnist" else "")
     raise DataError(f"{name} not found. Tried:\n  - " + "\n  - ".join(tried) +
                     f"\nSet data.root or ${env} to a directory holding the four idx files{hint}.")
