@@ -54,11 +54,21 @@ def load_json(path: Path) -> Any:
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Save a state dict as safetensors; returns the sha256 of the file (the weights' identity)."""
+    """Save a state dict as safetensors; returns `weights_sha256` of it (the weights' identity)."""
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    data = save(state, metadata=metadata)
-    atomic_write(path, data)
-    return hashlib.sha256(data).hexdigest()
+    atomic_write(path, save(state, metadata=metadata))
+    return weights_sha256(state)
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over sorted (name, dtype, shape, bytes): stable where file bytes are not
+    (safetensors writes its metadata map in a varying order)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
@@ -115,9 +125,31 @@ class RunDir:
         return (folder / DONE).is_file()
 
     def mark_done(self, folder: Path) -> None:
-        """Write DONE last, listing the folder's files with their sizes."""
-        files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name != DONE}
+        """Write DONE last, listing the folder's files with their sizes and sha256."""
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(folder.iterdir()) if p.name != DONE and not p.name.startswith(".")}
         save_json(folder / DONE, {"files": files})
+
+    def verify(self, folder: Path) -> None:
+        """Check a finished folder against its DONE manifest; names the first bad file."""
+        for name, expected in load_json(folder / DONE)["files"].items():
+            path = folder / name
+            if not path.is_file():
+                raise RunDirError(f"{path}: listed in {folder / DONE} but missing")
+            if path.stat().st_size != expected["bytes"]:
+                raise RunDirError(f"{path}: {path.stat().st_size} bytes, its DONE manifest says "
+                                  f"{expected['bytes']} (truncated or changed)")
+            if _sha256(path) != expected["sha256"]:
+                raise RunDirError(f"{path}: sha256 differs from its DONE manifest (corrupt or "
+                                  "changed)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_lines(path: Path, lines: list[str], writer: Callable[[str], None] = print) -> None:

@@ -37,7 +37,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std:
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    if channels_last:  # weights too, so a fresh and a just-trained model compute the same way
+    if channels_last:  # weights in the same memory format as the inputs
         model.to(memory_format=torch.channels_last)
     out = []
     with torch.inference_mode():

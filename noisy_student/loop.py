@@ -152,6 +152,7 @@ class Loop:
     def finished_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
         """Round 0's teacher from a finished `teacher/` folder (resume)."""
         folder = self.run_dir.teacher
+        self.run_dir.verify(folder)
         info = {k: v for k, v in load_json(folder / "metrics.json").items() if k != "test"}
         model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
         print(f"resume: round 0's teacher from {folder}", flush=True)
@@ -160,6 +161,7 @@ class Loop:
     def finished_round(self, k: int) -> tuple[nn.Module, dict[str, Any], str]:
         """Round k's student, summary entry and weights hash from its finished folder (resume)."""
         folder = self.run_dir.round(k)
+        self.run_dir.verify(folder)
         metrics = load_json(folder / "metrics.json")
         model = load_weights(build_model(self.config, k + 1, self.splits),
                              folder / "student.safetensors")

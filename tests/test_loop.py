@@ -141,3 +141,19 @@ def test_resume_refuses_a_changed_config_with_a_diff(tiny_config):
     assert "loss.temperature: saved 1.0, now 3.0" in str(e.value)
     with pytest.raises(RunDirError, match="nothing to resume"):
         run(tiny_config.with_overrides(['out="/nonexistent/run"']), resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_resume_names_a_damaged_file(tiny_config, damage):
+    config = tiny_config.with_overrides(["rounds=1"])
+    run(config)
+    weights = config.out_dir / "round_0" / "student.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncate":
+        data = data[:-100]
+    else:
+        data[-5] ^= 0xFF  # inside the last tensor: safetensors itself would not notice
+    weights.write_bytes(bytes(data))
+    with pytest.raises(RunDirError, match="round_0/student.safetensors") as e:
+        run(config, resume=True)
+    assert ("truncated" in str(e.value)) == (damage == "truncate")
