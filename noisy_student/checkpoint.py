@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,10 +150,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_lines(path: Path, lines: list[str], writer: Callable[[str], None] = print) -> None:
-    """Write text lines atomically and echo them (used for the summary table)."""
-    text = "\n".join(lines) + "\n"
-    atomic_write(path, text.encode())
-    writer(text.rstrip("\n"))
