@@ -5,21 +5,24 @@ Data flow, one module each: data -> noise -> models -> pseudo_label -> losses ->
 """
 
 import os
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not go online
 
 from .cli import run_recipe  # noqa: E402
-from .config import (Config, ConfigError, DataConfig, LossConfig, ModelConfig,  # noqa: E402
-                     NoiseConfig, PseudoLabelConfig, TrainConfig)
+from .config import (CheckpointConfig, Config, ConfigError, DataConfig,  # noqa: E402
+                     LossConfig, ModelConfig, NoiseConfig, PseudoLabelConfig, TrainConfig)
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "NoiseConfig",
-           "PseudoLabelConfig", "TrainConfig", "run", "run_recipe"]
+__all__ = ["CheckpointConfig", "Config", "ConfigError", "DataConfig", "LossConfig",
+           "ModelConfig", "NoiseConfig", "PseudoLabelConfig", "TrainConfig", "run", "run_recipe"]
 
 
-def run(config: Config, overwrite: bool = False, resume: bool = False) -> dict:
-    """Run the whole Noisy Student loop for `config` (see `noisy_student.loop`)."""
+def run(config: Config, **start: Any) -> dict:
+    """Run the whole Noisy Student loop for `config`; `start` takes the keywords of
+    `noisy_student.loop.run` (overwrite, resume, from_round, teacher, from_run,
+    allow_config_change)."""
     from .loop import run as _run
 
-    return _run(config, overwrite, resume)
+    return _run(config, **start)

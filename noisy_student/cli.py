@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import runpy
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import Config, ConfigError
+
+_LAUNCHER = "NOISY_STUDENT_LAUNCHER"  # set by `noisy-student run`, for the resume command
 
 
 def recipe_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -29,10 +34,20 @@ def recipe_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set loss.temperature=2 (repeatable)")
     p.add_argument("--overwrite", action="store_true",
-                   help="write into an existing run directory")
+                   help="replace the run in an existing run directory (its files are deleted)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out: finished rounds are kept, the first "
-                        "unfinished one starts over")
+                   help="continue the run in --out from its newest valid checkpoint: same round, "
+                        "epoch, step and data order")
+    p.add_argument("--allow-config-change", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: config keys (or whole sections) allowed to differ from "
+                        "the saved config")
+    p.add_argument("--from-round", type=int, metavar="K",
+                   help="start again at round K (0-based), keeping rounds < K; rounds >= K of "
+                        "the old run are moved to <out>/previous/")
+    p.add_argument("--teacher", metavar="PATH",
+                   help="with --from-round K: round K's teacher weights (.safetensors or .ckpt)")
+    p.add_argument("--from-run", metavar="DIR",
+                   help="with --from-round K: branch from the run in DIR into a new --out")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -60,6 +75,7 @@ def run_recipe(config: Config, argv: Sequence[str] | None = None,
     from .checkpoint import RunDirError
     from .data import DataError
     from .loop import run
+    from .signals import Interrupted
     from .train import TrainingError
 
     parser = recipe_parser(sys.modules["__main__"].__doc__)
@@ -76,9 +92,46 @@ def run_recipe(config: Config, argv: Sequence[str] | None = None,
         print(config.to_json())
         return None
     try:
-        return run(config, overwrite=args.overwrite, resume=args.resume)
+        return run(config, overwrite=args.overwrite, resume=args.resume,
+                   from_round=args.from_round, teacher=args.teacher, from_run=args.from_run,
+                   allow_config_change=tuple(args.allow_config_change))
     except (ConfigError, DataError, RunDirError, TrainingError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except Interrupted as e:
+        command = resume_command(list(sys.argv[1:] if argv is None else argv))
+        saved = (f"checkpoint written: {e.checkpoint}" if e.checkpoint is not None
+                 else "nothing to save at this point; that phase restarts on resume")
+        print(f"\n{parser.prog}: {e}\n{saved}\nresume with:\n  {command}", file=sys.stderr,
+              flush=True)
+        sys.exit(e.exit_code)
+
+
+# flags that choose how a run starts: dropped from the resume command (with their values)
+_START_FLAGS = {"--overwrite": 0, "--resume": 0, "--print-config": 0, "--from-round": 1,
+                "--teacher": 1, "--from-run": 1}
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this run: the same launcher, recipe and config flags, and
+    --resume in place of --overwrite / --from-round / --teacher / --from-run."""
+    kept, skip = [], 0
+    for token in argv:
+        if skip:
+            skip -= 1
+            continue
+        flag = token.split("=", 1)[0]
+        if flag in _START_FLAGS:
+            skip = 0 if "=" in token else _START_FLAGS[flag]
+            continue
+        kept.append(token)
+    recipe = sys.argv[0]
+    if os.environ.get(_LAUNCHER) == "noisy-student":
+        launcher = ["noisy-student", "run", recipe]
+    else:
+        python = Path(sys.executable)
+        launcher = [python.name if shutil.which(python.name) == str(python) else str(python),
+                    recipe]
+    return shlex.join([*launcher, *kept, "--resume"])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -95,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not path.is_file():
             parser.exit(2, f"noisy-student run: no recipe file {recipe!r}\n")
         sys.argv = [str(path), *rest]
+        os.environ[_LAUNCHER] = "noisy-student"
         runpy.run_path(str(path), run_name="__main__")
         return
     parser.parse_args(argv)

@@ -103,6 +103,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    # Training-state checkpoints (weights, EMA, optimizer, schedule, RNG, data position) are
+    # written at the end of every epoch and also every `every_steps` steps / `every_minutes`.
+    every_steps: int = 0  # 0: off
+    every_minutes: float = 10.0  # 0: off
+    keep: int = 2  # newest checkpoints kept while a phase trains; its final one is kept after
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -114,6 +123,7 @@ class Config:
     pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -256,6 +266,9 @@ def _check(c: Config) -> list[str]:
     _range(p, "train.grad_clip", t.grad_clip, 0)
     _range(p, "train.eval_batch_size", t.eval_batch_size, 1)
     _range(p, "train.log_every", t.log_every, 1)
+    _range(p, "checkpoint.every_steps", c.checkpoint.every_steps, 0)
+    _range(p, "checkpoint.every_minutes", c.checkpoint.every_minutes, 0)
+    _range(p, "checkpoint.keep", c.checkpoint.keep, 1)
     if t.teacher_epochs == 0 and not m.teacher_checkpoint:
         p.append("train.teacher_epochs = 0 needs model.teacher_checkpoint (round 0's teacher)")
     return p

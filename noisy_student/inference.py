@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import nn
@@ -32,8 +34,11 @@ class FrozenTeacher(nn.Module):
 def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
                    batch_size: int = 1024, device: torch.device | str = "cpu",
                    amp: bool = False, channels_last: bool = False,
-                   progress: object | None = None) -> torch.Tensor:
-    """Logits `float32 [N, C]` of `model` (in eval mode) on uint8 `images [N, H, W, C]`."""
+                   progress: object | None = None,
+                   check: Callable[[], None] | None = None) -> torch.Tensor:
+    """Logits `float32 [N, C]` of `model` (in eval mode) on uint8 `images [N, H, W, C]`.
+
+    `check` is called between batches (it may raise to stop, e.g. on a signal)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -49,5 +54,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std:
                 out.append(model(x).float().cpu())
             if progress is not None:
                 progress.update(len(x))  # type: ignore[attr-defined]
+            if check is not None:
+                check()
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

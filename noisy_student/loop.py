@@ -8,17 +8,18 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 
 from __future__ import annotations
 
-import json
 import random
 import time
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import (RunDir, RunDirError, load_json, load_weights, save_json, save_npz,
-                         save_weights)
+from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_npz, load_weights,
+                         save_json, save_npz, save_weights, weights_sha256)
 from .config import Config, ConfigError
 from .data import NoisedDataset, Splits, load_source, make_splits
 from .evaluate import classification_metrics
@@ -27,8 +28,10 @@ from .losses import build_student_loss
 from .models import count_params, create_model
 from .noise import build_noise
 from .pseudo_label import PseudoLabels, make_pseudo_labels
+from .run_dir import Start, open_run, prepare_run_dir
+from .signals import GracefulStop
 from .tracking import JsonlTracker, Progress
-from .train import TrainingError, resolve_device, train_model
+from .train import TrainingError, TrainResult, resolve_device, train_model
 
 SUMMARY_COLUMNS = ("round", "teacher", "student", "student_params", "teacher_top1",
                    "student_top1", "student_top5", "student_ece", "pseudo_labels_kept",
@@ -74,25 +77,15 @@ def check_ladder(config: Config, splits: Splits) -> list[int]:
 class Loop:
     """Runs every round of one configured experiment into its run directory."""
 
-    def __init__(self, config: Config, overwrite: bool = False, resume: bool = False) -> None:
-        self.config, self.resume = config, resume
-        self.run_dir = RunDir(config.out_dir)
-        if resume:
-            check_resumable(self.run_dir, config)
-        else:
-            self.run_dir.check_free(overwrite)  # refuse early; create only once all checks pass
+    def __init__(self, config: Config, start: Start | None = None) -> None:
+        self.config = config
+        self.start = start = start or Start()
+        self.run_dir, source, changes = open_run(config, start)  # refuse early, before any work
         seed_everything(config.seed)
         self.splits = make_splits(load_source(config.data), config.data, config.seed)
         self.sizes = check_ladder(config, self.splits)
-        if resume:
-            saved = load_json(self.run_dir.root / "splits.json")
-            if saved != json.loads(json.dumps(self.splits.record)):
-                raise RunDirError(f"{self.run_dir.root / 'splits.json'}: the data splits made "
-                                  "now differ from the saved ones (has the data changed?)")
-        else:
-            self.run_dir.create(overwrite)
-            save_json(self.run_dir.root / "config.json", config.to_dict())
-            save_json(self.run_dir.root / "splits.json", self.splits.record)
+        self.previous = prepare_run_dir(self.run_dir, source, config, start, self.splits.record,
+                                        changes)
         self.device = resolve_device(config.train.device)
         cuda = self.device.type == "cuda"
         self.fast = {"amp": config.train.amp and cuda, "channels_last": config.train.channels_last}
@@ -101,6 +94,7 @@ class Loop:
         self.noise = build_noise(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding,
                                  self.splits.channels)
         self.summary: dict[str, Any] = {"name": config.name, "teacher": None, "rounds": []}
+        self.stop = GracefulStop()
 
     # ---- pieces --------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
@@ -109,25 +103,29 @@ class Loop:
                                 self.config.train.eval_batch_size, self.device, **self.fast)
         return classification_metrics(logits, torch.from_numpy(s.test.labels), s.num_classes)
 
-    def labeled_dataset(self) -> NoisedDataset:
-        s = self.splits
-        return NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
-                             self.config.seed)
-
-    def train(self, rung: int, pseudo: PseudoLabels | None, tag: str):
+    def train(self, rung: int, pseudo: PseudoLabels | None, tag: str, folder: Path,
+              context: dict[str, Any]) -> TrainResult:
         c = self.config
         model = build_model(c, rung, self.splits)
         loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
                                   c.loss.labeled_weight, c.loss.pseudo_weight, pseudo is not None)
+        s = self.splits
+        labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
+                                c.seed)
         pseudo_ds = None
         if pseudo is not None:
-            s = self.splits
             pseudo_ds = NoisedDataset(s.unlabeled.images, pseudo.targets, self.noise, s.mean, s.std,
                                       c.seed + 7919 * rung, index=pseudo.indices)
         epochs = c.train.epochs if pseudo is not None else c.train.teacher_epochs
-        return train_model(model, loss, self.labeled_dataset(), pseudo_ds, c.train, epochs,
-                           seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
-                           tag=tag, num_workers=c.data.num_workers, evaluate=self.evaluate)
+        ck = c.checkpoint
+        checkpoints = TrainCheckpoints(folder / "checkpoints", {"phase": tag, **context}, ck.keep,
+                                       ck.every_steps, ck.every_minutes, self.start.resume)
+        result = train_model(model, loss, labeled, pseudo_ds, c.train, epochs,
+                             seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
+                             tag=tag, num_workers=c.data.num_workers, evaluate=self.evaluate,
+                             checkpoints=checkpoints, stop=self.stop)
+        checkpoints.prune(1)  # the phase's final checkpoint stays
+        return result
 
     def initial_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
         """Round 0's teacher: trained on the labeled images only, or loaded from a checkpoint."""
@@ -137,7 +135,7 @@ class Loop:
             model = load_weights(build_model(c, 0, self.splits), c.model.teacher_checkpoint)
             model.to(self.device)
         else:
-            model = self.train(0, None, "teacher").model
+            model = self.train(0, None, "teacher", folder, {"model": c.model_for(0)}).model
         metrics = self.evaluate(model)
         sha = save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
@@ -150,34 +148,73 @@ class Loop:
         return model, info
 
     def finished_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
-        """Round 0's teacher from a finished `teacher/` folder (resume)."""
+        """Round 0's teacher from a finished `teacher/` folder."""
         folder = self.run_dir.teacher
         self.run_dir.verify(folder)
         info = {k: v for k, v in load_json(folder / "metrics.json").items() if k != "test"}
         model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
-        print(f"resume: round 0's teacher from {folder}", flush=True)
+        print(f"round 0's teacher: finished, loaded from {folder}", flush=True)
         return model.to(self.device), info
 
     def finished_round(self, k: int) -> tuple[nn.Module, dict[str, Any], str]:
-        """Round k's student, summary entry and weights hash from its finished folder (resume)."""
+        """Round k's student, summary entry and weights hash from its finished folder."""
         folder = self.run_dir.round(k)
         self.run_dir.verify(folder)
         metrics = load_json(folder / "metrics.json")
         model = load_weights(build_model(self.config, k + 1, self.splits),
                              folder / "student.safetensors")
-        print(f"resume: round {k} is complete, its student is loaded from {folder}", flush=True)
-        return model.to(self.device), {c: metrics[c] for c in SUMMARY_COLUMNS}, metrics["student_sha256"]
+        print(f"round {k}: finished, its student is loaded from {folder}", flush=True)
+        entry = {c: metrics[c] for c in SUMMARY_COLUMNS}
+        return model.to(self.device), entry, metrics["student_sha256"]
+
+    def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, float]:
+        """Round k's teacher from any weights file (--teacher): model, name, sha256, top-1."""
+        name = self.config.model_for(k)
+        model = load_weights(build_model(self.config, k, self.splits), Path(path))
+        model.to(self.device)
+        top1 = self.evaluate(model)["top1"]
+        print(f"round {k}: teacher {name} from {path} (test top-1 {100 * top1:.2f}%)", flush=True)
+        return model, name, weights_sha256(model.state_dict()), top1
+
+    def stored_pseudo_labels(self, k: int, teacher_sha: str, settings: str) -> PseudoLabels | None:
+        """Round k's pseudo-labels from an earlier attempt, if the same teacher made them with
+        the same settings: this folder's (resume), then the older run's (--from-round)."""
+        candidates = [self.run_dir.round(k) / "pseudo_labels.npz"]
+        if self.previous is not None:
+            candidates.append(self.previous / f"round_{k}" / "pseudo_labels.npz")
+        for path in candidates:
+            if not path.is_file():
+                continue
+            try:
+                labels = PseudoLabels.from_arrays(load_npz(path))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                print(f"round {k}: not reusing {path}: cannot read it ({e})", flush=True)
+                continue
+            meta = labels.meta
+            if (meta.get("teacher_sha256"), meta.get("settings"), meta.get("temperature")) != (
+                    teacher_sha, settings, self.config.loss.temperature):
+                print(f"round {k}: not reusing {path}: made by another teacher or with other "
+                      "settings", flush=True)
+                continue
+            print(f"round {k}: reusing the pseudo-labels in {path} (same teacher, same settings)",
+                  flush=True)
+            return labels
+        return None
 
     def pseudo_label(self, teacher: nn.Module, k: int, teacher_name: str,
                      teacher_sha: str) -> PseudoLabels:
         c, s = self.config, self.splits
-        progress = Progress(len(s.unlabeled), f"round {k} pseudo-labels")
-        labels = make_pseudo_labels(
-            FrozenTeacher(teacher), s.unlabeled.images, s.mean, s.std, c.pseudo_label,
-            c.loss.temperature, {"round": k, "teacher": teacher_name, "teacher_sha256": teacher_sha,
-                                 "settings": c.fingerprint("pseudo_label", "data", "seed")},
-            self.device, progress=progress, **self.fast)
-        progress.close()
+        settings = c.fingerprint("pseudo_label", "data", "seed")
+        labels = self.stored_pseudo_labels(k, teacher_sha, settings)
+        if labels is None:
+            progress = Progress(len(s.unlabeled), f"round {k} pseudo-labels")
+            labels = make_pseudo_labels(
+                FrozenTeacher(teacher), s.unlabeled.images, s.mean, s.std, c.pseudo_label,
+                c.loss.temperature, {"round": k, "teacher": teacher_name,
+                                     "teacher_sha256": teacher_sha, "settings": settings},
+                self.device, progress=progress,
+                check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.fast)
+            progress.close()
         if len(labels) == 0:
             top = float(np.quantile(labels.confidence_all, 0.5))
             raise TrainingError(
@@ -185,59 +222,73 @@ class Loop:
                 f"{c.pseudo_label.threshold}; per-class predictions "
                 f"{np.bincount(labels.predicted, minlength=s.num_classes).tolist()}; half the "
                 f"images have confidence >= {top:.3f}: try pseudo_label.threshold={top:.2f}")
+        save_npz(self.run_dir.round(k) / "pseudo_labels.npz", labels.arrays())
         return labels
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        c = self.config
-        done = self.resume and self.run_dir.is_done(self.run_dir.teacher)
+        """Every round, in order; finished folders are loaded, not recomputed."""
+        try:
+            with self.stop:
+                return self._run()
+        finally:
+            self.tracker.close()
+
+    def _run(self) -> dict[str, Any]:
+        c, rd = self.config, self.run_dir
+        done = rd.is_done(rd.teacher)
         teacher, info = self.finished_teacher() if done else self.initial_teacher()
         self.summary["teacher"] = info
-        teacher_name, teacher_sha, teacher_top1 = info["model"], info["sha256"], info["top1"]
+        name, sha, top1 = info["model"], info["sha256"], info["top1"]
         for k in range(c.rounds):
-            start, folder = time.perf_counter(), self.run_dir.round(k)
-            if self.resume and self.run_dir.is_done(folder):
-                teacher, entry, teacher_sha = self.finished_round(k)
+            if rd.is_done(rd.round(k)):
+                teacher, entry, sha = self.finished_round(k)
                 self.summary["rounds"].append(entry)
-                teacher_name, teacher_top1 = entry["student"], entry["student_top1"]
+                name, top1 = entry["student"], entry["student_top1"]
                 continue
-            folder.mkdir(parents=True, exist_ok=True)
-            labels = self.pseudo_label(teacher, k, teacher_name, teacher_sha)
+            given = self.start.teacher if k == self.start.from_round else None
+            if given:
+                teacher, name, sha, top1 = self.given_teacher(k, given)
+            start = time.perf_counter()
+            rd.round(k).mkdir(parents=True, exist_ok=True)
+            labels = self.pseudo_label(teacher, k, name, sha)
+            del teacher  # frees its memory before the student is built
             stats = labels.stats(self.splits.unlabeled.labels)
-            save_npz(folder / "pseudo_labels.npz", labels.arrays())
             self.tracker.log("pseudo_labels", round=k, **stats)
             accuracy = stats["accuracy"]
-            print(f"round {k} pseudo-labels from {teacher_name}: kept {stats['kept_unique']} of "
+            print(f"round {k} pseudo-labels from {name}: kept {stats['kept_unique']} of "
                   f"{stats['unlabeled']} images ({100 * stats['kept_fraction']:.1f}%), "
                   f"{stats['kept']} items after balancing, mean confidence "
                   f"{stats['mean_confidence']:.3f}"
                   + ("" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"), flush=True)
+            self.stop.check(f"round {k}, after pseudo-labeling")
             label_seconds = time.perf_counter() - start
-            del teacher
-            result = self.train(k + 1, labels, f"round {k} student")
+            student = c.model_for(k + 1)
+            result = self.train(k + 1, labels, f"round {k} student", rd.round(k), {
+                "model": student, "teacher_sha256": sha,
+                "pseudo_labels_sha256": arrays_sha256(labels.arrays())})
             metrics = self.evaluate(result.model)
-            student_name = c.model_for(k + 1)
-            sha = save_weights(result.model, folder / "student.safetensors",
-                               {"model": student_name, "round": str(k)})
-            entry = {"round": k, "teacher": teacher_name, "student": student_name,
-                     "student_params": self.sizes[k + 1], "teacher_top1": teacher_top1,
+            student_sha = save_weights(result.model, rd.round(k) / "student.safetensors",
+                                       {"model": student, "round": str(k)})
+            entry = {"round": k, "teacher": name, "student": student,
+                     "student_params": self.sizes[k + 1], "teacher_top1": top1,
                      "student_top1": metrics["top1"], "student_top5": metrics["top5"],
                      "student_ece": metrics["ece"], "pseudo_labels_kept": stats["kept"],
                      "pseudo_label_accuracy": stats["accuracy"],
                      "seconds": round(time.perf_counter() - start, 2)}
-            save_json(folder / "metrics.json", {
-                **entry, "student_sha256": sha, "teacher_sha256": teacher_sha,
+            save_json(rd.round(k) / "metrics.json", {
+                **entry, "student_sha256": student_sha, "teacher_sha256": sha,
+                "teacher_from": given, "resumed_from": result.resumed_from,
                 "pseudo_labels": stats, "test": metrics, "train": result.history,
                 "timing": {"pseudo_label": round(label_seconds, 2),
                            "train": round(result.seconds, 2),
                            "train_images_per_second": round(result.images_per_second, 1)}})
-            self.run_dir.mark_done(folder)
+            rd.mark_done(rd.round(k))
             self.summary["rounds"].append(entry)
-            save_json(self.run_dir.root / "summary.json", self.summary)
+            save_json(rd.root / "summary.json", self.summary)
             self.tracker.log("round", **entry)
-            teacher, teacher_name, teacher_sha = result.model, student_name, sha
-            teacher_top1 = metrics["top1"]
-        self.tracker.close()
+            teacher, name, sha, top1 = result.model, student, student_sha, metrics["top1"]
+        save_json(rd.root / "summary.json", self.summary)
         print(format_summary(self.summary))
         return self.summary
 
@@ -259,33 +310,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join([*lines, fmt.format(*header), *(fmt.format(*r) for r in rows)])
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_resumable(run_dir: RunDir, config: Config) -> None:
-    """Refuse to resume a directory without a run, or with a different config (shown as a diff)."""
-    path = run_dir.root / "config.json"
-    if not path.is_file():
-        raise RunDirError(f"{run_dir.root}: nothing to resume (no config.json); start the run "
-                          "without --resume")
-    saved, now = _flatten(load_json(path)), _flatten(config.to_dict())
-    diff = [f"{key}: saved {saved.get(key)!r}, now {now.get(key)!r}"
-            for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
-    if diff:
-        raise ConfigError([f"--resume: the config differs from {path}:", *diff])
-
-
-def run(config: Config, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def run(config: Config, overwrite: bool = False, resume: bool = False,
+        from_round: int | None = None, teacher: str | None = None, from_run: str | None = None,
+        allow_config_change: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run the whole loop for `config`; returns the summary (also in `<out>/summary.json`).
 
-    With `resume`, finished folders (those with DONE) are loaded instead of recomputed and the
-    first unfinished round starts over; the config must equal the saved one.
+    `resume` continues the run in `config.out` from its newest valid checkpoint (finished rounds
+    are loaded, the interrupted phase goes on at the step it stopped). `from_round=K` starts again
+    at round K (see `run_dir.Start`). `allow_config_change` lists the keys that may differ from
+    the saved config on resume.
     """
-    return Loop(config, overwrite, resume).run()
+    start = Start(overwrite, resume, from_round, teacher, from_run, tuple(allow_config_change))
+    return Loop(config, start).run()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -113,12 +113,13 @@ def make_pseudo_labels(teacher: FrozenTeacher, images: np.ndarray, mean: list[fl
                        std: list[float], cfg: PseudoLabelConfig, temperature: float,
                        meta: dict[str, Any], device: torch.device | str = "cpu",
                        amp: bool = False, channels_last: bool = False,
-                       progress: object | None = None) -> PseudoLabels:
+                       progress: object | None = None,
+                       check: Callable[[], None] | None = None) -> PseudoLabels:
     """Run the frozen teacher (eval mode, no augmentation) on `images` and select as configured."""
     if not isinstance(teacher, FrozenTeacher):
         raise TypeError("pseudo-labels come from a FrozenTeacher, so the teacher is never noised")
     logits = predict_logits(teacher, images, mean, std, cfg.batch_size, device, amp,
-                            channels_last, progress)  # [n, C]
+                            channels_last, progress, check)  # [n, C]
     num_classes = logits.shape[1]
     confidence_all, predicted = logits.softmax(dim=1).max(dim=1)
     confidence_all, predicted = confidence_all.numpy(), predicted.numpy().astype(np.int64)

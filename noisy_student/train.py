@@ -9,18 +9,23 @@ pseudo-labeled items (students) or over the labeled images (round 0's teacher).
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 
+from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
 from .data import NoisedDataset
 from .losses import StudentLoss
+from .signals import GracefulStop, Interrupted
 from .tracking import JsonlTracker, Progress
 
 
@@ -40,26 +45,46 @@ class StreamSampler(Sampler):
     """An endless stream of `(pass, index)` keys: a seeded reshuffle of range(n) per pass.
 
     The pass number travels with each key, so the dataset draws item noise from
-    (seed, pass, index) in any worker, and the stream is a pure function of the seed.
+    (seed, pass, index) in any worker, and the stream is a pure function of the seed: resuming
+    at item `start` of it gives the same data order as never stopping.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, seed: int, start: int = 0) -> None:
+        self.n, self.seed, self.start = n, seed, start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        p = 0
+        p, skip = divmod(self.start, self.n)
         while True:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
-            for i in torch.randperm(self.n, generator=g).tolist():
+            for i in torch.randperm(self.n, generator=g)[skip:].tolist():
                 yield p, i
-            p += 1
+            p, skip = p + 1, 0
 
 
 def _stream(dataset: NoisedDataset, batch_size: int, seed: int, workers: int,
-            pin: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=StreamSampler(len(dataset), seed),
+            pin: bool, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    loader = DataLoader(dataset, batch_size=batch_size,
+                        sampler=StreamSampler(len(dataset), seed, start),
                         num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     return iter(loader)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and every CUDA device) RNG states, as plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -88,48 +113,84 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 class TrainResult:
     model: nn.Module  # the weights to evaluate and to teach with: the EMA when it is on
     steps: int
-    seconds: float
+    seconds: float  # this process's training time (a resumed run counts from the resume)
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
+    resumed_from: str | None = None  # the checkpoint training continued from
 
 
 def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 pseudo: NoisedDataset | None, cfg: TrainConfig, epochs: int, seed: int,
                 device: torch.device, tracker: JsonlTracker, tag: str, num_workers: int = 0,
                 evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
-                eval_times: int = 5) -> TrainResult:
-    """Train `model` for `epochs` and return the weights to use next, with per-epoch history."""
+                eval_times: int = 5, checkpoints: TrainCheckpoints | None = None,
+                stop: GracefulStop | None = None) -> TrainResult:
+    """Train `model` for `epochs` and return the weights to use next, with per-epoch history.
+
+    With `checkpoints`, the whole training state is saved at every epoch end and at the
+    configured interval; with `checkpoints.resume`, training continues from the newest valid
+    checkpoint: same epoch and step, same data order, same random state. With `stop`, a signal
+    ends training after the current step with a checkpoint, raising `Interrupted`.
+    """
     cuda = device.type == "cuda"
     amp, channels_last = cfg.amp and cuda, cfg.channels_last
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     b_lab = min(cfg.batch_size, len(labeled))
-    b_pse = cfg.batch_size * cfg.unlabeled_ratio
-    if pseudo is not None:
-        b_pse = min(b_pse, len(pseudo))
-        steps_per_epoch = math.ceil(len(pseudo) / b_pse)
-    else:
-        steps_per_epoch = math.ceil(len(labeled) / b_lab)
+    b_pse = min(cfg.batch_size * cfg.unlabeled_ratio, len(pseudo)) if pseudo is not None else 0
+    steps_per_epoch = math.ceil(len(pseudo) / b_pse) if pseudo is not None else math.ceil(
+        len(labeled) / b_lab)
     total = epochs * steps_per_epoch
     warmup = int(cfg.warmup_fraction * total)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
-    lab_stream = _stream(labeled, b_lab, seed, num_workers, cuda)
-    pse_stream = _stream(pseudo, b_pse, seed + 1, num_workers, cuda) if pseudo is not None else None
+    geometry = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_labeled": b_lab,
+                "batch_pseudo": b_pse}
+    # progress within the run: restored from a checkpoint when resuming
+    run: dict[str, Any] = {"step": 0, "history": [], "sums": {}, "best": None}
+    saved = checkpoints.latest() if checkpoints is not None and checkpoints.resume else None
+    if saved is not None:
+        path, state = saved
+        if state["geometry"] != geometry:
+            raise CheckpointError(f"{path}: made for {state['geometry']}, but the config now "
+                                  f"gives {geometry}; resume with the saved config, or start "
+                                  "the round over with --from-round")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        run = state["run"]
+        tracker.log("resume", phase=tag, step=run["step"], checkpoint=str(path))
+    step = run["step"]
+    lab_stream = _stream(labeled, b_lab, seed, num_workers, cuda, start=step * b_lab)
+    pse_stream = (_stream(pseudo, b_pse, seed + 1, num_workers, cuda, start=step * b_pse)
+                  if pseudo is not None else None)
+    if saved is not None:
+        set_rng_state(saved[1]["rng"])  # after the streams, whose creation draws from torch's RNG
+
+    def save(epoch: int) -> Path:
+        assert checkpoints is not None
+        return checkpoints.save(run["step"], epoch, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+            "scaler": None,  # bf16 autocast needs no grad scaler
+            "rng": rng_state(), "geometry": geometry, "run": run,
+            "data_position": {"labeled": run["step"] * b_lab, "pseudo": run["step"] * b_pse}})
+
     eval_at = {round(epochs * (i + 1) / max(1, eval_times)) for i in range(eval_times)}
-    result = TrainResult(model, total, 0.0, 0.0)
-    start, step = time.perf_counter(), 0
+    result = TrainResult(model, total, 0.0, 0.0, run["history"],
+                         str(saved[0]) if saved is not None else None)
+    start, start_step = time.perf_counter(), step
     model.train()
-    for epoch in range(epochs):
-        sums: dict[str, float] = {}
-        seen = 0
-        progress = Progress(steps_per_epoch * (b_lab + (b_pse if pseudo is not None else 0)),
+    for epoch in range(step // steps_per_epoch, epochs):
+        progress = Progress((steps_per_epoch - step % steps_per_epoch) * (b_lab + b_pse),
                             f"{tag} epoch {epoch + 1}/{epochs}")
-        epoch_start = time.perf_counter()
-        for _ in range(steps_per_epoch):
+        epoch_start, seen = time.perf_counter(), 0
+        for _ in range(step % steps_per_epoch, steps_per_epoch):
             x_lab, y_lab = next(lab_stream)
             x, n_lab = x_lab, len(x_lab)
             if pse_stream is not None:
@@ -158,33 +219,45 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
-            step += 1
+            step = run["step"] = step + 1
             seen += len(x)
             values = {k: float(v) for k, v in parts.items()}
             for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
+                run["sums"][k] = run["sums"].get(k, 0.0) + v
             progress.update(len(x), loss=values["total"])
             if step % cfg.log_every == 0:
                 tracker.log("step", phase=tag, step=step, epoch=epoch + 1,
                             lr=scheduler.get_last_lr()[0], **values)
+            if stop is not None and stop.requested and step % steps_per_epoch:
+                path = save(epoch) if checkpoints is not None else None
+                raise Interrupted(stop.signum or 0, f"{tag}, epoch {epoch + 1}, step {step}", path)
+            if checkpoints is not None and step % steps_per_epoch and checkpoints.due(step):
+                save(epoch)
         progress.close()
         seconds = time.perf_counter() - epoch_start
         record: dict[str, Any] = {"phase": tag, "epoch": epoch + 1, "step": step,
                                   "lr": optimizer.param_groups[0]["lr"],
                                   "images_per_second": seen / seconds,
-                                  **{k: v / steps_per_epoch for k, v in sums.items()}}
+                                  **{k: v / steps_per_epoch for k, v in run["sums"].items()}}
+        run["sums"] = {}
         if evaluate is not None and (epoch + 1) in eval_at:
-            current = ema.module if ema is not None else model
-            metrics = evaluate(current)
+            metrics = evaluate(ema.module if ema is not None else model)
             model.train()
             record.update(test_top1=metrics["top1"], test_ece=metrics["ece"])
+            if run["best"] is None or metrics["top1"] > run["best"]["test_top1"]:
+                run["best"] = {"test_top1": metrics["top1"], "epoch": epoch + 1}
             print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, test top-1 "
                   f"{100 * metrics['top1']:.2f}%, {record['images_per_second']:.0f} img/s",
                   flush=True)
         tracker.log("epoch", **record)
-        result.history.append(record)
+        run["history"].append(record)
+        if checkpoints is not None:
+            save(epoch + 1)
+        if stop is not None and stop.requested:
+            raise Interrupted(stop.signum or 0, f"{tag}, end of epoch {epoch + 1}",
+                              checkpoints.paths()[-1] if checkpoints is not None else None)
     result.seconds = time.perf_counter() - start
-    result.images_per_second = total * (b_lab + (b_pse if pseudo is not None else 0)) / result.seconds
+    result.images_per_second = (step - start_step) * (b_lab + b_pse) / max(result.seconds, 1e-9)
     if ema is not None:
         result.model = ema.module
     return result

@@ -12,6 +12,7 @@ from noisy_student.checkpoint import RunDirError, load_npz
 from noisy_student.config import ConfigError
 from noisy_student.data import load_source, make_splits
 from noisy_student.loop import SUMMARY_COLUMNS, Loop, run
+from noisy_student.run_dir import Start
 from noisy_student.pseudo_label import PseudoLabels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ def test_smaller_student_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="smaller than its teacher"):
         Loop(small_last)
     allowed = small_last.with_overrides(["model.allow_smaller_student=true"])
-    Loop(allowed, overwrite=True)  # accepted
+    Loop(allowed, Start(overwrite=True))  # accepted
 
 
 def test_existing_run_directory_is_refused(tiny_config):
@@ -124,8 +125,12 @@ def test_resume_after_a_crash_between_rounds_matches_an_uninterrupted_run(tiny_c
     # a crash in round 1: its folder has no DONE, the student file was never written
     (out / "round_1" / "DONE").unlink()
     (out / "round_1" / "student.safetensors").unlink()
+    capsys.readouterr()
     resumed = run(tiny_config, resume=True)
-    assert "resume: round 0 is complete" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "round 0: finished" in printed
+    # round 1's final training checkpoint survived: nothing is retrained
+    assert "resume: continuing from" in printed and "round 1 student epoch" not in printed
     again = json.loads((out / "round_1" / "metrics.json").read_text())
     assert again["student_sha256"] == first["student_sha256"]  # identical weights
     assert again["test"] == first["test"]
@@ -157,3 +162,85 @@ def test_resume_names_a_damaged_file(tiny_config, damage):
     with pytest.raises(RunDirError, match="round_0/student.safetensors") as e:
         run(config, resume=True)
     assert ("truncated" in str(e.value)) == (damage == "truncate")
+
+
+def _round(out, k):
+    data = json.loads((out / f"round_{k}" / "metrics.json").read_text())
+    return data["student_sha256"], data["test"]
+
+
+def test_from_round_in_place_reproduces_later_rounds_and_moves_the_old_ones_aside(tiny_config,
+                                                                                 capsys):
+    config = tiny_config.with_overrides(["rounds=3"])
+    full = run(config)
+    out = config.out_dir
+    before = {k: _round(out, k) for k in range(3)}
+    capsys.readouterr()
+    again = run(config, from_round=1)
+    printed = capsys.readouterr().out
+    assert "round 0: finished" in printed and "reusing the pseudo-labels" in printed
+    assert {k: _round(out, k) for k in range(3)} == before  # rounds 1 and 2 reproduced
+    assert _without_seconds(again) == _without_seconds(full)
+    (previous,) = (out / "previous").iterdir()  # nothing deleted: the old rounds are kept
+    assert sorted(p.name for p in previous.iterdir()) == ["config.json", "round_1", "round_2",
+                                                          "summary.json"]
+    assert json.loads((previous / "round_2" / "metrics.json").read_text())["student_sha256"] \
+        == before[2][0]
+
+
+def test_from_round_with_other_pseudo_label_settings_recomputes_them(tiny_config, capsys):
+    run(tiny_config)
+    out = tiny_config.out_dir
+    round0 = _round(out, 0)
+    changed = tiny_config.with_overrides(["pseudo_label.balance=false"])
+    capsys.readouterr()
+    run(changed, from_round=1)
+    printed = capsys.readouterr().out
+    assert "not reusing" in printed and "pseudo_label.balance: saved True, now False" in printed
+    assert _round(out, 0) == round0  # kept as it was
+    meta = PseudoLabels.from_arrays(load_npz(out / "round_1" / "pseudo_labels.npz")).meta
+    assert meta["balance"] is False
+    assert json.loads((out / "config.json").read_text())["pseudo_label"]["balance"] is False
+
+
+def test_from_round_with_a_teacher_file(tiny_config):
+    run(tiny_config)
+    out = tiny_config.out_dir
+    before = _round(out, 1)
+    (final,) = (out / "round_0" / "checkpoints").iterdir()  # round 0's final training state
+    run(tiny_config, from_round=1, teacher=str(final))
+    assert _round(out, 1) == before  # same teacher weights: the same round 1
+    assert json.loads((out / "round_1" / "metrics.json").read_text())["teacher_from"] == str(final)
+
+
+def test_from_round_refusals(tiny_config, tmp_path):
+    with pytest.raises(RunDirError, match="add --from-run"):
+        run(tiny_config, from_round=0)
+    run(tiny_config.with_overrides(["rounds=1"]))
+    (tiny_config.out_dir / "round_0" / "DONE").unlink()
+    with pytest.raises(RunDirError, match="round_0 is not finished"):
+        run(tiny_config, from_round=1)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run(tiny_config, resume=True, from_round=1)
+    with pytest.raises(RunDirError, match="no such file"):
+        run(tiny_config, from_round=1, teacher=str(tmp_path / "missing.ckpt"))
+
+
+def test_resume_with_an_allowed_config_change_records_it(tiny_config, capsys):
+    config = tiny_config.with_overrides(["rounds=1"])
+    run(config)
+    changed = config.with_overrides(["checkpoint.keep=5"])
+    run(changed, resume=True, allow_config_change=("checkpoint",))
+    assert "checkpoint.keep: saved 2, now 5" in capsys.readouterr().out
+    assert json.loads((config.out_dir / "config.json").read_text())["checkpoint"]["keep"] == 5
+    (previous,) = (config.out_dir / "previous").iterdir()
+    assert json.loads((previous / "config.json").read_text())["checkpoint"]["keep"] == 2
+
+
+def test_overwrite_replaces_the_old_run_but_not_other_files(tiny_config):
+    run(tiny_config)
+    out = tiny_config.out_dir
+    (out / "notes.txt").write_text("mine")
+    run(tiny_config.with_overrides(["rounds=1"]), overwrite=True)
+    assert not (out / "round_1").exists()  # no stale round of the old run
+    assert (out / "notes.txt").read_text() == "mine"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from ._registry import register_model
@@ -37,6 +36,8 @@ def _resolve_pretrained(arch: str, pretrained: str | None) -> tuple[Any, Path | 
     """``(weights enum, None)`` for a torchvision weights name, ``(None, path)`` for a file."""
     if pretrained is None:
         return None, None
+    import torchvision.models as tvm  # imported on use: it takes seconds
+
     enum_cls = tvm.get_model_weights(arch)
     name = pretrained.removeprefix(f"{enum_cls.__name__}.")
     if name in enum_cls.__members__:
@@ -71,6 +72,8 @@ class TorchvisionModel(nn.Module):
                 f"torchvision's {arch} has no stochastic depth; drop_path_rate must be 0, "
                 f"got {drop_path_rate} (use the CIFAR-style '{arch}' or wrn_* for DropPath)"
             )
+        import torchvision.models as tvm  # imported on use: it takes seconds
+
         weights, weights_file = _resolve_pretrained(arch, pretrained)
         backbone = getattr(tvm, arch)(weights=weights, **kwargs)  # downloads if weights is set
 
