@@ -168,7 +168,8 @@ class Loop:
         return model.to(self.device), entry, metrics["student_sha256"]
 
     def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, float]:
-        """Round k's teacher from any weights file (--teacher): model, name, sha256, top-1."""
+        """Round k's teacher from a weights file (--teacher, or the copy of it in the round's
+        folder on resume): model, name, sha256, top-1."""
         name = self.config.model_for(k)
         model = load_weights(build_model(self.config, k, self.splits), Path(path))
         model.to(self.device)
@@ -247,8 +248,11 @@ class Loop:
                 name, top1 = entry["student"], entry["student_top1"]
                 continue
             given = self.start.teacher if k == self.start.from_round else None
-            if given:
-                teacher, name, sha, top1 = self.given_teacher(k, given)
+            kept = rd.round(k) / "teacher.safetensors"  # a --teacher, kept for --resume
+            if given or kept.is_file():
+                teacher, name, sha, top1 = self.given_teacher(k, given or str(kept))
+                if given:
+                    save_weights(teacher, kept, {"model": name, "from": given})
             start = time.perf_counter()
             rd.round(k).mkdir(parents=True, exist_ok=True)
             labels = self.pseudo_label(teacher, k, name, sha)
@@ -278,7 +282,8 @@ class Loop:
                      "seconds": round(time.perf_counter() - start, 2)}
             save_json(rd.round(k) / "metrics.json", {
                 **entry, "student_sha256": student_sha, "teacher_sha256": sha,
-                "teacher_from": given, "resumed_from": result.resumed_from,
+                "teacher_from": given or (str(kept) if kept.is_file() else None),
+                "resumed_from": result.resumed_from,
                 "pseudo_labels": stats, "test": metrics, "train": result.history,
                 "timing": {"pseudo_label": round(label_seconds, 2),
                            "train": round(result.seconds, 2),

@@ -4,6 +4,7 @@ runs/<name>/
   config.json  splits.json  summary.json  metrics.jsonl
   teacher/   model.safetensors  metrics.json  DONE  checkpoints/step-*.ckpt   round 0's teacher
   round_K/   pseudo_labels.npz  student.safetensors  metrics.json  DONE  checkpoints/step-*.ckpt
+             teacher.safetensors (after --from-round K --teacher PATH: the teacher it was given)
   previous/<UTC time>/   what --from-round moved aside (later rounds, the old config, summary)
 
 A folder without DONE is incomplete; DONE is written last and lists the folder's files with

@@ -38,8 +38,10 @@ class GracefulStop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> GracefulStop:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # handlers: main thread only
             for s in SIGNALS:
                 self._previous[s] = signal.signal(s, self._handle)
@@ -51,6 +53,9 @@ class GracefulStop:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker (Ctrl-C reaches the whole group): the main
+            # process finishes the step, and shuts the workers down when it exits
         if self.signum is not None:  # the second signal: stop now
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)

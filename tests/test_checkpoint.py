@@ -142,12 +142,17 @@ def test_a_signal_becomes_a_stop_request(signum, code):
     assert signal.getsignal(signum) is before  # handlers are put back
 
 
-def test_resume_command_drops_the_start_flags():
+def test_resume_command_drops_the_start_flags(monkeypatch):
     argv = ["--out", "runs/x", "--overwrite", "--from-round", "1", "--teacher=t.ckpt",
             "--set", "loss.temperature=2", "--from-run", "runs/old"]
+    monkeypatch.setattr("sys.argv", ["recipes/digits.py"])
+    monkeypatch.delenv("NOISY_STUDENT_LAUNCHER", raising=False)
     command = resume_command(argv)
-    assert command.endswith("--out runs/x --set loss.temperature=2 --resume")
+    assert command.endswith("recipes/digits.py --out runs/x --set loss.temperature=2 --resume")
     assert "--overwrite" not in command and "--teacher" not in command
+    monkeypatch.setenv("NOISY_STUDENT_LAUNCHER", "noisy-student")  # launched by the console script
+    assert resume_command(["--set", "a.b=[1, 2]"]) == \
+        "noisy-student run recipes/digits.py --set 'a.b=[1, 2]' --resume"
 
 
 def test_start_flags_that_exclude_each_other_are_refused():

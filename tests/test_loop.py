@@ -211,6 +211,13 @@ def test_from_round_with_a_teacher_file(tiny_config):
     run(tiny_config, from_round=1, teacher=str(final))
     assert _round(out, 1) == before  # same teacher weights: the same round 1
     assert json.loads((out / "round_1" / "metrics.json").read_text())["teacher_from"] == str(final)
+    # interrupted, then resumed: round 1 keeps the given teacher (a copy in its folder)
+    (out / "round_1" / "DONE").unlink()
+    (out / "round_1" / "student.safetensors").unlink()
+    final.unlink()
+    run(tiny_config, resume=True)
+    assert _round(out, 1) == before
+    assert (out / "round_1" / "teacher.safetensors").is_file()
 
 
 def test_from_round_refusals(tiny_config, tmp_path):
