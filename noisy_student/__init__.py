@@ -11,12 +11,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must no
 
 from .cli import run_recipe  # noqa: E402
 from .config import (CheckpointConfig, Config, ConfigError, DataConfig,  # noqa: E402
-                     LossConfig, ModelConfig, NoiseConfig, PseudoLabelConfig, TrainConfig)
+                     LossConfig, ModelConfig, NoiseConfig, PseudoLabelConfig, TrackingConfig,
+                     TrainConfig)
 
 __version__ = "0.1.0"
 
 __all__ = ["CheckpointConfig", "Config", "ConfigError", "DataConfig", "LossConfig",
-           "ModelConfig", "NoiseConfig", "PseudoLabelConfig", "TrainConfig", "run", "run_recipe"]
+           "ModelConfig", "NoiseConfig", "PseudoLabelConfig", "TrackingConfig", "TrainConfig",
+           "run", "run_recipe"]
 
 
 def run(config: Config, **start: Any) -> dict:

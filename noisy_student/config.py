@@ -112,6 +112,21 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # Weights & Biases: one wandb run per phase (round 0's teacher, each round) in one group.
+    # metrics.jsonl in the run directory holds the same metrics whatever is chosen here.
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online when logged
+    # in, offline otherwise; the WANDB_MODE environment variable wins over this
+    project: str = "noisy-student"
+    entity: str | None = None
+    run_name: str | None = None  # runs are named <run_name>/round-<k>; default: the name
+    tags: list[str] = field(default_factory=list)
+    upload_checkpoints: bool = False  # each round's student weights + pseudo-labels as artifact
+    samples_per_class: int = 2  # pseudo-label table: the most and the least confident, per class
+    init_timeout: float = 60.0  # seconds wandb.init may take before tracking is given up
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "run"
     seed: int = 0
@@ -124,6 +139,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         problems = _check(self)
@@ -269,6 +285,10 @@ def _check(c: Config) -> list[str]:
     _range(p, "checkpoint.every_steps", c.checkpoint.every_steps, 0)
     _range(p, "checkpoint.every_minutes", c.checkpoint.every_minutes, 0)
     _range(p, "checkpoint.keep", c.checkpoint.keep, 1)
+    _range(p, "tracking.samples_per_class", c.tracking.samples_per_class, 0)
+    _range(p, "tracking.init_timeout", c.tracking.init_timeout, 0, lo_open=True)
+    if not c.tracking.project:
+        p.append("tracking.project is empty")
     if t.teacher_epochs == 0 and not m.teacher_checkpoint:
         p.append("train.teacher_epochs = 0 needs model.teacher_checkpoint (round 0's teacher)")
     return p

@@ -29,9 +29,11 @@ from .models import count_params, create_model
 from .noise import build_noise
 from .pseudo_label import PseudoLabels, make_pseudo_labels
 from .run_dir import Start, open_run, prepare_run_dir
-from .signals import GracefulStop
-from .tracking import JsonlTracker, Progress
+from .distributed import is_main_process
+from .signals import GracefulStop, Interrupted
+from .tracking import Progress, Tracker
 from .train import TrainingError, TrainResult, resolve_device, train_model
+from .wandb_logger import WandbLogger, resolve_mode
 
 SUMMARY_COLUMNS = ("round", "teacher", "student", "student_params", "teacher_top1",
                    "student_top1", "student_top5", "student_ece", "pseudo_labels_kept",
@@ -89,7 +91,10 @@ class Loop:
         self.device = resolve_device(config.train.device)
         cuda = self.device.type == "cuda"
         self.fast = {"amp": config.train.amp and cuda, "channels_last": config.train.channels_last}
-        self.tracker = JsonlTracker(self.run_dir.root / "metrics.jsonl")
+        mode = resolve_mode(config.tracking.mode) if is_main_process() else "disabled"
+        self.tracker = Tracker(self.run_dir.root / "metrics.jsonl", None if mode == "disabled" else
+                               WandbLogger(config.tracking, config.name, self.run_dir.root,
+                                           config.to_dict(), mode))
         n = config.noise
         self.noise = build_noise(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding,
                                  self.splits.channels)
@@ -131,6 +136,8 @@ class Loop:
         """Round 0's teacher: trained on the labeled images only, or loaded from a checkpoint."""
         c, folder, start = self.config, self.run_dir.teacher, time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
+        self.tracker.start_phase("teacher", "teacher", "teacher", {
+            "phase": "teacher", "teacher": {"model": c.model_for(0), "params": self.sizes[0]}})
         if c.model.teacher_checkpoint:
             model = load_weights(build_model(c, 0, self.splits), c.model.teacher_checkpoint)
             model.to(self.device)
@@ -145,6 +152,7 @@ class Loop:
         save_json(folder / "metrics.json", {**info, "test": metrics})
         self.run_dir.mark_done(folder)
         self.tracker.log("teacher", **info)
+        self.tracker.end_phase()
         return model, info
 
     def finished_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
@@ -229,11 +237,17 @@ class Loop:
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Every round, in order; finished folders are loaded, not recomputed."""
+        code = 1
         try:
             with self.stop:
-                return self._run()
+                summary = self._run()
+            code = 0
+            return summary
+        except Interrupted as e:
+            code = e.exit_code
+            raise
         finally:
-            self.tracker.close()
+            self.tracker.close(code)
 
     def _run(self) -> dict[str, Any]:
         c, rd = self.config, self.run_dir
@@ -253,12 +267,18 @@ class Loop:
                 teacher, name, sha, top1 = self.given_teacher(k, given or str(kept))
                 if given:
                     save_weights(teacher, kept, {"model": name, "from": given})
-            start = time.perf_counter()
+            start, student = time.perf_counter(), c.model_for(k + 1)
             rd.round(k).mkdir(parents=True, exist_ok=True)
+            self.tracker.start_phase(f"round_{k}", f"round-{k}", "round", {
+                "phase": "round", "round": k,
+                "teacher": {"model": name, "params": self.sizes[k], "sha256": sha},
+                "student": {"model": student, "params": self.sizes[k + 1]}})
             labels = self.pseudo_label(teacher, k, name, sha)
             del teacher  # frees its memory before the student is built
             stats = labels.stats(self.splits.unlabeled.labels)
             self.tracker.log("pseudo_labels", round=k, **stats)
+            self.tracker.samples(k, self.splits.unlabeled.images, labels,
+                                 self.splits.unlabeled.labels)
             accuracy = stats["accuracy"]
             print(f"round {k} pseudo-labels from {name}: kept {stats['kept_unique']} of "
                   f"{stats['unlabeled']} images ({100 * stats['kept_fraction']:.1f}%), "
@@ -267,7 +287,6 @@ class Loop:
                   + ("" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"), flush=True)
             self.stop.check(f"round {k}, after pseudo-labeling")
             label_seconds = time.perf_counter() - start
-            student = c.model_for(k + 1)
             result = self.train(k + 1, labels, f"round {k} student", rd.round(k), {
                 "model": student, "teacher_sha256": sha,
                 "pseudo_labels_sha256": arrays_sha256(labels.arrays())})
@@ -292,6 +311,11 @@ class Loop:
             self.summary["rounds"].append(entry)
             save_json(rd.root / "summary.json", self.summary)
             self.tracker.log("round", **entry)
+            self.tracker.artifact(k, [rd.round(k) / "student.safetensors",
+                                      rd.round(k) / "pseudo_labels.npz"],
+                                  {"student": student, "student_sha256": student_sha,
+                                   "teacher_sha256": sha, "test_top1": metrics["top1"]})
+            self.tracker.end_phase()
             teacher, name, sha, top1 = result.model, student, student_sha, metrics["top1"]
         save_json(rd.root / "summary.json", self.summary)
         print(format_summary(self.summary))
@@ -304,12 +328,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"labels-only teacher {t['model']}: top-1 {100 * t['top1']:.2f}%  ({t['seconds']} s)"]
     header = ["round", "teacher", "student", "params", "teacher top1", "student top1", "top5",
               "ECE", "kept", "PL acc", "seconds"]
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}"
+
     rows = [[str(r["round"]), r["teacher"], r["student"], f"{r['student_params']:,}",
-             f"{100 * r['teacher_top1']:.2f}", f"{100 * r['student_top1']:.2f}",
-             f"{100 * r['student_top5']:.2f}", f"{r['student_ece']:.4f}",
-             str(r["pseudo_labels_kept"]),
-             "-" if r["pseudo_label_accuracy"] is None else f"{100 * r['pseudo_label_accuracy']:.2f}",
-             f"{r['seconds']:.1f}"] for r in summary["rounds"]]
+             pct(r["teacher_top1"]), pct(r["student_top1"]), pct(r["student_top5"]),
+             f"{r['student_ece']:.4f}", str(r["pseudo_labels_kept"]),
+             pct(r["pseudo_label_accuracy"]), f"{r['seconds']:.1f}"] for r in summary["rounds"]]
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     return "\n".join([*lines, fmt.format(*header), *(fmt.format(*r) for r in rows)])

@@ -134,3 +134,19 @@ def make_pseudo_labels(teacher: FrozenTeacher, images: np.ndarray, mean: list[fl
                 threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class)
     return PseudoLabels(indices, targets, confidence_all[indices].astype(np.float32), predicted,
                         confidence_all.astype(np.float32), meta)
+
+
+def confidence_extremes(predicted: np.ndarray, confidence: np.ndarray, num_classes: int,
+                        n: int) -> list[tuple[int, int, float, str]]:
+    """For each predicted class, its `n` most and `n` least confident unlabeled images, as
+    `(index, class, confidence, "most" | "least")`; a class with fewer than 2n images lists
+    each image once."""
+    rows = []
+    for c in range(num_classes):
+        members = np.flatnonzero(predicted == c)
+        order = members[np.argsort(-confidence[members], kind="stable")]
+        most = order[:n]
+        least = [i for i in order[::-1][:n] if i not in set(most.tolist())][::-1]
+        rows += [(int(i), c, float(confidence[i]), "most") for i in most]
+        rows += [(int(i), c, float(confidence[i]), "least") for i in least]
+    return rows

@@ -1,7 +1,8 @@
 """The run directory: its layout, completion manifests, and how a run starts over an old one.
 
 runs/<name>/
-  config.json  splits.json  summary.json  metrics.jsonl
+  config.json  splits.json  summary.json  metrics.jsonl  wandb.json (wandb group and run ids)
+  wandb/     wandb's own files (offline runs to sync), when tracking is on
   teacher/   model.safetensors  metrics.json  DONE  checkpoints/step-*.ckpt   round 0's teacher
   round_K/   pseudo_labels.npz  student.safetensors  metrics.json  DONE  checkpoints/step-*.ckpt
              teacher.safetensors (after --from-round K --teacher PATH: the teacher it was given)
@@ -26,7 +27,7 @@ from .checkpoint import RunDirError, _sha256, load_json, save_json
 from .config import Config, ConfigError
 
 DONE = "DONE"
-RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.jsonl")
+RUN_FILES = ("config.json", "splits.json", "summary.json", "metrics.jsonl", "wandb.json")
 
 
 class RunDir:
@@ -51,7 +52,7 @@ class RunDir:
         self.check_free(overwrite)
         if overwrite and self.root.is_dir():
             for path in self.root.iterdir():
-                if path.name in RUN_FILES or path.name == "teacher" or path.name == "previous" \
+                if path.name in RUN_FILES or path.name in ("teacher", "previous", "wandb") \
                         or path.name.startswith("round_"):
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
         self.root.mkdir(parents=True, exist_ok=True)

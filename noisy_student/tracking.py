@@ -1,4 +1,4 @@
-"""Metrics that always land in the run directory (metrics.jsonl), and progress display.
+"""Metrics that always land in the run directory (metrics.jsonl), optionally wandb, and progress.
 
 Progress is a tqdm bar on a terminal and plain log lines otherwise (CI logs, files).
 """
@@ -9,24 +9,48 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+if TYPE_CHECKING:
+    from .wandb_logger import WandbLogger
 
-class JsonlTracker:
-    """Appends one JSON object per line: {"time", "event", ...}. Lines are flushed at once."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+class Tracker:
+    """Every event becomes a line of metrics.jsonl ({"time", "event", ...}, flushed at once);
+    with a `WandbLogger`, it also goes to the wandb run of the current phase."""
+
+    def __init__(self, path: Path | None, wandb: WandbLogger | None = None) -> None:
+        self.path, self.wandb = path, wandb
         self._file = open(path, "a", buffering=1) if path is not None else None
 
     def log(self, event: str, **fields: Any) -> None:
         if self._file is not None:
             self._file.write(json.dumps({"time": round(time.time(), 3), "event": event, **fields})
                              + "\n")
+        if self.wandb is not None:
+            self.wandb.log(event, fields)
 
-    def close(self) -> None:
+    # phases and extras: no-ops without wandb
+    def start_phase(self, key: str, name: str, job_type: str, info: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            self.wandb.start(key, name, job_type, info)
+
+    def end_phase(self, exit_code: int = 0) -> None:
+        if self.wandb is not None:
+            self.wandb.finish(exit_code)
+
+    def samples(self, k: int, images: Any, labels: Any, hidden: Any) -> None:
+        if self.wandb is not None:
+            self.wandb.samples(k, images, labels, hidden)
+
+    def artifact(self, k: int, files: list[Path], metadata: dict[str, Any]) -> None:
+        if self.wandb is not None:
+            self.wandb.artifact(k, files, metadata)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.end_phase(exit_code)
         if self._file is not None:
             self._file.close()
             self._file = None

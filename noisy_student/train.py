@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .data import NoisedDataset
 from .losses import StudentLoss
 from .signals import GracefulStop, Interrupted
-from .tracking import JsonlTracker, Progress
+from .tracking import Tracker, Progress
 
 
 class TrainingError(RuntimeError):
@@ -121,7 +121,7 @@ class TrainResult:
 
 def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 pseudo: NoisedDataset | None, cfg: TrainConfig, epochs: int, seed: int,
-                device: torch.device, tracker: JsonlTracker, tag: str, num_workers: int = 0,
+                device: torch.device, tracker: Tracker, tag: str, num_workers: int = 0,
                 evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
                 eval_times: int = 5, checkpoints: TrainCheckpoints | None = None,
                 stop: GracefulStop | None = None) -> TrainResult:

@@ -2,11 +2,11 @@
 
 import json
 
-from noisy_student.tracking import JsonlTracker, Progress
+from noisy_student.tracking import Tracker, Progress
 
 
 def test_jsonl_lines_are_flushed_and_parse(tmp_path):
-    tracker = JsonlTracker(tmp_path / "m.jsonl")
+    tracker = Tracker(tmp_path / "m.jsonl")
     tracker.log("epoch", epoch=1, total=0.5)
     # readable before close: a crash loses nothing already logged
     first = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])

@@ -10,7 +10,7 @@ from torch import nn
 from noisy_student.config import TrainConfig
 from noisy_student.data import NoisedDataset
 from noisy_student.losses import build_student_loss
-from noisy_student.tracking import JsonlTracker
+from noisy_student.tracking import Tracker
 from noisy_student.train import (StreamSampler, TrainingError, build_optimizer, lr_factor,
                                  train_model)
 
@@ -64,7 +64,7 @@ def _train(cfg, model=None, pseudo=None):
     model = model or _Linear()
     loss = build_student_loss("soft_ce", 1.0, 0.0, 1.0, 1.0, with_pseudo=pseudo is not None)
     return train_model(model, loss, _data(), pseudo, cfg, epochs=2, seed=0,
-                       device=torch.device("cpu"), tracker=JsonlTracker(None), tag="t")
+                       device=torch.device("cpu"), tracker=Tracker(None), tag="t")
 
 
 def test_training_is_reproducible_and_ema_is_what_comes_back():
