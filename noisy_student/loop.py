@@ -36,7 +36,8 @@ from .train import TrainingError, TrainResult, resolve_device, train_model
 from .wandb_logger import WandbLogger, resolve_mode
 
 SUMMARY_COLUMNS = ("round", "teacher", "student", "student_params", "teacher_top1",
-                   "student_top1", "student_top5", "student_ece", "pseudo_labels_kept",
+                   "teacher_top5", "teacher_ece", "student_top1", "student_top5", "student_ece",
+                   "pseudo_labels_kept",
                    "pseudo_label_accuracy", "seconds")
 
 
@@ -172,18 +173,19 @@ class Loop:
         model = load_weights(build_model(self.config, k + 1, self.splits),
                              folder / "student.safetensors")
         print(f"round {k}: finished, its student is loaded from {folder}", flush=True)
-        entry = {c: metrics[c] for c in SUMMARY_COLUMNS}
+        entry = {c: metrics.get(c) for c in SUMMARY_COLUMNS}
         return model.to(self.device), entry, metrics["student_sha256"]
 
-    def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, float]:
+    def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, dict[str, float]]:
         """Round k's teacher from a weights file (--teacher, or the copy of it in the round's
-        folder on resume): model, name, sha256, top-1."""
+        folder on resume): model, name, sha256, test scores."""
         name = self.config.model_for(k)
         model = load_weights(build_model(self.config, k, self.splits), Path(path))
         model.to(self.device)
-        top1 = self.evaluate(model)["top1"]
-        print(f"round {k}: teacher {name} from {path} (test top-1 {100 * top1:.2f}%)", flush=True)
-        return model, name, weights_sha256(model.state_dict()), top1
+        test = self.evaluate(model)
+        print(f"round {k}: teacher {name} from {path} (test top-1 {100 * test['top1']:.2f}%)",
+              flush=True)
+        return model, name, weights_sha256(model.state_dict()), _scores(test)
 
     def stored_pseudo_labels(self, k: int, teacher_sha: str, settings: str) -> PseudoLabels | None:
         """Round k's pseudo-labels from an earlier attempt, if the same teacher made them with
@@ -254,17 +256,18 @@ class Loop:
         done = rd.is_done(rd.teacher)
         teacher, info = self.finished_teacher() if done else self.initial_teacher()
         self.summary["teacher"] = info
-        name, sha, top1 = info["model"], info["sha256"], info["top1"]
+        name, sha, scores = info["model"], info["sha256"], _scores(info)
         for k in range(c.rounds):
             if rd.is_done(rd.round(k)):
                 teacher, entry, sha = self.finished_round(k)
                 self.summary["rounds"].append(entry)
-                name, top1 = entry["student"], entry["student_top1"]
+                name = entry["student"]
+                scores = {s: entry[f"student_{s}"] for s in ("top1", "top5", "ece")}
                 continue
             given = self.start.teacher if k == self.start.from_round else None
             kept = rd.round(k) / "teacher.safetensors"  # a --teacher, kept for --resume
             if given or kept.is_file():
-                teacher, name, sha, top1 = self.given_teacher(k, given or str(kept))
+                teacher, name, sha, scores = self.given_teacher(k, given or str(kept))
                 if given:
                     save_weights(teacher, kept, {"model": name, "from": given})
             start, student = time.perf_counter(), c.model_for(k + 1)
@@ -294,7 +297,8 @@ class Loop:
             student_sha = save_weights(result.model, rd.round(k) / "student.safetensors",
                                        {"model": student, "round": str(k)})
             entry = {"round": k, "teacher": name, "student": student,
-                     "student_params": self.sizes[k + 1], "teacher_top1": top1,
+                     "student_params": self.sizes[k + 1],
+                     **{f"teacher_{s}": v for s, v in scores.items()},
                      "student_top1": metrics["top1"], "student_top5": metrics["top5"],
                      "student_ece": metrics["ece"], "pseudo_labels_kept": stats["kept"],
                      "pseudo_label_accuracy": stats["accuracy"],
@@ -316,10 +320,14 @@ class Loop:
                                   {"student": student, "student_sha256": student_sha,
                                    "teacher_sha256": sha, "test_top1": metrics["top1"]})
             self.tracker.end_phase()
-            teacher, name, sha, top1 = result.model, student, student_sha, metrics["top1"]
+            teacher, name, sha, scores = result.model, student, student_sha, _scores(metrics)
         save_json(rd.root / "summary.json", self.summary)
         print(format_summary(self.summary))
         return self.summary
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, float]:
+    return {s: metrics[s] for s in ("top1", "top5", "ece")}
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -190,6 +190,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
         progress = Progress((steps_per_epoch - step % steps_per_epoch) * (b_lab + b_pse),
                             f"{tag} epoch {epoch + 1}/{epochs}")
         epoch_start, seen = time.perf_counter(), 0
+        last_log = (epoch_start, 0)  # time and images at the last step line
         for _ in range(step % steps_per_epoch, steps_per_epoch):
             x_lab, y_lab = next(lab_stream)
             x, n_lab = x_lab, len(x_lab)
@@ -204,6 +205,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)  # [B, num_classes]
             logits = logits.float()
+            run["correct"] = run.get("correct", 0) + int((logits[:n_lab].argmax(1) == y_lab).sum())
             if pse_stream is not None:
                 loss, parts = loss_fn(logits[:n_lab], y_lab, logits[n_lab:], q_pse)
             else:
@@ -226,8 +228,12 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 run["sums"][k] = run["sums"].get(k, 0.0) + v
             progress.update(len(x), loss=values["total"])
             if step % cfg.log_every == 0:
+                now = time.perf_counter()
                 tracker.log("step", phase=tag, step=step, epoch=epoch + 1,
-                            lr=scheduler.get_last_lr()[0], **values)
+                            lr=scheduler.get_last_lr()[0],
+                            images_per_second=(seen - last_log[1]) / (now - last_log[0]),
+                            **values)
+                last_log = (now, seen)
             if stop is not None and stop.requested and step % steps_per_epoch:
                 path = save(epoch) if checkpoints is not None else None
                 raise Interrupted(stop.signum or 0, f"{tag}, epoch {epoch + 1}, step {step}", path)
@@ -238,6 +244,9 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
         record: dict[str, Any] = {"phase": tag, "epoch": epoch + 1, "step": step,
                                   "lr": optimizer.param_groups[0]["lr"],
                                   "images_per_second": seen / seconds,
+                                  # on the noised labeled images it trained on (model in train mode)
+                                  "labeled_train_accuracy": run.pop("correct", 0) / (
+                                      steps_per_epoch * b_lab),
                                   **{k: v / steps_per_epoch for k, v in run["sums"].items()}}
         run["sums"] = {}
         if evaluate is not None and (epoch + 1) in eval_at:

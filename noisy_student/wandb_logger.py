@@ -39,12 +39,22 @@ def _new_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def _default_base_url() -> str:
+    """The server wandb talks to by default (it differs between wandb versions)."""
+    try:
+        import wandb
+
+        return str(wandb.Settings().base_url)
+    except Exception:  # noqa: BLE001 - no usable wandb: the classic host
+        return "https://api.wandb.ai"
+
+
 def logged_in(env: Mapping[str, str] = os.environ) -> bool:
     """Whether wandb would find credentials (API key variables, or a netrc entry for its host),
     read without touching the network."""
     if env.get("WANDB_API_KEY") or env.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(env.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    host = urlparse(env.get("WANDB_BASE_URL") or _default_base_url()).hostname
     path = env.get("NETRC") or os.path.join(env.get("HOME", "~"), ".netrc")
     try:
         return netrc.netrc(os.path.expanduser(path)).authenticators(host or "") is not None

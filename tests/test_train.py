@@ -95,3 +95,13 @@ def test_non_finite_loss_stops_with_the_step():
 
     with pytest.raises(TrainingError, match="at step 0"):
         _train(TrainConfig(batch_size=8, device="cpu"), model=_NaN())
+
+
+def test_labeled_train_accuracy_counts_every_labeled_image_of_the_epoch():
+    class _AlwaysZero(_Linear):
+        def forward(self, x):
+            return super().forward(x) * 0 + torch.tensor([10.0, 0.0, 0.0])
+
+    # 3 steps of 8 = one pass over the 24 labels (0, 1, 2 repeated): exactly a third are class 0
+    result = _train(TrainConfig(batch_size=8, device="cpu"), model=_AlwaysZero())
+    assert [h["labeled_train_accuracy"] for h in result.history] == [1 / 3, 1 / 3]

@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from urllib.parse import urlparse
+
 import numpy as np
 import pytest
+import wandb
 
 from noisy_student.checkpoint import load_npz
 from noisy_student.loop import run
@@ -59,7 +62,8 @@ def test_offline_run_holds_one_wandb_run_per_round_with_round_axis_and_table(off
         rows = [h["item"] for h in of_type(recs[rid], "history")]
         (result,) = [r for r in rows if "round/student_top1" in r]
         assert result["round"] == k
-        for key in ("teacher_top1", "student_top1", "student_top5", "student_ece",
+        for key in ("teacher_top1", "teacher_top5", "teacher_ece", "student_top1", "student_top5",
+                    "student_ece",
                     "pseudo_labels_kept", "pseudo_label_accuracy"):
             assert result[f"round/{key}"] == pytest.approx(entry[key])  # == summary.json
         (pl,) = [r for r in rows if "pseudo_labels/kept" in r]
@@ -69,7 +73,9 @@ def test_offline_run_holds_one_wandb_run_per_round_with_round_axis_and_table(off
         assert pl["pseudo_labels/mean_confidence"] == pytest.approx(labels.confidence.mean())
         steps = [r for r in rows if "train/step" in r]
         assert steps and {"train/labeled_ce", "train/pseudo_soft_ce", "train/total",
-                          "train/lr"} <= set(steps[0])
+                          "train/lr", "train/images_per_second"} <= set(steps[0])
+        (epoch,) = [r for r in rows if "epoch/labeled_train_accuracy" in r]  # epochs = 1
+        assert 0 <= epoch["epoch/labeled_train_accuracy"] <= 1 and "epoch/test_top1" in epoch
         metrics = {m.get("glob_name"): m.get("step_metric") for m in of_type(recs[rid], "metric")}
         assert metrics["round/*"] == "round" and metrics["train/*"] == "train/step"
         # the sample table: 2 most + 2 least confident per predicted class
@@ -143,7 +149,11 @@ def test_resume_continues_the_same_wandb_run(offline):
 def test_mode_resolution(tmp_path):
     assert resolve_mode("auto", {"HOME": str(tmp_path)}) == "offline"
     assert resolve_mode("auto", {"WANDB_API_KEY": "x" * 40}) == "online"
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    (tmp_path / ".netrc").write_text("machine api.example.org\n  login user\n  password abc\n")
+    assert not logged_in({"HOME": str(tmp_path)})  # another server's entry
+    assert logged_in({"HOME": str(tmp_path), "WANDB_BASE_URL": "https://api.example.org"})
+    host = urlparse(wandb.Settings().base_url).hostname  # this wandb version's default server
+    (tmp_path / ".netrc").write_text(f"machine {host}\n  login user\n  password abc\n")
     assert logged_in({"HOME": str(tmp_path)})
     assert resolve_mode("auto", {"HOME": str(tmp_path)}) == "online"
     assert resolve_mode("offline", {"WANDB_MODE": "online"}) == "online"  # WANDB_MODE wins
