@@ -293,7 +293,9 @@ class Loop:
             result = self.train(k + 1, labels, f"round {k} student", rd.round(k), {
                 "model": student, "teacher_sha256": sha,
                 "pseudo_labels_sha256": arrays_sha256(labels.arrays())})
+            t = time.perf_counter()
             metrics = self.evaluate(result.model)
+            final_eval = time.perf_counter() - t
             student_sha = save_weights(result.model, rd.round(k) / "student.safetensors",
                                        {"model": student, "round": str(k)})
             entry = {"round": k, "teacher": name, "student": student,
@@ -310,7 +312,12 @@ class Loop:
                 "pseudo_labels": stats, "test": metrics, "train": result.history,
                 "timing": {"pseudo_label": round(label_seconds, 2),
                            "train": round(result.seconds, 2),
-                           "train_images_per_second": round(result.images_per_second, 1)}})
+                           "train_images_per_second": round(result.images_per_second, 1),
+                           # parts of "train":
+                           "train_data_wait": result.timing["data_wait"],
+                           "train_evaluate": result.timing["evaluate"],
+                           "train_checkpoint": result.timing["checkpoint"],
+                           "final_evaluate": round(final_eval, 3)}})
             rd.mark_done(rd.round(k))
             self.summary["rounds"].append(entry)
             save_json(rd.root / "summary.json", self.summary)

@@ -117,6 +117,8 @@ class TrainResult:
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
     resumed_from: str | None = None  # the checkpoint training continued from
+    # where `seconds` went: waiting for noised batches, evaluating, writing checkpoints
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
@@ -172,14 +174,19 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     if saved is not None:
         set_rng_state(saved[1]["rng"])  # after the streams, whose creation draws from torch's RNG
 
+    timing = {"data_wait": 0.0, "evaluate": 0.0, "checkpoint": 0.0}
+
     def save(epoch: int) -> Path:
         assert checkpoints is not None
-        return checkpoints.save(run["step"], epoch, {
+        t = time.perf_counter()
+        path = checkpoints.save(run["step"], epoch, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
             "scaler": None,  # bf16 autocast needs no grad scaler
             "rng": rng_state(), "geometry": geometry, "run": run,
             "data_position": {"labeled": run["step"] * b_lab, "pseudo": run["step"] * b_pse}})
+        timing["checkpoint"] += time.perf_counter() - t
+        return path
 
     eval_at = {round(epochs * (i + 1) / max(1, eval_times)) for i in range(eval_times)}
     result = TrainResult(model, total, 0.0, 0.0, run["history"],
@@ -192,11 +199,14 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
         epoch_start, seen = time.perf_counter(), 0
         last_log = (epoch_start, 0)  # time and images at the last step line
         for _ in range(step % steps_per_epoch, steps_per_epoch):
+            t = time.perf_counter()
             x_lab, y_lab = next(lab_stream)
             x, n_lab = x_lab, len(x_lab)
             if pse_stream is not None:
                 x_pse, q_pse = next(pse_stream)
                 x = torch.cat([x_lab, x_pse])  # [B_lab + B_pse, C, H, W]
+            timing["data_wait"] += time.perf_counter() - t
+            if pse_stream is not None:
                 q_pse = q_pse.to(device, non_blocking=True)
             x = x.to(device, non_blocking=True)
             if channels_last:
@@ -250,7 +260,9 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                                   **{k: v / steps_per_epoch for k, v in run["sums"].items()}}
         run["sums"] = {}
         if evaluate is not None and (epoch + 1) in eval_at:
+            t = time.perf_counter()
             metrics = evaluate(ema.module if ema is not None else model)
+            timing["evaluate"] += time.perf_counter() - t
             model.train()
             record.update(test_top1=metrics["top1"], test_ece=metrics["ece"])
             if run["best"] is None or metrics["top1"] > run["best"]["test_top1"]:
@@ -266,6 +278,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             raise Interrupted(stop.signum or 0, f"{tag}, end of epoch {epoch + 1}",
                               checkpoints.paths()[-1] if checkpoints is not None else None)
     result.seconds = time.perf_counter() - start
+    result.timing = {k: round(v, 3) for k, v in timing.items()}
     result.images_per_second = (step - start_step) * (b_lab + b_pse) / max(result.seconds, 1e-9)
     if ema is not None:
         result.model = ema.module

@@ -1,0 +1,75 @@
+"""tools/benchmark.py --quick on digits: every figure present and finite, ratios from times."""
+
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _finite_numbers(node, where=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _finite_numbers(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _finite_numbers(v, f"{where}[{i}]")
+    elif isinstance(node, float):
+        yield where, node
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
+    assert main(["all", "--quick", "--dataset", "digits", "--results", str(tmp / "r.json"),
+                 "--markdown", str(tmp / "B.md"), "--work", str(tmp / "work")]) == 0
+    return tmp, json.loads((tmp / "r.json").read_text())
+
+
+def test_every_figure_is_present_and_finite(quick):
+    tmp, data = quick
+    bad = [(k, v) for k, v in _finite_numbers(data) if not math.isfinite(v)]
+    assert not bad
+    s = data["quality"]["digits"]["summary"]
+    for key in ("labels_only", "teacher", "noisy_student", "supervised", "gain", "gap_closed"):
+        assert s[key]["n"] == 1 and 0 <= abs(s[key]["mean"]) < 10
+    seed = data["quality"]["digits"]["seeds"][0]
+    assert seed["gain"] == pytest.approx(seed["noisy_student"]["final_top1"]
+                                         - seed["labels_only"]["top1"])
+    gap = seed["supervised"]["top1"] - seed["labels_only"]["top1"]
+    assert seed["gap_closed"] == pytest.approx(seed["gain"] / gap)
+    assert seed["labels_only"]["steps"] > 0 and seed["labels_only"]["images"] == seed["labeled"]
+    assert seed["supervised"]["images"] == seed["labeled"] + seed["unlabeled"]
+    ablations = data["ablations"]["digits"]
+    assert {"recipe", "no input noise", "no model noise", "soft pseudo-labels",
+            "hard pseudo-labels", "no filtering or balancing",
+            "student equal to teacher"} <= set(ablations)
+    assert all(0 <= a["final_top1"] <= 1 for a in ablations.values())
+    split = data["speed"]["round_split"]
+    assert set(split["seconds"]) == {"pseudo_label", "train", "evaluate", "checkpoint"}
+    assert sum(split["share"].values()) == pytest.approx(1.0)
+    text = (tmp / "B.md").read_text()
+    assert "gap closed" in text and "Speed on cpu" in text and "Ablations: digits" in text
+    assert (tmp / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ratios_come_from_measured_times(quick):
+    _, data = quick
+    cpu = data["speed"]["cpu"]
+    step = cpu["train_step"]
+    assert step["framework_s_per_step"] > 0 and step["bare_s_per_step"] > 0
+    assert step["ratio"] == pytest.approx(step["framework_s_per_step"] / step["bare_s_per_step"])
+    assert step["framework_s_per_step"] != step["bare_s_per_step"]  # two measurements, not one
+    inf = cpu["inference"]
+    assert inf["ratio"] == pytest.approx(inf["bare_images_per_second"]
+                                         / inf["framework_images_per_second"])
+    noise = cpu["noise"]
+    assert noise["supply_over_demand_per_worker"] == pytest.approx(
+        noise["noise_images_per_second_per_worker"] / noise["train_consumes_images_per_second"])
+    assert noise["train_consumes_images_per_second"] == pytest.approx(
+        step["bare_images_per_second"])
+    assert 0 <= noise["data_wait_fraction"] < 1

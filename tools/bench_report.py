@@ -1,0 +1,184 @@
+"""BENCHMARKS.md and the accuracy-per-round plot, written from the benchmark results JSON."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TARGETS = {"train_step": 1.10, "inference": 1.10}  # framework / bare at most
+WAIT_TARGET = 0.10  # share of a training run spent waiting for noised batches
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def mean_std(s: dict[str, float], scale: float = 100.0) -> str:
+    if s["n"] == 1:
+        return f"{scale * s['mean']:.2f}"
+    return f"{scale * s['mean']:.2f} ± {scale * s['std']:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def quality_section(name: str, q: dict[str, Any]) -> list[str]:
+    s, seeds = q["summary"], q["seeds"]
+    first = seeds[0]
+    lines = [f"### {name}", "",
+             f"{first['labeled']:,} labeled, {first['unlabeled']:,} unlabeled, {first['test']:,} "
+             f"test images; final architecture `{first['model']}`; seeds "
+             f"{', '.join(str(x['seed']) for x in seeds)} (mean ± standard deviation).", ""]
+    header = ["labels-only", "round 0 teacher",
+              *(f"round {r['round']} student" for r in s["rounds"]), "fully supervised",
+              "gain", "gap closed"]
+    row = [mean_std(s["labels_only"]), mean_std(s["teacher"]),
+           *(mean_std(r["student_top1"]) for r in s["rounds"]), mean_std(s["supervised"]),
+           mean_std(s["gain"]) + " pts",
+           mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"]
+    lines += ["Test top-1 (%):", "", *table(header, [row])]
+    lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
+              + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
+    per = [[str(x["seed"]), pct(x["labels_only"]["top1"]),
+            pct(x["noisy_student"]["teacher_top1"]),
+            " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
+            pct(x["supervised"]["top1"]), f"{x['labels_only']['steps']} x "
+            f"{x['labels_only']['batch']}", f"{x['supervised']['steps']} x "
+            f"{x['supervised']['batch']}",
+            f"{x['noisy_student']['seconds'] / 60:.1f}"] for x in seeds]
+    lines += table(["seed", "labels-only", "teacher", "students by round", "supervised",
+                    "labels-only steps x batch", "supervised steps x batch", "NS minutes"], per)
+    return lines
+
+
+def ablation_section(name: str, a: dict[str, Any]) -> list[str]:
+    base = a["recipe"]["final_top1"]
+    rows = []
+    for variant, r in sorted(a.items(), key=lambda item: item[0] != "recipe"):
+        label = "the recipe" if variant == "recipe" else variant
+        same = " (= the recipe)" if r.get("same_as_recipe") else ""
+        rows.append([label + same, " / ".join(pct(x["student_top1"]) for x in r["rounds"]),
+                     pct(r["final_top1"]),
+                     "" if variant == "recipe" else f"{100 * (r['final_top1'] - base):+.2f}",
+                     " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"])])
+    return [f"### Ablations: {name} (seed 0)", "",
+            *table(["variant", "students by round", "final", "vs recipe (pts)",
+                    "pseudo-label accuracy by round"], rows)]
+
+
+def speed_section(sp: dict[str, Any]) -> list[str]:
+    lines = []
+    for device in ("cpu", "cuda"):
+        if device not in sp:
+            continue
+        d = sp[device]
+        ts, inf, nz = d["train_step"], d["inference"], d["noise"]
+        rows = [["training step: `train_model` / bare loop", f"{ts['ratio']:.3f}",
+                 f"{ts['framework_s_per_step'] * 1000:.1f} ms / {ts['bare_s_per_step'] * 1000:.1f}"
+                 f" ms per step of {ts['batch']} ({ts['framework_images_per_second']:.0f} / "
+                 f"{ts['bare_images_per_second']:.0f} img/s)", f"<= {TARGETS['train_step']}",
+                 _ok(ts["ratio"] <= TARGETS["train_step"])],
+                ["pseudo-labeling: `predict_logits` / bare `model(x)`", f"{inf['ratio']:.3f}",
+                 f"{inf['framework_images_per_second']:.0f} / {inf['bare_images_per_second']:.0f}"
+                 " img/s", f"<= {TARGETS['inference']}", _ok(inf["ratio"] <= TARGETS["inference"])],
+                ["noise supply per worker / training demand",
+                 f"{nz['supply_over_demand_per_worker']:.3f}",
+                 f"{nz['noise_images_per_second_per_worker']:.0f} / "
+                 f"{nz['train_consumes_images_per_second']:.0f} img/s", "", ""],
+                [f"time waiting for data, noised training ({nz['workers']} workers)",
+                 f"{nz['data_wait_fraction']:.3f}",
+                 f"{nz['noised_train_images_per_second']:.0f} img/s with noise",
+                 f"< {WAIT_TARGET}", _ok(nz["data_wait_fraction"] < WAIT_TARGET)]]
+        lines += [f"### Speed on {device} (model `{ts['model']}`)", "",
+                  *table(["measure", "ratio", "measured", "target", ""], rows)]
+    if "cuda_variants" in sp:
+        rows = [[k, f"{v['framework_images_per_second']:.0f}", f"{v['ratio']:.3f}"]
+                for k, v in sp["cuda_variants"].items()]
+        lines += ["### GPU: bf16 autocast and channels_last", "",
+                  *table(["setting", "train img/s", "framework / bare"], rows)]
+    if "round_split" in sp:
+        rs = sp["round_split"]
+        rows = [[k, f"{v:.2f}", f"{100 * rs['share'][k]:.1f}"] for k, v in rs["seconds"].items()]
+        lines += [f"### Where a round's time goes ({rs['recipe']} recipe, round 0)", "",
+                  *table(["part", "seconds", "share (%)"], rows),
+                  f"Waiting for noised batches: {100 * rs['data_wait_share_of_train']:.1f}% of "
+                  "the training time.", ""]
+    return lines
+
+
+def _ok(passed: bool) -> str:
+    return "met" if passed else "**missed**"
+
+
+def write(data: dict[str, Any], markdown: Path, plot: Path) -> None:
+    """Regenerate the report (and the plot, when there are quality results) from `data`."""
+    lines = ["# Benchmarks", "",
+             "Written by `tools/benchmark.py` from its results JSON; do not edit by hand. "
+             "How each figure is made: see the docstrings of `tools/benchmark.py` and "
+             "`tools/bench_speed.py`.", ""]
+    for section, info in data.get("runs", {}).items():
+        m = info["machine"]
+        lines.append(f"- **{section}**: `{info['command']}` on {info['date']}; {m['cpu']}, "
+                     f"{m['cores']} cores, {m['torch_threads']} torch threads, GPU "
+                     f"{m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}, "
+                     f"albumentations {m['albumentations']}, numpy {m['numpy']}")
+    lines.append("")
+    if "quality" in data:
+        lines += ["## Quality: what the unlabeled images buy", ""]
+        for name, q in data["quality"].items():
+            lines += quality_section(name, q)
+        if _plot(data["quality"], plot):
+            lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
+    if "ablations" in data:
+        lines += ["## Ablations", ""]
+        for name, a in data["ablations"].items():
+            lines += ablation_section(name, a)
+    if "speed" in data:
+        lines += ["## Speed: what the framework costs", "", *speed_section(data["speed"])]
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _relative(path: Path, markdown: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(markdown.parent.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _plot(quality: dict[str, Any], path: Path) -> bool:
+    """Test top-1 after each round against the labels-only and supervised baselines."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[tools]'): no plot")
+        return False
+    fig, axes = plt.subplots(1, len(quality), figsize=(5 * len(quality), 3.6), squeeze=False)
+    for ax, (name, q) in zip(axes[0], quality.items(), strict=True):
+        s = q["summary"]
+        xs = list(range(len(s["rounds"]) + 1))
+        ys = [s["teacher"]["mean"]] + [r["student_top1"]["mean"] for r in s["rounds"]]
+        es = [s["teacher"]["std"]] + [r["student_top1"]["std"] for r in s["rounds"]]
+        ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o",
+                    label="Noisy Student (0: labels-only teacher)")
+        for key, style, label in (("labels_only", "--", "labels-only, final architecture"),
+                                  ("supervised", ":", "fully supervised")):
+            ax.axhline(100 * s[key]["mean"], linestyle=style, color="gray" if key ==
+                       "labels_only" else "black", label=label)
+        ax.set(title=name, xlabel="after round (0 = round 0's teacher)", ylabel="test top-1 (%)",
+               xticks=xs)
+        ax.grid(alpha=0.3)
+        if not all(math.isfinite(y) for y in ys):
+            return False
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -1,0 +1,206 @@
+"""Speed: the framework against bare PyTorch, each ratio measured in one process, same model,
+same batch (see `measure`). Used by tools/benchmark.py."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import runpy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from noisy_student.checkpoint import load_json
+from noisy_student.config import Config
+from noisy_student.data import NoisedDataset, to_tensor
+from noisy_student.inference import predict_logits
+from noisy_student.loop import run
+from noisy_student.losses import build_student_loss
+from noisy_student.models import create_model
+from noisy_student.noise import build_noise
+from noisy_student.tracking import Tracker
+from noisy_student.train import build_optimizer, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(name: str) -> Config:
+    return runpy.run_path(str(ROOT / "recipes" / f"{name}.py"))["make_config"]()
+
+
+def _setup(config: Config, n_images: int, seed: int = 0):
+    """The recipe's final student on random 28x28x1 images, and its loss."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n_images, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, n_images)
+    torch.manual_seed(seed)
+    model = create_model(config.model_for(config.rounds), num_classes=10, in_chans=1,
+                         drop_rate=config.model.drop_rate,
+                         drop_path_rate=config.model.drop_path_rate)
+    c = config.loss
+    loss = build_student_loss(c.distillation, c.temperature, c.label_smoothing,
+                              c.labeled_weight, c.pseudo_weight, with_pseudo=True)
+    return images, labels, model, loss
+
+
+def train_step(config: Config, steps: int, device: torch.device) -> dict[str, Any]:
+    """Seconds per step: `train_model` (DataLoader, loss parts, logging; noise off) versus a bare
+    loop of forward, loss, backward and SGD step on one in-memory batch of the same size."""
+    t = config.train
+    b_lab, b_pse = t.batch_size, t.batch_size * t.unlabeled_ratio
+    images, labels, model, loss = _setup(config, b_pse * steps)
+    hard = config.pseudo_label.kind == "hard"
+    targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
+    lab = NoisedDataset(images[:1000], labels[:1000], None, [0.5], [0.25], 0)
+    pse = NoisedDataset(images, targets, None, [0.5], [0.25], 1)
+    cfg = dataclasses.replace(t, device=device.type, log_every=10**9)
+    bare_model = copy.deepcopy(model).to(device)
+    warm = NoisedDataset(images[:b_pse * 2], targets[:b_pse * 2], None, [0.5], [0.25], 1)
+    train_model(copy.deepcopy(model), loss, lab, warm, cfg, 1, 0, device, Tracker(None),
+                "warm-up", eval_times=0)  # first-call costs (allocator, kernels) paid here
+    framework = train_model(model, loss, lab, pse, cfg, 1, 0, device, Tracker(None), "speed",
+                            eval_times=0)
+    x = to_tensor(images[:b_lab + b_pse], [0.5], [0.25]).to(device)
+    if t.channels_last:
+        x, bare_model = x.contiguous(memory_format=torch.channels_last), bare_model.to(
+            memory_format=torch.channels_last)
+    y = torch.from_numpy(labels[:b_lab]).to(device)
+    q = torch.from_numpy(targets[b_lab:b_lab + b_pse]).to(device)
+    optimizer = build_optimizer(bare_model, t)
+    bare_model.train()
+    amp = t.amp and device.type == "cuda"
+
+    def bare_step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = bare_model(x).float()
+        total, _ = loss(logits[:b_lab], y, logits[b_lab:], q)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    bare_step()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(framework.steps):
+        bare_step()
+    _sync(device)
+    bare = (time.perf_counter() - start) / framework.steps
+    per_step = framework.seconds / framework.steps
+    return {"steps": framework.steps, "batch": b_lab + b_pse, "framework_s_per_step": per_step,
+            "bare_s_per_step": bare, "ratio": per_step / bare,
+            "framework_images_per_second": (b_lab + b_pse) / per_step,
+            "bare_images_per_second": (b_lab + b_pse) / bare,
+            "model": config.model_for(config.rounds)}
+
+
+def inference(config: Config, n: int, device: torch.device) -> dict[str, Any]:
+    """Images/s: `predict_logits` on uint8 images versus a bare `model(x)` loop over the same
+    images already normalized as tensors, same batch size."""
+    images, _, model, _ = _setup(config, n)
+    model.to(device).eval()
+    batch = config.pseudo_label.batch_size
+    channels_last = config.train.channels_last
+    amp = config.train.amp and device.type == "cuda"
+    predict_logits(model, images[:batch], [0.5], [0.25], batch, device, amp, channels_last)
+    _sync(device)
+    start = time.perf_counter()
+    predict_logits(model, images, [0.5], [0.25], batch, device, amp, channels_last)
+    _sync(device)
+    framework = time.perf_counter() - start
+    chunks = [to_tensor(images[i:i + batch], [0.5], [0.25]).to(device) for i in range(0, n, batch)]
+    if channels_last:
+        chunks = [c.contiguous(memory_format=torch.channels_last) for c in chunks]
+    start = time.perf_counter()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for c in chunks:
+            model(c).float().cpu()
+    _sync(device)
+    bare = time.perf_counter() - start
+    return {"images": n, "batch": batch, "framework_images_per_second": n / framework,
+            "bare_images_per_second": n / bare, "ratio": framework / bare}
+
+
+def noise_supply(config: Config, n: int, consume_images_per_second: float,
+                 steps: int, device: torch.device) -> dict[str, Any]:
+    """The noise pipeline's images/s in one process (one worker) against what training
+    consumes, and the share of a real (noised) training run spent waiting for data with the
+    recipe's workers."""
+    images, labels, model, loss = _setup(config, n)
+    nz = config.noise
+    noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
+    data = NoisedDataset(images, labels, noise, [0.5], [0.25], 0)
+    start = time.perf_counter()
+    for i in range(n):
+        data[(0, i)]
+    per_worker = n / (time.perf_counter() - start)
+    t = config.train
+    b_pse = t.batch_size * t.unlabeled_ratio
+    hard = config.pseudo_label.kind == "hard"
+    targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
+    pse = NoisedDataset(images[:b_pse * steps], targets[:b_pse * steps], noise, [0.5], [0.25], 1)
+    result = train_model(model, loss, data, pse, dataclasses.replace(t, device=device.type),
+                         1, 0, device, Tracker(None), "noised", eval_times=0,
+                         num_workers=config.data.num_workers)
+    return {"noise_images_per_second_per_worker": per_worker,
+            "train_consumes_images_per_second": consume_images_per_second,
+            "supply_over_demand_per_worker": per_worker / consume_images_per_second,
+            "workers": config.data.num_workers,
+            "data_wait_fraction": result.timing["data_wait"] / result.seconds,
+            "noised_train_images_per_second": result.images_per_second}
+
+
+def round_split(config: Config, out: Path, existing: Path | None = None) -> dict[str, Any]:
+    """Round 0's wall time split into pseudo-labeling, training (less its evaluation and
+    checkpoints), evaluation and checkpointing: of the finished run `existing` (made with
+    `config`), or of one round run now."""
+    if existing is not None:
+        out = existing
+    else:
+        run(config.with_overrides(["rounds=1", f'out="{out}"', 'tracking.mode="disabled"']),
+            overwrite=True)
+    timing = load_json(out / "round_0" / "metrics.json")["timing"]
+    evaluate = timing["train_evaluate"] + timing["final_evaluate"]
+    parts = {"pseudo_label": timing["pseudo_label"],
+             "train": timing["train"] - timing["train_evaluate"] - timing["train_checkpoint"],
+             "evaluate": evaluate, "checkpoint": timing["train_checkpoint"]}
+    total = sum(parts.values())
+    return {"seconds": parts, "share": {k: v / total for k, v in parts.items()},
+            "data_wait_share_of_train": timing["train_data_wait"] / timing["train"],
+            "recipe": config.name}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(round_config: Config, work: Path, quick: bool = False,
+            round_run: Path | None = None) -> dict[str, Any]:
+    """Every speed figure on the CPU (and, when CUDA is there, on the GPU as well); the round
+    split comes from `round_run` (a finished run of `round_config`) or one round run now."""
+    fashion = _recipe("fashion_mnist")
+    steps, n_infer, n_noise = (3, 256, 100) if quick else (30, 10_000, 3000)
+    out: dict[str, Any] = {}
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        step = train_step(fashion, steps, device)
+        out[device.type] = {
+            "train_step": step,
+            "inference": inference(fashion, n_infer, device),
+            "noise": noise_supply(fashion, n_noise, step["bare_images_per_second"],
+                                  max(2, steps // 3), device),
+        }
+    if torch.cuda.is_available():  # bf16 and channels_last, on and off
+        variants = {}
+        for amp in (True, False):
+            for cl in (True, False):
+                cfg = fashion.with_overrides([f"train.amp={str(amp).lower()}",
+                                              f"train.channels_last={str(cl).lower()}"])
+                variants[f"amp={amp},channels_last={cl}"] = train_step(cfg, steps,
+                                                                       torch.device("cuda"))
+        out["cuda_variants"] = variants
+    out["round_split"] = round_split(round_config, work / "speed-round", round_run)
+    return out

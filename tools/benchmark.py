@@ -1,0 +1,285 @@
+"""Benchmarks: what unlabeled images buy (quality) and what the framework costs (speed).
+
+    python tools/benchmark.py quality [--dataset fashion_mnist|digits|both] [--seeds 0 1 2]
+    python tools/benchmark.py ablations [--dataset ...]
+    python tools/benchmark.py speed
+    python tools/benchmark.py all            # quality + ablations + speed, then the report
+    python tools/benchmark.py report         # BENCHMARKS.md and the plot from the results
+    ... --quick                              # minutes: small data, few epochs (a smoke test)
+
+Results are merged into `benchmarks/results.json` (with `--quick`: `runs/benchmarks/quick.json`),
+then `BENCHMARKS.md` and `benchmarks/rounds.png` are regenerated from it. Run directories go to
+`runs/benchmarks/` (not committed).
+
+Quality, per data set and seed, from the data set's recipe (same seed, same splits):
+  noisy_student   the recipe's loop: test top-1 of round 0's teacher and of each round's student,
+                  pseudo-label accuracy per round
+  labels_only     the final student architecture on the labeled images only, same noise, as
+                  many optimizer steps as one Noisy Student round
+  supervised      the same architecture on every training label (labeled + the hidden labels
+                  of the unlabeled pool), same noise, as many optimizer steps as one Noisy
+                  Student round, each step as many images as a Noisy Student step
+  gap_closed      (noisy_student - labels_only) / (supervised - labels_only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import runpy
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from noisy_student.checkpoint import load_json, save_json  # noqa: E402
+from noisy_student.config import Config  # noqa: E402
+from noisy_student.data import NoisedDataset, load_source, make_splits  # noqa: E402
+from noisy_student.evaluate import classification_metrics  # noqa: E402
+from noisy_student.inference import predict_logits  # noqa: E402
+from noisy_student.loop import build_model, run  # noqa: E402
+from noisy_student.losses import build_student_loss  # noqa: E402
+from noisy_student.noise import build_noise  # noqa: E402
+from noisy_student.tracking import Tracker  # noqa: E402
+from noisy_student.train import resolve_device, train_model  # noqa: E402
+
+import bench_speed  # noqa: E402
+import bench_report  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results.json"
+QUICK_RESULTS = ROOT / "runs" / "benchmarks" / "quick.json"
+WORK = ROOT / "runs" / "benchmarks"
+
+# --quick: the same comparisons on a slice, in about a minute per data set
+QUICK = {
+    "digits": ["data.unlabeled_limit=300", "data.test_limit=300", "train.teacher_epochs=20",
+               "train.epochs=12", "rounds=1", "pseudo_label.threshold=0.1"],
+    "fashion_mnist": ["data.unlabeled_limit=3000", "data.test_limit=1000",
+                      "train.teacher_epochs=5", "train.epochs=1", "rounds=2"],
+}
+ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing noise hurts)
+    "no input noise": ["noise.enabled=false"],
+    "no model noise": ["model.drop_rate=0", "model.drop_path_rate=0"],
+    "soft pseudo-labels": ['pseudo_label.kind="soft"', 'loss.distillation="soft_ce"'],
+    "hard pseudo-labels": ['pseudo_label.kind="hard"', 'loss.distillation="hard"'],
+    "no filtering or balancing": ["pseudo_label.threshold=0", "pseudo_label.balance=false"],
+    "student equal to teacher": [],  # filled in from the recipe's ladder
+}
+
+
+def recipe_config(dataset: str, quick: bool, extra: list[str] = ()) -> Config:
+    config: Config = runpy.run_path(str(ROOT / "recipes" / f"{dataset}.py"))["make_config"]()
+    overrides = ['tracking.mode="disabled"', "checkpoint.every_minutes=0",
+                 *(QUICK[dataset] if quick else []), *extra]
+    return config.with_overrides(overrides)
+
+
+def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, steps: int,
+                     batch: int, splits: Any, tag: str) -> dict[str, Any]:
+    """The final student architecture trained on (images, labels) alone, with the config's noise,
+    for about `steps` steps of `batch`; its test metrics."""
+    c = config
+    model = build_model(c, c.rounds, splits)
+    n = c.noise
+    noise = build_noise(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding, splits.channels)
+    data = NoisedDataset(images, labels, noise, splits.mean, splits.std, c.seed)
+    batch = min(batch, len(data))
+    epochs = max(1, round(steps / math.ceil(len(data) / batch)))
+    loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
+                              1.0, 0.0, with_pseudo=False)
+    device = resolve_device(c.train.device)
+    start = time.perf_counter()
+    result = train_model(model, loss, data, None, dataclasses.replace(c.train, batch_size=batch),
+                         epochs, seed=c.seed * 1000 + 99, device=device, tracker=Tracker(None),
+                         tag=tag, eval_times=0)
+    logits = predict_logits(result.model, splits.test.images, splits.mean, splits.std,
+                            c.train.eval_batch_size, device)
+    metrics = classification_metrics(logits, torch.from_numpy(splits.test.labels),
+                                     splits.num_classes)
+    print(f"{tag}: {len(data)} images, {result.steps} steps of {batch}: test top-1 "
+          f"{100 * metrics['top1']:.2f}%", flush=True)
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "ece": metrics["ece"],
+            "steps": result.steps, "batch": batch, "images": len(data),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def noisy_student(config: Config, out: Path) -> dict[str, Any]:
+    """The recipe's loop; per-round test top-1, pseudo-label accuracy, steps and timing."""
+    start = time.perf_counter()
+    summary = run(config.with_overrides([f'out="{out}"']), overwrite=True)
+    rounds = []
+    for r in summary["rounds"]:
+        metrics = load_json(out / f"round_{r['round']}" / "metrics.json")
+        rounds.append({"round": r["round"], "student": r["student"],
+                       "student_top1": r["student_top1"],
+                       "pseudo_label_accuracy": r["pseudo_label_accuracy"],
+                       "pseudo_labels_kept": r["pseudo_labels_kept"],
+                       "steps": metrics["train"][-1]["step"], "timing": metrics["timing"]})
+    return {"teacher_top1": summary["teacher"]["top1"], "teacher": summary["teacher"]["model"],
+            "final_top1": rounds[-1]["student_top1"], "rounds": rounds,
+            "seconds": round(time.perf_counter() - start, 1), "run_dir": str(out)}
+
+
+def ns_dir(work: Path, dataset: str, seed: int, quick: bool) -> Path:
+    return work / f"{'quick-' if quick else ''}{dataset}-seed{seed}" / "noisy_student"
+
+
+def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, Any]:
+    config = recipe_config(dataset, quick, [f"seed={seed}"])
+    ns = noisy_student(config, ns_dir(work, dataset, seed, quick))
+    splits = make_splits(load_source(config.data), config.data, seed)
+    b_lab = config.train.batch_size
+    b_step = b_lab * (1 + config.train.unlabeled_ratio)
+    labels_only = train_supervised(config, splits.labeled.images, splits.labeled.labels,
+                                   ns["rounds"][-1]["steps"], b_lab, splits, "labels-only")
+    if splits.unlabeled.labels is None:
+        raise SystemExit(f"{dataset}: the unlabeled pool has no hidden labels to supervise with")
+    supervised = train_supervised(
+        config, np.concatenate([splits.labeled.images, splits.unlabeled.images]),
+        np.concatenate([splits.labeled.labels, splits.unlabeled.labels]),
+        ns["rounds"][-1]["steps"], b_step, splits, "supervised")
+    gap = supervised["top1"] - labels_only["top1"]
+    return {"seed": seed, "model": config.model_for(config.rounds),
+            "labeled": len(splits.labeled), "unlabeled": len(splits.unlabeled),
+            "test": len(splits.test), "noisy_student": ns, "labels_only": labels_only,
+            "supervised": supervised,
+            "gain": ns["final_top1"] - labels_only["top1"],
+            "gap_closed": (ns["final_top1"] - labels_only["top1"]) / gap if gap > 0 else None,
+            "command": config.to_dict()}
+
+
+def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of every headline figure."""
+    def stat(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+    pick = {"labels_only": lambda s: s["labels_only"]["top1"],
+            "teacher": lambda s: s["noisy_student"]["teacher_top1"],
+            "noisy_student": lambda s: s["noisy_student"]["final_top1"],
+            "supervised": lambda s: s["supervised"]["top1"], "gain": lambda s: s["gain"],
+            "gap_closed": lambda s: s["gap_closed"]}
+    out = {k: stat([f(s) for s in per_seed]) for k, f in pick.items()
+           if all(f(s) is not None for s in per_seed)}
+    rounds = len(per_seed[0]["noisy_student"]["rounds"])
+    out["rounds"] = [{"round": k, **{key: stat([s["noisy_student"]["rounds"][k][key]
+                                              for s in per_seed])
+                                     for key in ("student_top1", "pseudo_label_accuracy")}}
+                     for k in range(rounds)]
+    return out
+
+
+def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool) -> dict[str, Any]:
+    results = {}
+    for dataset in datasets:
+        per_seed = [quality_one(work, dataset, seed, quick) for seed in seeds]
+        results[dataset] = {"seeds": per_seed, "summary": summarize(per_seed)}
+    return results
+
+
+def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | None = None,
+              seed: int = 0) -> dict[str, Any]:
+    """The recipe against one change at a time. Every variant's students learn from the recipe
+    run's round 0 teacher (loaded, not retrained), so only the student side differs. `recipe`:
+    that run's results when the quality benchmark just made it (same config and seed)."""
+    base = recipe_config(dataset, quick, [f"seed={seed}"])
+    if recipe is None:
+        folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / "recipe"
+        recipe = noisy_student(base, folder)
+    teacher = Path(recipe["run_dir"]) / "teacher" / "model.safetensors"
+    variants = dict(ABLATIONS)
+    variants["student equal to teacher"] = [f"model.ladder={json.dumps([base.model.ladder[0]])}"]
+    results = {"recipe": recipe}
+    for name, overrides in variants.items():
+        config = base.with_overrides(overrides)
+        if config.to_dict() == base.to_dict():
+            results[name] = {"same_as_recipe": True, **recipe}
+            continue
+        print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
+        config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
+                                        "train.teacher_epochs=0"])
+        folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / name.replace(" ", "_")
+        results[name] = {"overrides": overrides, **noisy_student(config, folder)}
+    return {dataset: results}
+
+
+def machine() -> dict[str, Any]:
+    import albumentations
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "albumentations": albumentations.__version__, "numpy": np.__version__,
+            "platform": platform.platform()}
+
+
+def merge(path: Path, section: str, value: dict[str, Any], command: str) -> dict[str, Any]:
+    data = load_json(path) if path.is_file() else {}
+    data.setdefault(section, {}).update(value)
+    data.setdefault("runs", {})[section] = {"command": command, "machine": machine(),
+                                            "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                  time.gmtime())}
+    save_json(path, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["quality", "ablations", "speed", "all", "report"])
+    p.add_argument("--dataset", choices=["digits", "fashion_mnist", "both"], default="both")
+    p.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (one with --quick)")
+    p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
+    p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
+    p.add_argument("--work", type=Path, default=WORK,
+                   help="where the runs go (default: %(default)s)")
+    p.add_argument("--markdown", type=Path,
+                   help="report to write (default: BENCHMARKS.md; with --quick, next to the JSON)")
+    args = p.parse_args(argv)
+    path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    command = " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    datasets = ["digits", "fashion_mnist"] if args.dataset == "both" else [args.dataset]
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    made: dict[str, Any] = {}
+    if args.what in ("quality", "all"):
+        made = quality(args.work, datasets, seeds, args.quick)
+        merge(path, "quality", made, command)
+    if args.what in ("ablations", "all"):
+        for dataset in datasets:
+            seed0 = [s for s in made.get(dataset, {}).get("seeds", []) if s["seed"] == 0]
+            recipe = seed0[0]["noisy_student"] if seed0 else None
+            merge(path, "ablations", ablations(args.work, dataset, args.quick, recipe), command)
+    if args.what in ("speed", "all"):
+        digits_run = ns_dir(args.work, "digits", 0, args.quick)
+        merge(path, "speed", bench_speed.measure(
+            recipe_config("digits", args.quick), args.work, args.quick,
+            digits_run if "digits" in made else None), command)
+    data = load_json(path) if path.is_file() else {}
+    if args.quick:
+        markdown, plot = args.markdown or path.with_suffix(".md"), path.with_suffix(".png")
+    else:
+        markdown, plot = args.markdown or ROOT / "BENCHMARKS.md", RESULTS.with_name("rounds.png")
+    bench_report.write(data, markdown, plot)
+    print(f"results: {path}\nreport: {markdown}\nplot: {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
