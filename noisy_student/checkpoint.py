@@ -38,16 +38,27 @@ class CheckpointError(RunDirError):
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the new one, never a part."""
+    """Write `data` to `path` so that a reader sees the old file or the new one, never a part.
+
+    A failure (disk full, I/O error, read-only path) leaves the previous file as it was and
+    raises `RunDirError` naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot write ({e.strerror or e})") from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise RunDirError(f"{path}: cannot write ({e.strerror or e}); the previous version of "
+                          "the file, if any, is intact; fix the cause (free space?) and continue "
+                          "with --resume") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -42,6 +42,8 @@ class DataConfig:
     image_size: int = 32  # image_folder: images are resized to image_size x image_size
     channels: int = 3  # image_folder: 1 (grayscale) or 3 (RGB)
     num_workers: int = 0  # DataLoader workers for the noised training streams
+    on_bad_file: Literal["error", "skip"] = "error"  # image_folder: stop on (or skip) unreadable,
+    # truncated, empty or non-image files; either way each is named
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class TrainConfig:
     epochs: int = 10  # students: passes over the pseudo-labeled images
     ema_decay: float = 0.0  # 0: off; else the EMA weights are evaluated and teach the next round
     grad_clip: float = 0.0  # max global grad norm; 0: off
+    max_skipped_steps: int = 0  # steps with a non-finite loss or gradient skipped before stopping
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast (CUDA only; float32 on CPU)
     channels_last: bool = True  # CUDA only
@@ -280,6 +283,7 @@ def _check(c: Config) -> list[str]:
     _range(p, "train.epochs", t.epochs, 1)
     _range(p, "train.ema_decay", t.ema_decay, 0, 1, hi_open=True)
     _range(p, "train.grad_clip", t.grad_clip, 0)
+    _range(p, "train.max_skipped_steps", t.max_skipped_steps, 0)
     _range(p, "train.eval_batch_size", t.eval_batch_size, 1)
     _range(p, "train.log_every", t.log_every, 1)
     _range(p, "checkpoint.every_steps", c.checkpoint.every_steps, 0)

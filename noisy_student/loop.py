@@ -8,11 +8,12 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
 from .models import count_params, create_model
 from .noise import build_noise
-from .pseudo_label import PseudoLabels, make_pseudo_labels
+from .pseudo_label import PseudoLabels, coverage_warning, make_pseudo_labels
 from .run_dir import Start, open_run, prepare_run_dir
 from .distributed import is_main_process
 from .signals import GracefulStop, Interrupted
@@ -56,14 +57,27 @@ def build_model(config: Config, rung: int, splits: Splits) -> nn.Module:
 
 
 def check_ladder(config: Config, splits: Splits) -> list[int]:
-    """Parameter count of each rung; refuse a student smaller than its teacher (unless allowed)."""
+    """Parameter count of each rung; refuse a model that cannot take the images (one dry forward
+    pass) and a student smaller than its teacher (unless allowed)."""
     sizes, problems = [], []
+    h, w, ch = splits.labeled.images.shape[1:]
     for r in range(config.rounds + 1):
+        where = f"model.ladder[{min(r, len(config.model.ladder) - 1)}] = {config.model_for(r)!r}"
         try:
-            sizes.append(count_params(build_model(config, r, splits)))
+            model = build_model(config, r, splits)
         except (ValueError, TypeError) as e:
-            problems.append(f"model.ladder[{min(r, len(config.model.ladder) - 1)}] = "
-                            f"{config.model_for(r)!r}: {e}")
+            problems.append(f"{where}: {e}")
+            continue
+        sizes.append(count_params(model))
+        if config.model_for(r) in (config.model_for(j) for j in range(r)):
+            continue  # already tried
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, ch, h, w))
+        except RuntimeError as e:
+            problems.append(f"{where} cannot take {h}x{w} images with {ch} channels "
+                            f"({str(e).splitlines()[0]}); use larger images (data.image_size) "
+                            "or a model for small inputs")
     if problems:
         raise ConfigError(problems)
     if not config.model.allow_smaller_student:
@@ -105,8 +119,9 @@ class Loop:
     # ---- pieces --------------------------------------------------------------------------------
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         s = self.splits
-        logits = predict_logits(model, s.test.images, s.mean, s.std,
-                                self.config.train.eval_batch_size, self.device, **self.fast)
+        with _memory_hint("train.eval_batch_size", self.config.train.eval_batch_size):
+            logits = predict_logits(model, s.test.images, s.mean, s.std,
+                                    self.config.train.eval_batch_size, self.device, **self.fast)
         return classification_metrics(logits, torch.from_numpy(s.test.labels), s.num_classes)
 
     def train(self, rung: int, pseudo: PseudoLabels | None, tag: str, folder: Path,
@@ -219,13 +234,18 @@ class Loop:
         labels = self.stored_pseudo_labels(k, teacher_sha, settings)
         if labels is None:
             progress = Progress(len(s.unlabeled), f"round {k} pseudo-labels")
-            labels = make_pseudo_labels(
-                FrozenTeacher(teacher), s.unlabeled.images, s.mean, s.std, c.pseudo_label,
-                c.loss.temperature, {"round": k, "teacher": teacher_name,
-                                     "teacher_sha256": teacher_sha, "settings": settings},
-                self.device, progress=progress,
-                check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.fast)
+            with _memory_hint("pseudo_label.batch_size", c.pseudo_label.batch_size):
+                labels = make_pseudo_labels(
+                    FrozenTeacher(teacher), s.unlabeled.images, s.mean, s.std, c.pseudo_label,
+                    c.loss.temperature, {"round": k, "teacher": teacher_name,
+                                         "teacher_sha256": teacher_sha, "settings": settings},
+                    self.device, progress=progress,
+                    check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.fast)
             progress.close()
+        warning = coverage_warning(labels, c.pseudo_label.threshold, s.labeled.classes)
+        if warning and len(labels):
+            print(f"round {k}: warning: {warning}", flush=True)
+            self.tracker.log("warning", round=k, message=warning)
         if len(labels) == 0:
             top = float(np.quantile(labels.confidence_all, 0.5))
             raise TrainingError(
@@ -331,6 +351,16 @@ class Loop:
         save_json(rd.root / "summary.json", self.summary)
         print(format_summary(self.summary))
         return self.summary
+
+
+@contextlib.contextmanager
+def _memory_hint(key: str, value: int) -> Iterator[None]:
+    """Out of GPU memory during inference: name the batch-size setting to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise TrainingError(f"out of GPU memory in inference with {key} = {value}: lower it "
+                            f"({e})") from e
 
 
 def _scores(metrics: dict[str, Any]) -> dict[str, float]:

@@ -9,6 +9,7 @@ so every class with any kept image contributes exactly `per_class` items.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -150,3 +151,28 @@ def confidence_extremes(predicted: np.ndarray, confidence: np.ndarray, num_class
         rows += [(int(i), c, float(confidence[i]), "most") for i in most]
         rows += [(int(i), c, float(confidence[i]), "least") for i in least]
     return rows
+
+
+def coverage_warning(labels: PseudoLabels, threshold: float,
+                     classes: list[str] | None = None) -> str | None:
+    """A warning when some class kept no pseudo-label: per-class counts, and the threshold that
+    would keep at least one image of each class the teacher predicts at all."""
+    c = labels.num_classes
+    kept = np.bincount(labels.kept_classes(), minlength=c) if len(labels) else np.zeros(c, int)
+    predicted = np.bincount(labels.predicted, minlength=c)
+    missing = [k for k in range(c) if kept[k] == 0]
+    if not missing:
+        return None
+    names = [classes[k] if classes else str(k) for k in missing]
+    top = {k: float(labels.confidence_all[labels.predicted == k].max())
+           for k in missing if predicted[k]}
+    never = [names[i] for i, k in enumerate(missing) if k not in top]
+    text = (f"classes {names} got no pseudo-labels (kept per class {kept.tolist()}, "
+            f"predicted per class {predicted.tolist()})")
+    if top:
+        lower = math.floor(100 * min(top.values())) / 100
+        text += (f"; pseudo_label.threshold = {lower:.2f} (now {threshold}) would keep at least "
+                 "one image of each predicted class")
+    if never:
+        text += f"; the teacher predicts no unlabeled image as {never}"
+    return text

@@ -18,6 +18,7 @@ import difflib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,24 @@ class Start:
         return p
 
 
+def check_writable(root: Path) -> None:
+    """Refuse a run directory that cannot be written (tried with a probe file in it or in its
+    nearest existing parent: permission bits alone do not tell, e.g. for root or read-only
+    mounts)."""
+    probe = Path(root)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RunDirError(f"{root}: {probe} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".noisy-student-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunDirError(f"{root}: not writable ({probe}: {e.strerror or e}); choose another "
+                          "--out") from e
+
+
 def open_run(config: Config, start: Start) -> tuple[RunDir, RunDir, list[str]]:
     """Check that the run can start as asked, before any work: (run dir, source, config changes).
 
@@ -212,6 +231,7 @@ def open_run(config: Config, start: Start) -> tuple[RunDir, RunDir, list[str]]:
     if problems:
         raise ConfigError(problems)
     run_dir = RunDir(config.out_dir)
+    check_writable(run_dir.root)
     if start.resume:
         return run_dir, run_dir, check_config_change(run_dir.root / "config.json", config,
                                                      start.allow_config_change)

@@ -212,32 +212,53 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y_lab = y_lab.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)  # [B, num_classes]
-            logits = logits.float()
-            run["correct"] = run.get("correct", 0) + int((logits[:n_lab].argmax(1) == y_lab).sum())
-            if pse_stream is not None:
-                loss, parts = loss_fn(logits[:n_lab], y_lab, logits[n_lab:], q_pse)
-            else:
-                loss, parts = loss_fn(logits, y_lab)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{tag}: loss is {loss.item()} at step {step} (epoch "
-                                    f"{epoch + 1}); lower train.lr or set train.grad_clip")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(x)  # [B, num_classes]
+                logits = logits.float()
+                if pse_stream is not None:
+                    loss, parts = loss_fn(logits[:n_lab], y_lab, logits[n_lab:], q_pse)
+                else:
+                    loss, parts = loss_fn(logits, y_lab)
+                bad = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
+                if bad is None:
+                    loss.backward()
+                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                    bad = None if torch.isfinite(norm) else f"the gradient norm is {norm.item()}"
+            except torch.OutOfMemoryError as e:
+                raise TrainingError(
+                    f"{tag}: out of GPU memory at step {step} with {n_lab} labeled + "
+                    f"{len(x) - n_lab} pseudo-labeled images per step: lower train.batch_size "
+                    f"(now {cfg.batch_size}) or train.unlabeled_ratio (now {cfg.unlabeled_ratio})"
+                    + ("" if cfg.amp else ", or turn on train.amp") + f" ({e})") from e
+            run["correct"] = run.get("correct", 0) + int((logits[:n_lab].argmax(1) == y_lab).sum())
+            if bad is not None:
+                run["skipped"] = run.get("skipped", 0) + 1
+                tracker.log("skipped_step", phase=tag, step=step, epoch=epoch + 1, reason=bad)
+                if run["skipped"] > cfg.max_skipped_steps:
+                    last = checkpoints.paths()[-1] if checkpoints and checkpoints.paths() else None
+                    raise TrainingError(
+                        f"{tag}: {bad} at step {step} (epoch {epoch + 1}), "
+                        f"{run['skipped']} non-finite steps so far (train.max_skipped_steps = "
+                        f"{cfg.max_skipped_steps}); the last good checkpoint is "
+                        f"{last or 'none yet'}; lower train.lr, set train.grad_clip, or allow "
+                        "skipping with train.max_skipped_steps")
+                optimizer.zero_grad(set_to_none=True)  # skipped: the weights stay as they were
+                parts = {}
+            else:
+                optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model)
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
             step = run["step"] = step + 1
             seen += len(x)
             values = {k: float(v) for k, v in parts.items()}
             for k, v in values.items():
                 run["sums"][k] = run["sums"].get(k, 0.0) + v
-            progress.update(len(x), loss=values["total"])
-            if step % cfg.log_every == 0:
+            run["good"] = run.get("good", 0) + bool(values)
+            progress.update(len(x), **({"loss": values["total"]} if values else {}))
+            if step % cfg.log_every == 0 and values:
                 now = time.perf_counter()
                 tracker.log("step", phase=tag, step=step, epoch=epoch + 1,
                             lr=scheduler.get_last_lr()[0],
@@ -257,7 +278,11 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                                   # on the noised labeled images it trained on (model in train mode)
                                   "labeled_train_accuracy": run.pop("correct", 0) / (
                                       steps_per_epoch * b_lab),
-                                  **{k: v / steps_per_epoch for k, v in run["sums"].items()}}
+                                  "skipped_steps": steps_per_epoch - run.get("good", 0),
+                                  # means over the steps that were not skipped
+                                  **{k: v / max(1, run.get("good", 0))
+                                     for k, v in run["sums"].items()}}
+        run["good"] = 0
         run["sums"] = {}
         if evaluate is not None and (epoch + 1) in eval_at:
             t = time.perf_counter()

@@ -75,3 +75,34 @@ def test_fingerprint_changes_with_its_sections_only():
     assert a.fingerprint("pseudo_label") != b.fingerprint("pseudo_label")
     assert a.fingerprint("pseudo_label") == c.fingerprint("pseudo_label")
     assert json.loads(a.to_json())["loss"]["temperature"] == 1.0
+
+
+def _leaves(data, prefix=""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("key", [k for k, _ in _leaves(Config().to_dict())])
+def test_every_field_refuses_a_value_of_the_wrong_type(key):
+    with pytest.raises(ConfigError) as e:
+        Config().with_overrides([f'{key}={{"not": "a value"}}'])
+    assert key in str(e.value)
+
+
+@pytest.mark.parametrize("override", [
+    "rounds=0", "data.labeled_per_class=0", "data.test_fraction=1.0", "data.image_size=4",
+    "data.channels=2", 'data.on_bad_file="ignore"', "model.drop_rate=1.0",
+    "model.drop_path_rate=-0.1", "noise.magnitude=31", "noise.num_ops=-1",
+    'pseudo_label.kind="medium"', "pseudo_label.threshold=1.0", "pseudo_label.threshold=-0.1",
+    "pseudo_label.per_class=0", "loss.temperature=0", "loss.label_smoothing=1.0",
+    'loss.distillation="kl"', "train.lr=0", "train.unlabeled_ratio=0", "train.batch_size=0",
+    "train.momentum=1.0", "train.ema_decay=1.0", 'train.device="tpu"',
+    "train.max_skipped_steps=-1", "checkpoint.keep=0", "checkpoint.every_steps=-1",
+    'tracking.mode="sometimes"', "tracking.init_timeout=0", "tracking.samples_per_class=-1"])
+def test_every_range_and_enum_is_checked(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Config().with_overrides([override])

@@ -102,3 +102,21 @@ def test_teacher_is_unnoised_and_stays_frozen():
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     with pytest.raises(TypeError, match="FrozenTeacher"):
         make_pseudo_labels(model, images, [0.5], [0.25], cfg, 1.0, {})
+
+
+def test_a_class_without_pseudo_labels_is_reported_with_a_threshold_that_helps():
+    from noisy_student.pseudo_label import coverage_warning
+
+    predicted = np.array([0, 0, 1, 1, 2])
+    confidence = np.array([0.9, 0.8, 0.35, 0.42, 0.1], np.float32)
+    keep = np.array([0, 1])  # threshold 0.5: only class 0 survives
+    labels = PseudoLabels(keep, predicted[keep], confidence[keep], predicted, confidence,
+                          {"num_classes": 4})
+    text = coverage_warning(labels, 0.5, ["a", "b", "c", "d"])
+    assert "classes ['b', 'c', 'd'] got no pseudo-labels" in text
+    assert "kept per class [2, 0, 0, 0]" in text and "predicted per class [2, 2, 1, 0]" in text
+    assert "pseudo_label.threshold = 0.10 (now 0.5)" in text  # class c's best is 0.1
+    assert "predicts no unlabeled image as ['d']" in text
+    everything = PseudoLabels(np.arange(4), predicted[:4], confidence[:4], predicted[:4],
+                              confidence[:4], {"num_classes": 2})
+    assert coverage_warning(everything, 0.0) is None

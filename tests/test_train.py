@@ -105,3 +105,55 @@ def test_labeled_train_accuracy_counts_every_labeled_image_of_the_epoch():
     # 3 steps of 8 = one pass over the 24 labels (0, 1, 2 repeated): exactly a third are class 0
     result = _train(TrainConfig(batch_size=8, device="cpu"), model=_AlwaysZero())
     assert [h["labeled_train_accuracy"] for h in result.history] == [1 / 3, 1 / 3]
+
+
+class _NaNAt(_Linear):
+    """Emits NaN logits at the given forward calls (0-based), normal ones otherwise."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad, self.calls = set(bad), 0
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.calls += 1
+        return out * float("nan") if self.calls - 1 in self.bad else out
+
+
+def test_non_finite_steps_are_skipped_up_to_the_limit_then_stop():
+    cfg = TrainConfig(batch_size=8, device="cpu", max_skipped_steps=1)
+    model = _NaNAt({2})
+    result = _train(cfg, model=model)  # one bad step: skipped, training goes on
+    assert [h["skipped_steps"] for h in result.history] == [1, 0]
+    assert all(math.isfinite(h["total"]) for h in result.history)
+    with pytest.raises(TrainingError, match=r"the loss is nan at step 4 .*2 non-finite steps"
+                                            r".*last good checkpoint is none yet"):
+        _train(cfg, model=_NaNAt({2, 4}))
+
+
+def test_non_finite_gradients_are_caught_too():
+    class _Explode(torch.autograd.Function):  # identity forward, infinite backward
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+    class _InfGrad(_Linear):
+        def forward(self, x):
+            return _Explode.apply(super().forward(x))  # a finite loss, non-finite gradients
+
+    with pytest.raises(TrainingError, match="the gradient norm is (inf|nan) at step 0"):
+        _train(TrainConfig(batch_size=8, device="cpu"), model=_InfGrad())
+
+
+def test_out_of_gpu_memory_names_the_batch_settings():
+    class _OOM(_Linear):
+        def forward(self, x):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(TrainingError, match=r"out of GPU memory .* lower train.batch_size "
+                                            r"\(now 8\) or train.unlabeled_ratio"):
+        _train(TrainConfig(batch_size=8, device="cpu"), model=_OOM())

@@ -94,6 +94,11 @@ def speed_section(sp: dict[str, Any]) -> list[str]:
                  f"< {WAIT_TARGET}", _ok(nz["data_wait_fraction"] < WAIT_TARGET)]]
         lines += [f"### Speed on {device} (model `{ts['model']}`)", "",
                   *table(["measure", "ratio", "measured", "target", ""], rows)]
+        if nz.get("by_workers"):
+            lines += ["Noised training by DataLoader workers:", "", *table(
+                ["workers", "img/s", "waiting for data"],
+                [[w, f"{v['images_per_second']:.0f}", f"{100 * v['data_wait_fraction']:.1f}%"]
+                 for w, v in nz["by_workers"].items()])]
     if "cuda_variants" in sp:
         rows = [[k, f"{v['framework_images_per_second']:.0f}", f"{v['ratio']:.3f}"]
                 for k, v in sp["cuda_variants"].items()]

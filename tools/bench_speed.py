@@ -124,10 +124,11 @@ def inference(config: Config, n: int, device: torch.device) -> dict[str, Any]:
 
 
 def noise_supply(config: Config, n: int, consume_images_per_second: float,
-                 steps: int, device: torch.device) -> dict[str, Any]:
+                 steps: int, device: torch.device,
+                 workers: tuple[int, ...] = ()) -> dict[str, Any]:
     """The noise pipeline's images/s in one process (one worker) against what training
     consumes, and the share of a real (noised) training run spent waiting for data with the
-    recipe's workers."""
+    recipe's workers (and with each count in `workers`)."""
     images, labels, model, loss = _setup(config, n)
     nz = config.noise
     noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
@@ -141,15 +142,22 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     hard = config.pseudo_label.kind == "hard"
     targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
     pse = NoisedDataset(images[:b_pse * steps], targets[:b_pse * steps], noise, [0.5], [0.25], 1)
-    result = train_model(model, loss, data, pse, dataclasses.replace(t, device=device.type),
-                         1, 0, device, Tracker(None), "noised", eval_times=0,
-                         num_workers=config.data.num_workers)
+
+    def noised_run(num_workers: int) -> dict[str, float]:
+        result = train_model(copy.deepcopy(model), loss, data, pse,
+                             dataclasses.replace(t, device=device.type), 1, 0, device,
+                             Tracker(None), "noised", eval_times=0, num_workers=num_workers)
+        return {"data_wait_fraction": result.timing["data_wait"] / result.seconds,
+                "images_per_second": result.images_per_second}
+
+    default = noised_run(config.data.num_workers)
     return {"noise_images_per_second_per_worker": per_worker,
             "train_consumes_images_per_second": consume_images_per_second,
             "supply_over_demand_per_worker": per_worker / consume_images_per_second,
             "workers": config.data.num_workers,
-            "data_wait_fraction": result.timing["data_wait"] / result.seconds,
-            "noised_train_images_per_second": result.images_per_second}
+            "data_wait_fraction": default["data_wait_fraction"],
+            "noised_train_images_per_second": default["images_per_second"],
+            "by_workers": {str(w): noised_run(w) for w in workers}}
 
 
 def round_split(config: Config, out: Path, existing: Path | None = None) -> dict[str, Any]:
@@ -191,7 +199,7 @@ def measure(round_config: Config, work: Path, quick: bool = False,
             "train_step": step,
             "inference": inference(fashion, n_infer, device),
             "noise": noise_supply(fashion, n_noise, step["bare_images_per_second"],
-                                  max(2, steps // 3), device),
+                                  max(2, steps // 2), device, () if quick else (0, 1, 2)),
         }
     if torch.cuda.is_available():  # bf16 and channels_last, on and off
         variants = {}

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
+from .image_folder import IMAGE_EXTENSIONS, FolderReader
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "NOISY_STUDENT_FASHION_MNIST"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -54,12 +54,22 @@ class Source:
     pool: ImageSet
     test: ImageSet | None
     unlabeled: ImageSet | None = None
+    report: dict | None = None  # image_folder: what the checking pass found
 
 
 def load_source(cfg: DataConfig) -> Source:
     loaders = {"digits": _digits, "fashion_mnist": _fashion_mnist, "mnist": _mnist,
                "cifar10": _cifar10, "image_folder": _image_folder}
-    return loaders[cfg.source](cfg)
+    source = loaders[cfg.source](cfg)
+    for name, images in (("training", source.pool), ("test", source.test)):
+        if images is not None and images.labels is not None and len(images.labels):
+            bad = images.labels[(images.labels < 0) | (images.labels >= len(images.classes))]
+            if len(bad):
+                raise DataError(f"{cfg.source}: {len(bad)} {name} labels are outside the "
+                                f"{len(images.classes)} classes {images.classes} (e.g. "
+                                f"{sorted(set(bad.tolist()))[:5]}); the label file does not "
+                                "match the data set")
+    return source
 
 
 def _digits(cfg: DataConfig) -> Source:
@@ -162,52 +172,64 @@ def _cifar10(cfg: DataConfig) -> Source:
                   ImageSet(test.data, np.asarray(test.targets, np.int64), test.classes))
 
 
-def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB").resize((size, size))
-            array = np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-    return array[..., None] if channels == 1 else array
-
-
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _class_folder(directory: Path, size: int, channels: int, classes: list[str] | None) -> ImageSet:
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a directory (expected one sub-folder per class)")
-    found = sorted(p.name for p in directory.iterdir() if p.is_dir())
-    classes = classes or found
-    if not classes:
-        raise DataError(f"{directory}: no class sub-folders")
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise DataError(f"{directory}: classes {unknown} are not in the labeled set {classes}")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = _image_files(directory / name) if (directory / name).is_dir() else []
-        images += [_read_image(f, size, channels) for f in files]
-        labels += [label] * len(files)
-    if not images:
-        raise DataError(f"{directory}: no images (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    return ImageSet(np.stack(images), np.asarray(labels, np.int64), classes)
-
-
 def _image_folder(cfg: DataConfig) -> Source:
-    size, ch = cfg.image_size, cfg.channels
-    labeled = _class_folder(Path(cfg.labeled_dir or ""), size, ch, None)
-    empty = [c for i, c in enumerate(labeled.classes) if not (labeled.labels == i).any()]
-    if empty:
-        raise DataError(f"{cfg.labeled_dir}: class folders without images: {empty}")
-    test = _class_folder(Path(cfg.test_dir or ""), size, ch, labeled.classes)
-    files = _image_files(Path(cfg.unlabeled_dir or ""))
-    if not files:
-        raise DataError(f"{cfg.unlabeled_dir}: no unlabeled images found")
-    unlabeled = ImageSet(np.stack([_read_image(f, size, ch) for f in files]), None,
-                         labeled.classes)
-    return Source(labeled, test, unlabeled)
+    """labeled/<class>/, test/<class>/, unlabeled/: read in one checking pass (image_folder.py)."""
+    reader = FolderReader(cfg.image_size, cfg.channels, cfg.on_bad_file == "skip")
+    report, errors = reader.report, reader.report.errors
+    dirs = {"labeled": Path(cfg.labeled_dir or ""), "test": Path(cfg.test_dir or ""),
+            "unlabeled": Path(cfg.unlabeled_dir or "")}
+    for name, d in dirs.items():
+        if not d.is_dir():
+            raise DataError(f"data.{name}_dir = {str(d)!r}: not a directory")
+    classes = sorted(p.name for p in dirs["labeled"].iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{dirs['labeled']}: no class sub-folders (expected labeled/<class>/...)")
+    stray = [p for p in dirs["labeled"].iterdir() if p.is_file() and not p.name.startswith(".")]
+    if stray:
+        report.warnings.append(f"{len(stray)} files directly in {dirs['labeled']} (not in a class "
+                               f"folder) were ignored, e.g. {stray[0]}")
+    test_classes = sorted(p.name for p in dirs["test"].iterdir() if p.is_dir())
+    unknown = sorted(set(test_classes) - set(classes))
+    if unknown:
+        errors.append(f"{dirs['test']}: classes {unknown} are not in the labeled set {classes} "
+                      "(add labeled images for them, or remove them from the test set)")
+    sets: dict[str, ImageSet] = {}
+    for name in ("labeled", "test"):
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            folder = dirs[name] / cls
+            arrays = reader.read(reader.files(folder, name), name) if folder.is_dir() else []
+            good = [a for a in arrays if a is not None]
+            images += good
+            labels += [label] * len(good)
+            if not good and name == "labeled":
+                errors.append(f"{folder}: class {cls!r} has no usable labeled images (add some, "
+                              "or remove the folder)")
+            elif not good:
+                report.warnings.append(f"{folder}: class {cls!r} has no test images; its "
+                                       "accuracy is not measured")
+        reader.report.counts[name] = len(images)
+        sets[name] = ImageSet(_stack(images, cfg), np.asarray(labels, np.int64), classes)
+    arrays = reader.read(reader.files(dirs["unlabeled"], "unlabeled"), "unlabeled")
+    unlabeled = [a for a in arrays if a is not None]
+    report.counts["unlabeled"] = len(unlabeled)
+    if not unlabeled:
+        errors.append(f"{dirs['unlabeled']}: no usable unlabeled images (Noisy Student needs "
+                      f"them; extensions {', '.join(IMAGE_EXTENSIONS)})")
+    if not sets["test"].images.size and not errors:
+        errors.append(f"{dirs['test']}: no test images")
+    reader.finish()
+    for warning in report.warnings:
+        print(f"data warning: {warning}", flush=True)
+    if errors:
+        raise DataError(f"{len(errors)} problems in the image folders:\n  - "
+                        + "\n  - ".join(errors))
+    print(report.summary(), flush=True)
+    return Source(sets["labeled"], sets["test"],
+                  ImageSet(_stack(unlabeled, cfg), None, classes), report=report.to_dict())
+
+
+def _stack(images: list[np.ndarray], cfg: DataConfig) -> np.ndarray:
+    if images:
+        return np.stack(images)
+    return np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.uint8)

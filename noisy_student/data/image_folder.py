@@ -1,0 +1,168 @@
+"""A user's image folders, read in one checking pass that names every bad file before training.
+
+labeled/<class>/*.png, test/<class>/*.png, unlabeled/**/*.png (any layout). Every file is read
+once; the pass collects, before deciding anything:
+
+  per file (skippable with data.on_bad_file = "skip"): zero-byte files, files that are not
+  images, truncated or corrupt images;
+  per file (converted, counted): grayscale / RGB / RGBA / palette / 16-bit images are converted
+  to data.channels at 8 bits (alpha is dropped, 16-bit values are scaled by 1/256); images more
+  than 2x smaller than data.image_size are upscaled and reported;
+  per class and set: empty class folders, test classes missing from the labeled set, no
+  unlabeled images, files of another extension (ignored, reported), and byte-identical files
+  shared between the labeled, unlabeled and test sets (reported: they leak).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SHOWN = 10  # files listed per kind of problem
+
+
+class BadFile(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind, self.detail = kind, detail
+
+
+@dataclass
+class FolderReport:
+    """What the checking pass found; `bad` files are skipped or fatal, the rest are notes."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # images read, per set
+    bad: dict[str, list[str]] = field(default_factory=dict)  # kind -> "path: detail"
+    converted: Counter = field(default_factory=Counter)  # "RGBA->RGB" -> count
+    upscaled: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # other extensions
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    hashes: dict[str, dict[str, str]] = field(default_factory=dict)  # set -> sha1 -> path
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts, "bad": self.bad, "converted": dict(self.converted),
+                "upscaled": self.upscaled, "ignored": self.ignored, "warnings": self.warnings,
+                "errors": self.errors}
+
+    def summary(self) -> str:
+        parts = [", ".join(f"{k} {v:,}" for k, v in self.counts.items()) + " images"]
+        if self.converted:
+            parts.append("converted " + ", ".join(f"{n} {k}" for k, n in self.converted.items()))
+        for kind, items in self.bad.items():
+            parts.append(f"{len(items)} {kind}")
+        if self.upscaled:
+            parts.append(f"{len(self.upscaled)} upscaled more than 2x")
+        if self.ignored:
+            parts.append(f"{len(self.ignored)} non-image files ignored")
+        return "data check: " + "; ".join(parts)
+
+
+def _listing(items: list[str]) -> str:
+    more = f"\n      ... and {len(items) - SHOWN} more" if len(items) > SHOWN else ""
+    return "\n      " + "\n      ".join(items[:SHOWN]) + more
+
+
+def read_image(data: bytes, size: int, channels: int) -> tuple[np.ndarray, str | None, bool]:
+    """Decode, convert and resize one file: (uint8 [size, size, channels], conversion done or
+    None, whether it was upscaled more than 2x). Raises `BadFile`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise BadFile("empty files", "zero bytes")
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()  # decodes everything: a truncated file fails here, not later
+    except UnidentifiedImageError as e:
+        raise BadFile("non-image files", f"not an image ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadFile("corrupt images", f"truncated or corrupt ({e})") from e
+    mode, target = im.mode, "L" if channels == 1 else "RGB"
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit: keep the high byte
+        im = Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    elif mode == "F":
+        im = Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8))
+    small = min(im.size) * 2 < size
+    array = np.asarray(im.convert(target).resize((size, size)), dtype=np.uint8)
+    note = None if mode == target else f"{mode}->{target}"
+    return (array[..., None] if channels == 1 else array), note, small
+
+
+class FolderReader:
+    """Reads the three folders of one `image_folder` source into a `FolderReport`."""
+
+    def __init__(self, size: int, channels: int, skip_bad: bool) -> None:
+        self.size, self.channels, self.skip_bad = size, channels, skip_bad
+        self.report = FolderReport()
+
+    def files(self, directory: Path, where: str) -> list[Path]:
+        found = sorted(p for p in directory.rglob("*") if p.is_file())
+        images = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
+        self.report.ignored += [f"{p} ({where})" for p in found
+                                if p.suffix.lower() not in IMAGE_EXTENSIONS
+                                and not p.name.startswith(".")]
+        return images
+
+    def read(self, paths: list[Path], where: str) -> list[np.ndarray | None]:
+        """One array per path; None for a bad file (recorded in the report)."""
+        out: list[np.ndarray | None] = []
+        hashes = self.report.hashes.setdefault(where, {})
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                self._bad("unreadable files", f"{path}: {e.strerror}")
+                out.append(None)
+                continue
+            try:
+                array, note, small = read_image(data, self.size, self.channels)
+            except BadFile as e:
+                self._bad(e.kind, f"{path}: {e.detail}")
+                out.append(None)
+                continue
+            hashes.setdefault(hashlib.sha1(data).hexdigest(), str(path))
+            if note:
+                self.report.converted[note] += 1
+            if small:
+                self.report.upscaled.append(str(path))
+            out.append(array)
+        return out
+
+    def _bad(self, kind: str, line: str) -> None:
+        self.report.bad.setdefault(kind, []).append(line)
+
+    def check_leaks(self) -> None:
+        """Byte-identical files shared between sets: reported, since they inflate accuracy."""
+        h = self.report.hashes
+        for a, b in (("labeled", "test"), ("unlabeled", "test"), ("labeled", "unlabeled")):
+            shared = sorted(set(h.get(a, {})) & set(h.get(b, {})))
+            if shared:
+                pairs = [f"{h[a][s]} = {h[b][s]}" for s in shared]
+                self.report.warnings.append(
+                    f"{len(shared)} files of the {b} set are byte-identical to files of the {a} "
+                    f"set (a leak: remove them from one side):{_listing(pairs)}")
+
+    def finish(self) -> FolderReport:
+        """Turn what was found into warnings or one error listing everything."""
+        r = self.report
+        self.check_leaks()
+        if r.ignored:
+            r.warnings.append(f"{len(r.ignored)} files without an image extension were ignored:"
+                              f"{_listing(r.ignored)}")
+        if r.upscaled:
+            r.warnings.append(f"{len(r.upscaled)} images are more than 2x smaller than "
+                              f"data.image_size = {self.size} and were upscaled:"
+                              f"{_listing(r.upscaled)}")
+        for kind, items in r.bad.items():
+            text = f"{len(items)} {kind}:{_listing(items)}"
+            (r.warnings if self.skip_bad else r.errors).append(
+                text + ("\n    (skipped)" if self.skip_bad else
+                        "\n    fix or remove them, or set data.on_bad_file = \"skip\""))
+        return r
