@@ -1,8 +1,21 @@
-"""The one place that knows about process ranks (torchrun sets RANK / WORLD_SIZE)."""
+"""The one place that knows about process ranks: torchrun's environment, the process group and
+the few collectives the loop needs. With one process every function is a no-op or the identity.
+
+    torchrun --nproc_per_node=N recipes/NAME.py ...      # N processes, one per GPU (or CPU)
+
+Rank 0 alone writes the run directory and talks to wandb; every rank trains its share of each
+global batch (DDP averages the gradients), labels its shard of the unlabeled images, and reads
+the same checkpoints on resume (the run directory must be on a file system all ranks see).
+"""
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
 
 
 def rank() -> int:
@@ -10,6 +23,80 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main_process() -> bool:
-    """Rank 0: the process that talks to wandb and writes shared files."""
+    """Rank 0: the process that writes the run directory and talks to wandb."""
     return rank() == 0
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def setup(device: torch.device, timeout_s: float = 600.0) -> torch.device:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU); returns this rank's device.
+
+    A rank that stops answering makes the others fail after `timeout_s` instead of hanging."""
+    if world_size() == 1:
+        return device
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank())
+        device = torch.device("cuda", local_rank())
+    if not active():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
+    return device
+
+
+def teardown() -> None:
+    if active():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def agree(flags: list[bool]) -> list[bool]:
+    """Each flag true on every rank when it is true on any (a stop signal seen by one rank, a
+    checkpoint due by rank 0's clock): one small all-reduce."""
+    if not active():
+        return flags
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def shard(n: int) -> slice:
+    """This rank's contiguous share of range(n): no index twice, none left out (no padding)."""
+    world, r = (world_size(), rank()) if active() else (1, 0)
+    per, extra = divmod(n, world)
+    start = r * per + min(r, extra)
+    return slice(start, start + per + (r < extra))

@@ -28,9 +28,9 @@ from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
 from .models import count_params, create_model
 from .noise import build_noise
-from .pseudo_label import PseudoLabels, coverage_warning, make_pseudo_labels
+from .pseudo_label import PseudoLabels, coverage_warning, labels_from_logits
 from .run_dir import Start, open_run, prepare_run_dir
-from .distributed import is_main_process
+from . import distributed
 from .signals import GracefulStop, Interrupted
 from .tracking import Progress, Tracker
 from .train import TrainingError, TrainResult, resolve_device, train_model
@@ -40,6 +40,12 @@ SUMMARY_COLUMNS = ("round", "teacher", "student", "student_params", "teacher_top
                    "teacher_top5", "teacher_ece", "student_top1", "student_top5", "student_ece",
                    "pseudo_labels_kept",
                    "pseudo_label_accuracy", "seconds")
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+    """print, on rank 0 only (every rank runs the loop under torchrun)."""
+    if distributed.is_main_process():
+        print(*args, **kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -97,17 +103,22 @@ class Loop:
     def __init__(self, config: Config, start: Start | None = None) -> None:
         self.config = config
         self.start = start = start or Start()
+        # under torchrun every rank runs this; rank 0 alone writes (self.main)
+        self.device = distributed.setup(resolve_device(config.train.device))
+        self.main = distributed.is_main_process()
         self.run_dir, source, changes = open_run(config, start)  # refuse early, before any work
+        distributed.barrier()  # every rank has looked before rank 0 writes
         seed_everything(config.seed)
         self.splits = make_splits(load_source(config.data), config.data, config.seed)
         self.sizes = check_ladder(config, self.splits)
-        self.previous = prepare_run_dir(self.run_dir, source, config, start, self.splits.record,
-                                        changes)
-        self.device = resolve_device(config.train.device)
+        self.previous = (prepare_run_dir(self.run_dir, source, config, start,
+                                         self.splits.record, changes) if self.main else None)
+        self.previous = distributed.broadcast(self.previous)
         cuda = self.device.type == "cuda"
         self.fast = {"amp": config.train.amp and cuda, "channels_last": config.train.channels_last}
-        mode = resolve_mode(config.tracking.mode) if is_main_process() else "disabled"
-        self.tracker = Tracker(self.run_dir.root / "metrics.jsonl", None if mode == "disabled" else
+        mode = resolve_mode(config.tracking.mode) if self.main else "disabled"
+        self.tracker = Tracker(self.run_dir.root / "metrics.jsonl" if self.main else None,
+                               None if mode == "disabled" else
                                WandbLogger(config.tracking, config.name, self.run_dir.root,
                                            config.to_dict(), mode))
         n = config.noise
@@ -117,6 +128,12 @@ class Loop:
         self.stop = GracefulStop()
 
     # ---- pieces --------------------------------------------------------------------------------
+    def save_weights(self, model: nn.Module, path: Path, meta: dict[str, str]) -> str:
+        """Rank 0 writes the weights; every rank gets their identity (sha256)."""
+        if self.main:
+            return save_weights(model, path, meta)
+        return weights_sha256(model.state_dict())
+
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         s = self.splits
         with _memory_hint("train.eval_batch_size", self.config.train.eval_batch_size):
@@ -145,13 +162,13 @@ class Loop:
                              seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
                              tag=tag, num_workers=c.data.num_workers, evaluate=self.evaluate,
                              checkpoints=checkpoints, stop=self.stop)
-        checkpoints.prune(1)  # the phase's final checkpoint stays
+        if self.main:
+            checkpoints.prune(1)  # the phase's final checkpoint stays
         return result
 
     def initial_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
         """Round 0's teacher: trained on the labeled images only, or loaded from a checkpoint."""
         c, folder, start = self.config, self.run_dir.teacher, time.perf_counter()
-        folder.mkdir(parents=True, exist_ok=True)
         self.tracker.start_phase("teacher", "teacher", "teacher", {
             "phase": "teacher", "teacher": {"model": c.model_for(0), "params": self.sizes[0]}})
         if c.model.teacher_checkpoint:
@@ -160,13 +177,15 @@ class Loop:
         else:
             model = self.train(0, None, "teacher", folder, {"model": c.model_for(0)}).model
         metrics = self.evaluate(model)
-        sha = save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
+        sha = self.save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
                 "top1": metrics["top1"], "top5": metrics["top5"], "ece": metrics["ece"],
                 "loaded_from": c.model.teacher_checkpoint,
                 "seconds": round(time.perf_counter() - start, 2)}
-        save_json(folder / "metrics.json", {**info, "test": metrics})
-        self.run_dir.mark_done(folder)
+        if self.main:
+            save_json(folder / "metrics.json", {**info, "test": metrics})
+            self.run_dir.mark_done(folder)
+        distributed.barrier()
         self.tracker.log("teacher", **info)
         self.tracker.end_phase()
         return model, info
@@ -177,7 +196,7 @@ class Loop:
         self.run_dir.verify(folder)
         info = {k: v for k, v in load_json(folder / "metrics.json").items() if k != "test"}
         model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
-        print(f"round 0's teacher: finished, loaded from {folder}", flush=True)
+        say(f"round 0's teacher: finished, loaded from {folder}", flush=True)
         return model.to(self.device), info
 
     def finished_round(self, k: int) -> tuple[nn.Module, dict[str, Any], str]:
@@ -187,7 +206,7 @@ class Loop:
         metrics = load_json(folder / "metrics.json")
         model = load_weights(build_model(self.config, k + 1, self.splits),
                              folder / "student.safetensors")
-        print(f"round {k}: finished, its student is loaded from {folder}", flush=True)
+        say(f"round {k}: finished, its student is loaded from {folder}", flush=True)
         entry = {c: metrics.get(c) for c in SUMMARY_COLUMNS}
         return model.to(self.device), entry, metrics["student_sha256"]
 
@@ -198,7 +217,7 @@ class Loop:
         model = load_weights(build_model(self.config, k, self.splits), Path(path))
         model.to(self.device)
         test = self.evaluate(model)
-        print(f"round {k}: teacher {name} from {path} (test top-1 {100 * test['top1']:.2f}%)",
+        say(f"round {k}: teacher {name} from {path} (test top-1 {100 * test['top1']:.2f}%)",
               flush=True)
         return model, name, weights_sha256(model.state_dict()), _scores(test)
 
@@ -214,15 +233,15 @@ class Loop:
             try:
                 labels = PseudoLabels.from_arrays(load_npz(path))
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-                print(f"round {k}: not reusing {path}: cannot read it ({e})", flush=True)
+                say(f"round {k}: not reusing {path}: cannot read it ({e})", flush=True)
                 continue
             meta = labels.meta
             if (meta.get("teacher_sha256"), meta.get("settings"), meta.get("temperature")) != (
                     teacher_sha, settings, self.config.loss.temperature):
-                print(f"round {k}: not reusing {path}: made by another teacher or with other "
+                say(f"round {k}: not reusing {path}: made by another teacher or with other "
                       "settings", flush=True)
                 continue
-            print(f"round {k}: reusing the pseudo-labels in {path} (same teacher, same settings)",
+            say(f"round {k}: reusing the pseudo-labels in {path} (same teacher, same settings)",
                   flush=True)
             return labels
         return None
@@ -232,19 +251,23 @@ class Loop:
         c, s = self.config, self.splits
         settings = c.fingerprint("pseudo_label", "data", "seed")
         labels = self.stored_pseudo_labels(k, teacher_sha, settings)
-        if labels is None:
-            progress = Progress(len(s.unlabeled), f"round {k} pseudo-labels")
+        if labels is None:  # each rank labels its shard; every rank gets all the logits
+            part = distributed.shard(len(s.unlabeled))
+            progress = Progress(part.stop - part.start, f"round {k} pseudo-labels",
+                                enabled=self.main)
             with _memory_hint("pseudo_label.batch_size", c.pseudo_label.batch_size):
-                labels = make_pseudo_labels(
-                    FrozenTeacher(teacher), s.unlabeled.images, s.mean, s.std, c.pseudo_label,
-                    c.loss.temperature, {"round": k, "teacher": teacher_name,
-                                         "teacher_sha256": teacher_sha, "settings": settings},
-                    self.device, progress=progress,
+                logits = predict_logits(
+                    FrozenTeacher(teacher), s.unlabeled.images[part], s.mean, s.std,
+                    c.pseudo_label.batch_size, self.device, progress=progress,
                     check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.fast)
             progress.close()
+            labels = labels_from_logits(
+                torch.cat(distributed.gather(logits)), c.pseudo_label, c.loss.temperature,
+                {"round": k, "teacher": teacher_name, "teacher_sha256": teacher_sha,
+                 "settings": settings})
         warning = coverage_warning(labels, c.pseudo_label.threshold, s.labeled.classes)
         if warning and len(labels):
-            print(f"round {k}: warning: {warning}", flush=True)
+            say(f"round {k}: warning: {warning}", flush=True)
             self.tracker.log("warning", round=k, message=warning)
         if len(labels) == 0:
             top = float(np.quantile(labels.confidence_all, 0.5))
@@ -253,7 +276,8 @@ class Loop:
                 f"{c.pseudo_label.threshold}; per-class predictions "
                 f"{np.bincount(labels.predicted, minlength=s.num_classes).tolist()}; half the "
                 f"images have confidence >= {top:.3f}: try pseudo_label.threshold={top:.2f}")
-        save_npz(self.run_dir.round(k) / "pseudo_labels.npz", labels.arrays())
+        if self.main:
+            save_npz(self.run_dir.round(k) / "pseudo_labels.npz", labels.arrays())
         return labels
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -270,6 +294,7 @@ class Loop:
             raise
         finally:
             self.tracker.close(code)
+            distributed.teardown()
 
     def _run(self) -> dict[str, Any]:
         c, rd = self.config, self.run_dir
@@ -288,10 +313,11 @@ class Loop:
             kept = rd.round(k) / "teacher.safetensors"  # a --teacher, kept for --resume
             if given or kept.is_file():
                 teacher, name, sha, scores = self.given_teacher(k, given or str(kept))
-                if given:
+                if given and self.main:
                     save_weights(teacher, kept, {"model": name, "from": given})
             start, student = time.perf_counter(), c.model_for(k + 1)
-            rd.round(k).mkdir(parents=True, exist_ok=True)
+            if self.main:
+                rd.round(k).mkdir(parents=True, exist_ok=True)
             self.tracker.start_phase(f"round_{k}", f"round-{k}", "round", {
                 "phase": "round", "round": k,
                 "teacher": {"model": name, "params": self.sizes[k], "sha256": sha},
@@ -303,7 +329,7 @@ class Loop:
             self.tracker.samples(k, self.splits.unlabeled.images, labels,
                                  self.splits.unlabeled.labels)
             accuracy = stats["accuracy"]
-            print(f"round {k} pseudo-labels from {name}: kept {stats['kept_unique']} of "
+            say(f"round {k} pseudo-labels from {name}: kept {stats['kept_unique']} of "
                   f"{stats['unlabeled']} images ({100 * stats['kept_fraction']:.1f}%), "
                   f"{stats['kept']} items after balancing, mean confidence "
                   f"{stats['mean_confidence']:.3f}"
@@ -316,8 +342,8 @@ class Loop:
             t = time.perf_counter()
             metrics = self.evaluate(result.model)
             final_eval = time.perf_counter() - t
-            student_sha = save_weights(result.model, rd.round(k) / "student.safetensors",
-                                       {"model": student, "round": str(k)})
+            student_sha = self.save_weights(result.model, rd.round(k) / "student.safetensors",
+                                            {"model": student, "round": str(k)})
             entry = {"round": k, "teacher": name, "student": student,
                      "student_params": self.sizes[k + 1],
                      **{f"teacher_{s}": v for s, v in scores.items()},
@@ -325,7 +351,7 @@ class Loop:
                      "student_ece": metrics["ece"], "pseudo_labels_kept": stats["kept"],
                      "pseudo_label_accuracy": stats["accuracy"],
                      "seconds": round(time.perf_counter() - start, 2)}
-            save_json(rd.round(k) / "metrics.json", {
+            round_metrics = {
                 **entry, "student_sha256": student_sha, "teacher_sha256": sha,
                 "teacher_from": given or (str(kept) if kept.is_file() else None),
                 "resumed_from": result.resumed_from,
@@ -337,10 +363,14 @@ class Loop:
                            "train_data_wait": result.timing["data_wait"],
                            "train_evaluate": result.timing["evaluate"],
                            "train_checkpoint": result.timing["checkpoint"],
-                           "final_evaluate": round(final_eval, 3)}})
-            rd.mark_done(rd.round(k))
+                           "final_evaluate": round(final_eval, 3)}}
+            if self.main:
+                save_json(rd.round(k) / "metrics.json", round_metrics)
+                rd.mark_done(rd.round(k))
             self.summary["rounds"].append(entry)
-            save_json(rd.root / "summary.json", self.summary)
+            if self.main:
+                save_json(rd.root / "summary.json", self.summary)
+            distributed.barrier()
             self.tracker.log("round", **entry)
             self.tracker.artifact(k, [rd.round(k) / "student.safetensors",
                                       rd.round(k) / "pseudo_labels.npz"],
@@ -348,8 +378,9 @@ class Loop:
                                    "teacher_sha256": sha, "test_top1": metrics["top1"]})
             self.tracker.end_phase()
             teacher, name, sha, scores = result.model, student, student_sha, _scores(metrics)
-        save_json(rd.root / "summary.json", self.summary)
-        print(format_summary(self.summary))
+        if self.main:
+            save_json(rd.root / "summary.json", self.summary)
+        say(format_summary(self.summary))
         return self.summary
 
 

@@ -121,6 +121,12 @@ def make_pseudo_labels(teacher: FrozenTeacher, images: np.ndarray, mean: list[fl
         raise TypeError("pseudo-labels come from a FrozenTeacher, so the teacher is never noised")
     logits = predict_logits(teacher, images, mean, std, cfg.batch_size, device, amp,
                             channels_last, progress, check)  # [n, C]
+    return labels_from_logits(logits, cfg, temperature, meta)
+
+
+def labels_from_logits(logits: torch.Tensor, cfg: PseudoLabelConfig, temperature: float,
+                       meta: dict[str, Any]) -> PseudoLabels:
+    """Filter and balance the un-noised teacher's logits `[n, C]` of every unlabeled image."""
     num_classes = logits.shape[1]
     confidence_all, predicted = logits.softmax(dim=1).max(dim=1)
     confidence_all, predicted = confidence_all.numpy(), predicted.numpy().astype(np.int64)

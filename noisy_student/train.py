@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 
+from . import distributed
 from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
 from .data import NoisedDataset
@@ -61,10 +62,27 @@ class StreamSampler(Sampler):
             p, skip = p + 1, 0
 
 
+class RankSampler(Sampler):
+    """Rank r's part of each global batch of a stream: items [r*b, (r+1)*b) of every `batch`,
+    b = batch / world. The ranks together see exactly the single-process batches."""
+
+    def __init__(self, stream: StreamSampler, batch: int, rank: int = 0, world: int = 1) -> None:
+        self.stream, self.batch, self.rank, self.world = stream, batch, rank, world
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        it, b = iter(self.stream), self.batch // self.world
+        while True:
+            keys = [next(it) for _ in range(self.batch)]
+            yield from keys[self.rank * b:(self.rank + 1) * b]
+
+
 def _stream(dataset: NoisedDataset, batch_size: int, seed: int, workers: int,
             pin: bool, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    loader = DataLoader(dataset, batch_size=batch_size,
-                        sampler=StreamSampler(len(dataset), seed, start),
+    """This rank's share of the global batches of `batch_size`, from item `start` on."""
+    world = distributed.world_size() if distributed.active() else 1
+    sampler = RankSampler(StreamSampler(len(dataset), seed, start), batch_size,
+                          distributed.rank() if world > 1 else 0, world)
+    loader = DataLoader(dataset, batch_size=batch_size // world, sampler=sampler,
                         num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
     return iter(loader)
 
@@ -109,6 +127,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def _over_ranks(sums: dict[str, float], correct: int, seen: int,
+                world: int) -> tuple[dict[str, float], int, int]:
+    """An epoch's loss sums (mean over ranks), correct count and images (totals over ranks)."""
+    if world == 1:
+        return sums, correct, seen
+    parts = distributed.gather((sums, correct, seen))
+    mean = {k: sum(p[0][k] for p in parts) / world for k in sums}
+    return mean, sum(p[1] for p in parts), sum(p[2] for p in parts)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module  # the weights to evaluate and to teach with: the EMA when it is on
@@ -139,8 +167,15 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    b_lab = min(cfg.batch_size, len(labeled))
-    b_pse = min(cfg.batch_size * cfg.unlabeled_ratio, len(pseudo)) if pseudo is not None else 0
+    world = distributed.world_size() if distributed.active() else 1
+    main = not distributed.active() or distributed.is_main_process()
+    # global batches: each rank takes 1/world of every one (rounded down to a multiple of it)
+    b_lab = min(cfg.batch_size, len(labeled)) // world * world
+    b_pse = (min(cfg.batch_size * cfg.unlabeled_ratio, len(pseudo)) // world * world
+             if pseudo is not None else 0)
+    if b_lab == 0 or (pseudo is not None and b_pse == 0):
+        raise TrainingError(f"{tag}: train.batch_size = {cfg.batch_size} is smaller than the "
+                            f"{world} ranks; each rank needs at least one image per step")
     steps_per_epoch = math.ceil(len(pseudo) / b_pse) if pseudo is not None else math.ceil(
         len(labeled) / b_lab)
     total = epochs * steps_per_epoch
@@ -149,6 +184,8 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
+    net = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+           if world > 1 else model)  # gradients averaged over the ranks' shares of the batch
     geometry = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_labeled": b_lab,
                 "batch_pseudo": b_pse}
     # progress within the run: restored from a checkpoint when resuming
@@ -171,20 +208,28 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     lab_stream = _stream(labeled, b_lab, seed, num_workers, cuda, start=step * b_lab)
     pse_stream = (_stream(pseudo, b_pse, seed + 1, num_workers, cuda, start=step * b_pse)
                   if pseudo is not None else None)
-    if saved is not None:
-        set_rng_state(saved[1]["rng"])  # after the streams, whose creation draws from torch's RNG
+    if saved is not None:  # after the streams, whose creation draws from torch's RNG
+        rngs = saved[1]["rng"]  # one state per rank
+        if len(rngs) != world and main:
+            print(f"resume: the checkpoint holds the random state of {len(rngs)} ranks, this run "
+                  f"has {world}: data order is the same, dropout randomness is not", flush=True)
+        set_rng_state(rngs[min(distributed.rank(), len(rngs) - 1)])
 
     timing = {"data_wait": 0.0, "evaluate": 0.0, "checkpoint": 0.0}
 
     def save(epoch: int) -> Path:
+        """Every rank gives its random state; rank 0 writes."""
         assert checkpoints is not None
         t = time.perf_counter()
-        path = checkpoints.save(run["step"], epoch, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-            "scaler": None,  # bf16 autocast needs no grad scaler
-            "rng": rng_state(), "geometry": geometry, "run": run,
-            "data_position": {"labeled": run["step"] * b_lab, "pseudo": run["step"] * b_pse}})
+        rngs = distributed.gather(rng_state()) if world > 1 else [rng_state()]
+        path = checkpoints.folder / f"step-{run['step']:08d}.ckpt"
+        if main:
+            path = checkpoints.save(run["step"], epoch, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                "scaler": None,  # bf16 autocast needs no grad scaler
+                "rng": rngs, "geometry": geometry, "run": run,
+                "data_position": {"labeled": run["step"] * b_lab, "pseudo": run["step"] * b_pse}})
         timing["checkpoint"] += time.perf_counter() - t
         return path
 
@@ -194,8 +239,8 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     start, start_step = time.perf_counter(), step
     model.train()
     for epoch in range(step // steps_per_epoch, epochs):
-        progress = Progress((steps_per_epoch - step % steps_per_epoch) * (b_lab + b_pse),
-                            f"{tag} epoch {epoch + 1}/{epochs}")
+        progress = Progress((steps_per_epoch - step % steps_per_epoch) * (b_lab + b_pse) // world,
+                            f"{tag} epoch {epoch + 1}/{epochs}", enabled=main)
         epoch_start, seen = time.perf_counter(), 0
         last_log = (epoch_start, 0)  # time and images at the last step line
         for _ in range(step % steps_per_epoch, steps_per_epoch):
@@ -215,17 +260,18 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             optimizer.zero_grad(set_to_none=True)
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = model(x)  # [B, num_classes]
+                    logits = net(x)  # [B / world, num_classes]
                 logits = logits.float()
                 if pse_stream is not None:
                     loss, parts = loss_fn(logits[:n_lab], y_lab, logits[n_lab:], q_pse)
                 else:
                     loss, parts = loss_fn(logits, y_lab)
-                bad = None if torch.isfinite(loss) else f"the loss is {loss.item()}"
-                if bad is None:
-                    loss.backward()
-                    norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-                    bad = None if torch.isfinite(norm) else f"the gradient norm is {norm.item()}"
+                loss.backward()  # even when non-finite: under DDP every rank must join
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                # under DDP decide on the (all-reduced, identical) norm alone, so ranks agree
+                finite = bool(torch.isfinite(norm)) and (world > 1 or bool(torch.isfinite(loss)))
+                bad = None if finite else (f"the loss is {loss.item()}" if not torch.isfinite(loss)
+                                           else f"the gradient norm is {norm.item()}")
             except torch.OutOfMemoryError as e:
                 raise TrainingError(
                     f"{tag}: out of GPU memory at step {step} with {n_lab} labeled + "
@@ -233,6 +279,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                     f"(now {cfg.batch_size}) or train.unlabeled_ratio (now {cfg.unlabeled_ratio})"
                     + ("" if cfg.amp else ", or turn on train.amp") + f" ({e})") from e
             run["correct"] = run.get("correct", 0) + int((logits[:n_lab].argmax(1) == y_lab).sum())
+            # (under DDP the gradients are all-reduced: a non-finite norm is seen by every rank)
             if bad is not None:
                 run["skipped"] = run.get("skipped", 0) + 1
                 tracker.log("skipped_step", phase=tag, step=step, epoch=epoch + 1, reason=bad)
@@ -265,23 +312,27 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                             images_per_second=(seen - last_log[1]) / (now - last_log[0]),
                             **values)
                 last_log = (now, seen)
-            if stop is not None and stop.requested and step % steps_per_epoch:
+            # one small all-reduce: a stop seen by any rank, a checkpoint due by rank 0's clock
+            stop_now, due = distributed.agree([
+                stop is not None and stop.requested,
+                main and checkpoints is not None and checkpoints.due(step)])
+            if stop_now and step % steps_per_epoch:
                 path = save(epoch) if checkpoints is not None else None
-                raise Interrupted(stop.signum or 0, f"{tag}, epoch {epoch + 1}, step {step}", path)
-            if checkpoints is not None and step % steps_per_epoch and checkpoints.due(step):
+                raise Interrupted((stop.signum if stop else None) or 15,
+                                  f"{tag}, epoch {epoch + 1}, step {step}", path)
+            if due and step % steps_per_epoch:
                 save(epoch)
         progress.close()
         seconds = time.perf_counter() - epoch_start
+        sums, correct, seen = _over_ranks(run["sums"], run.pop("correct", 0), seen, world)
         record: dict[str, Any] = {"phase": tag, "epoch": epoch + 1, "step": step,
                                   "lr": optimizer.param_groups[0]["lr"],
                                   "images_per_second": seen / seconds,
                                   # on the noised labeled images it trained on (model in train mode)
-                                  "labeled_train_accuracy": run.pop("correct", 0) / (
-                                      steps_per_epoch * b_lab),
+                                  "labeled_train_accuracy": correct / (steps_per_epoch * b_lab),
                                   "skipped_steps": steps_per_epoch - run.get("good", 0),
                                   # means over the steps that were not skipped
-                                  **{k: v / max(1, run.get("good", 0))
-                                     for k, v in run["sums"].items()}}
+                                  **{k: v / max(1, run.get("good", 0)) for k, v in sums.items()}}
         run["good"] = 0
         run["sums"] = {}
         if evaluate is not None and (epoch + 1) in eval_at:
@@ -292,16 +343,19 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             record.update(test_top1=metrics["top1"], test_ece=metrics["ece"])
             if run["best"] is None or metrics["top1"] > run["best"]["test_top1"]:
                 run["best"] = {"test_top1": metrics["top1"], "epoch": epoch + 1}
-            print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, test top-1 "
-                  f"{100 * metrics['top1']:.2f}%, {record['images_per_second']:.0f} img/s",
-                  flush=True)
+            if main:
+                print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, test top-1 "
+                      f"{100 * metrics['top1']:.2f}%, {record['images_per_second']:.0f} img/s",
+                      flush=True)
         tracker.log("epoch", **record)
         run["history"].append(record)
         if checkpoints is not None:
             save(epoch + 1)
-        if stop is not None and stop.requested:
-            raise Interrupted(stop.signum or 0, f"{tag}, end of epoch {epoch + 1}",
-                              checkpoints.paths()[-1] if checkpoints is not None else None)
+        if distributed.agree([stop is not None and stop.requested])[0]:
+            raise Interrupted((stop.signum if stop else None) or 15,
+                              f"{tag}, end of epoch {epoch + 1}",
+                              checkpoints.folder / f"step-{step:08d}.ckpt"
+                              if checkpoints is not None else None)
     result.seconds = time.perf_counter() - start
     result.timing = {k: round(v, 3) for k, v in timing.items()}
     result.images_per_second = (step - start_step) * (b_lab + b_pse) / max(result.seconds, 1e-9)

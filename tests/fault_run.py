@@ -9,6 +9,8 @@ FAULT is one of
   kill-before-train:TAG   SIGKILL when training of phase TAG starts (after its pseudo-labels)
   kill-in-ckpt-write:N    SIGKILL in the middle of writing the N-th checkpoint (half the
                           temporary file written, before it is renamed into place)
+  forbid-writes-off-rank0 any file written by a rank other than 0 crashes the job
+A fault prefixed `rankR:` applies to that torchrun rank only (others run normally).
 """
 
 import os
@@ -29,6 +31,10 @@ def _die(signum: int = signal.SIGKILL) -> None:
 
 
 def install(fault: str) -> None:
+    if fault.startswith("rank"):
+        only, _, fault = fault.partition(":")
+        if os.environ.get("RANK", "0") != only[len("rank"):]:
+            return
     kind, _, arg = fault.partition(":")
     if kind in ("kill-at-step", "term-at-step"):
         count = [0]
@@ -60,6 +66,14 @@ def install(fault: str) -> None:
             return real_fsync(fd)
 
         os.fsync = fsync
+    elif kind == "forbid-writes-off-rank0":
+        import noisy_student.checkpoint as checkpoint
+
+        if os.environ.get("RANK", "0") != "0":
+            def refuse(path, data):
+                raise SystemExit(f"rank {os.environ['RANK']} tried to write {path}")
+
+            checkpoint.atomic_write = refuse
     elif kind != "none":
         raise SystemExit(f"unknown fault {fault!r}")
 
