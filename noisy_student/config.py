@@ -100,7 +100,9 @@ class TrainConfig:
     max_skipped_steps: int = 0  # steps with a non-finite loss or gradient skipped before stopping
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # bf16 autocast (CUDA only; float32 on CPU)
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # channels_last memory format (any device)
+    compile: bool = False  # torch.compile the training forward (checkpoints stay uncompiled)
+    sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over the global batch
     eval_batch_size: int = 1024
     log_every: int = 50  # steps between metrics.jsonl step lines
 
@@ -284,6 +286,9 @@ def _check(c: Config) -> list[str]:
     _range(p, "train.ema_decay", t.ema_decay, 0, 1, hi_open=True)
     _range(p, "train.grad_clip", t.grad_clip, 0)
     _range(p, "train.max_skipped_steps", t.max_skipped_steps, 0)
+    if t.sync_batchnorm and t.device == "cpu":
+        p.append("train.sync_batchnorm = true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                 "kernels); set train.device to 'cuda' or 'auto', or turn it off")
     _range(p, "train.eval_batch_size", t.eval_batch_size, 1)
     _range(p, "train.log_every", t.log_every, 1)
     _range(p, "checkpoint.every_steps", c.checkpoint.every_steps, 0)

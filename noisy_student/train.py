@@ -180,12 +180,21 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
         len(labeled) / b_lab)
     total = epochs * steps_per_epoch
     warmup = int(cfg.warmup_fraction * total)
+    if world > 1 and cfg.sync_batchnorm:  # the same parameters, in SyncBatchNorm layers
+        if not cuda:
+            raise TrainingError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm "
+                                "has no CPU kernels); set it to false for gloo runs")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     net = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
            if world > 1 else model)  # gradients averaged over the ranks' shares of the batch
+    if cfg.compile:  # `model` keeps the plain weights: checkpoints load without compiling
+        net = torch.compile(net)
     geometry = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_labeled": b_lab,
                 "batch_pseudo": b_pse}
     # progress within the run: restored from a checkpoint when resuming

@@ -106,3 +106,8 @@ def test_every_range_and_enum_is_checked(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         Config().with_overrides([override])
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused():
+    with pytest.raises(ConfigError, match="sync_batchnorm = true needs CUDA"):
+        Config().with_overrides(['train.device="cpu"', "train.sync_batchnorm=true"])

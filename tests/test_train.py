@@ -157,3 +157,18 @@ def test_out_of_gpu_memory_names_the_batch_settings():
     with pytest.raises(TrainingError, match=r"out of GPU memory .* lower train.batch_size "
                                             r"\(now 8\) or train.unlabeled_ratio"):
         _train(TrainConfig(batch_size=8, device="cpu"), model=_OOM())
+
+
+def test_sync_batchnorm_needs_ranks_and_compile_keeps_plain_weights(monkeypatch):
+    calls = []
+
+    def fake_compile(module, **kwargs):  # compiling takes long on a CPU: check the wiring only
+        calls.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = _Linear()
+    result = _train(TrainConfig(batch_size=8, device="auto", compile=True, sync_batchnorm=True),
+                    model=model)  # one process: nothing to synchronize
+    assert calls == [model]  # the forward goes through the compiled module
+    assert result.model is model and set(model.state_dict()) == set(_Linear().state_dict())
