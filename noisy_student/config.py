@@ -44,6 +44,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers for the noised training streams
     on_bad_file: Literal["error", "skip"] = "error"  # image_folder: stop on (or skip) unreadable,
     # truncated, empty or non-image files; either way each is named
+    lazy_unlabeled: bool = False  # image_folder: decode unlabeled images when used, not up front
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class PseudoLabelConfig:
     threshold: float = 0.3  # keep images whose teacher confidence is >= threshold
     balance: bool = True  # cap each class at its most confident, duplicate short classes
     per_class: int | None = None  # balancing target; None: the mean kept count per class
+    top_k: int | None = None  # soft labels: keep the k most probable classes (compact storage)
     batch_size: int = 1024
 
 
@@ -263,6 +265,9 @@ def _check(c: Config) -> list[str]:
     pl = c.pseudo_label
     _range(p, "pseudo_label.threshold", pl.threshold, 0, 1, hi_open=True)
     _range(p, "pseudo_label.per_class", pl.per_class, 1)
+    _range(p, "pseudo_label.top_k", pl.top_k, 1)
+    if pl.top_k is not None and pl.kind != "soft":
+        p.append("pseudo_label.top_k needs pseudo_label.kind = 'soft' (hard labels are one class)")
     _range(p, "pseudo_label.batch_size", pl.batch_size, 1)
     lo = c.loss
     _range(p, "loss.label_smoothing", lo.label_smoothing, 0, 1, hi_open=True)

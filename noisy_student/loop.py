@@ -152,7 +152,8 @@ class Loop:
                                 c.seed)
         pseudo_ds = None
         if pseudo is not None:
-            pseudo_ds = NoisedDataset(s.unlabeled.images, pseudo.targets, self.noise, s.mean, s.std,
+            pseudo_ds = NoisedDataset(s.unlabeled.images, pseudo.training_targets(), self.noise,
+                                      s.mean, s.std,
                                       c.seed + 7919 * rung, index=pseudo.indices)
         epochs = c.train.epochs if pseudo is not None else c.train.teacher_epochs
         ck = c.checkpoint

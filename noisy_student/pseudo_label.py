@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import PseudoLabelConfig
+from .data import TopKTargets
 from .inference import FrozenTeacher, predict_logits
 
 
@@ -25,7 +26,9 @@ class PseudoLabels:
     """The teacher's labels for one round.
 
     indices     int64 [m]     into the unlabeled set; an index repeats when balancing duplicated it
-    targets     float16 [m, C] soft labels softmax(z_t / T), or int64 [m] hard labels
+    targets     float16 [m, C] soft labels softmax(z_t / T), or int64 [m] hard labels, or
+                float16 [m, k] the top-k probabilities (with `target_classes`)
+    target_classes int16|int32 [m, k]  the classes of top-k soft labels (else None)
     confidence  float32 [m]   max_c softmax(z_t)_c of each kept item (T = 1)
     predicted   int64 [n]     the teacher's class for every unlabeled image (kept or not)
     confidence_all float32 [n] its confidence for every unlabeled image
@@ -38,6 +41,7 @@ class PseudoLabels:
     predicted: np.ndarray
     confidence_all: np.ndarray
     meta: dict[str, Any]
+    target_classes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -52,14 +56,25 @@ class PseudoLabels:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Plain arrays for an `.npz` file (loadable with allow_pickle=False)."""
-        return {"indices": self.indices, "targets": self.targets, "confidence": self.confidence,
-                "predicted": self.predicted, "confidence_all": self.confidence_all,
-                "meta": np.array(json.dumps(self.meta, sort_keys=True))}
+        out = {"indices": self.indices, "targets": self.targets, "confidence": self.confidence,
+               "predicted": self.predicted, "confidence_all": self.confidence_all,
+               "meta": np.array(json.dumps(self.meta, sort_keys=True))}
+        if self.target_classes is not None:
+            out["target_classes"] = self.target_classes
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: Any) -> PseudoLabels:
         names = ("indices", "targets", "confidence", "predicted", "confidence_all")
-        return cls(*(np.asarray(arrays[k]) for k in names), json.loads(str(arrays["meta"])))
+        classes = np.asarray(arrays["target_classes"]) if "target_classes" in arrays else None
+        return cls(*(np.asarray(arrays[k]) for k in names), json.loads(str(arrays["meta"])),
+                   classes)
+
+    def training_targets(self) -> Any:
+        """What the student trains on: the targets, or top-k soft labels densified per item."""
+        if self.target_classes is not None:
+            return TopKTargets(self.target_classes, self.targets, self.num_classes)
+        return self.targets
 
     def stats(self, hidden_labels: np.ndarray | None = None) -> dict[str, Any]:
         """Kept counts, per-class counts, mean confidence, accuracy against hidden labels."""
@@ -132,15 +147,22 @@ def labels_from_logits(logits: torch.Tensor, cfg: PseudoLabelConfig, temperature
     confidence_all, predicted = confidence_all.numpy(), predicted.numpy().astype(np.int64)
     indices = select(predicted, confidence_all, num_classes, cfg.threshold, cfg.balance,
                      cfg.per_class).astype(np.int64)
+    target_classes = None
     if cfg.kind == "soft":
-        targets = (logits[torch.from_numpy(indices)] / temperature).softmax(dim=1)
-        targets = targets.numpy().astype(np.float16)
+        probs = (logits[torch.from_numpy(indices)] / temperature).softmax(dim=1)
+        if cfg.top_k is not None and cfg.top_k < num_classes:
+            top = probs.topk(cfg.top_k, dim=1)  # the k most probable classes per item
+            probs = top.values
+            target_classes = top.indices.numpy().astype(
+                np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32)
+        targets = probs.numpy().astype(np.float16)
     else:
         targets = predicted[indices]
     meta = dict(meta, num_classes=num_classes, temperature=temperature, kind=cfg.kind,
-                threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class)
+                threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class,
+                top_k=cfg.top_k)
     return PseudoLabels(indices, targets, confidence_all[indices].astype(np.float32), predicted,
-                        confidence_all.astype(np.float32), meta)
+                        confidence_all.astype(np.float32), meta, target_classes)
 
 
 def confidence_extremes(predicted: np.ndarray, confidence: np.ndarray, num_classes: int,

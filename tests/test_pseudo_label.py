@@ -120,3 +120,31 @@ def test_a_class_without_pseudo_labels_is_reported_with_a_threshold_that_helps()
     everything = PseudoLabels(np.arange(4), predicted[:4], confidence[:4], predicted[:4],
                               confidence[:4], {"num_classes": 2})
     assert coverage_warning(everything, 0.0) is None
+
+
+def test_top_k_soft_labels_are_compact_and_densify_to_the_renormalized_top_k(tmp_path):
+    import torch
+
+    from noisy_student.checkpoint import load_npz, save_npz
+    from noisy_student.config import PseudoLabelConfig
+    from noisy_student.pseudo_label import labels_from_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]]))
+    cfg = PseudoLabelConfig(kind="soft", threshold=0.0, balance=False, top_k=2)
+    labels = labels_from_logits(logits, cfg, 1.0, {})
+    assert labels.targets.shape == (2, 2) and labels.target_classes.dtype == np.int16
+    assert labels.target_classes.tolist() == [[0, 1], [3, 2]]
+    dense = labels.training_targets()
+    np.testing.assert_allclose(dense[0].numpy(), [0.5 / 0.8, 0.3 / 0.8, 0, 0], atol=1e-3)
+    np.testing.assert_allclose(dense[1].numpy(), [0, 0, 0.3 / 0.7, 0.4 / 0.7], atol=1e-3)
+    save_npz(tmp_path / "p.npz", labels.arrays())
+    again = PseudoLabels.from_arrays(load_npz(tmp_path / "p.npz"))
+    assert np.array_equal(again.target_classes, labels.target_classes)
+    assert again.meta["top_k"] == 2
+
+
+def test_a_run_with_top_k_soft_labels(tiny_config):
+    from noisy_student.loop import run
+
+    summary = run(tiny_config.with_overrides(["rounds=1", "pseudo_label.top_k=3"]))
+    assert summary["rounds"][0]["pseudo_labels_kept"] > 0

@@ -279,3 +279,22 @@ def test_nan_mid_round_names_the_step_and_the_last_good_checkpoint(tiny_config, 
     after = snapshot(config.out_dir)
     assert all(after.get(k) == v for k, v in before.items()
                if k.startswith("teacher/") or k.endswith("pseudo_labels.npz"))
+
+
+def test_lazy_unlabeled_images_equal_the_eager_ones_and_stay_on_disk(tmp_path, tiny_config):
+    from noisy_student.data.image_folder import LazyImages
+
+    cfg = _tree(tmp_path)
+    eager = load_source(cfg).unlabeled.images
+    lazy = load_source(DataConfig(**{**cfg.__dict__, "lazy_unlabeled": True})).unlabeled.images
+    assert isinstance(lazy, LazyImages) and lazy.shape == eager.shape
+    assert np.array_equal(lazy[0:len(lazy)], eager) and np.array_equal(lazy[3], eager[3])
+    subset = lazy[np.array([4, 1])]
+    assert isinstance(subset, LazyImages) and np.array_equal(subset[0:2], eager[[4, 1]])
+    config = tiny_config.with_overrides([
+        'data.source="image_folder"', f'data.labeled_dir="{tmp_path / "labeled"}"',
+        f'data.unlabeled_dir="{tmp_path / "unlabeled"}"', f'data.test_dir="{tmp_path / "test"}"',
+        "data.image_size=16", "data.lazy_unlabeled=true", "data.labeled_per_class=4",
+        "rounds=1", "train.batch_size=4"])
+    summary = run(config)
+    assert summary["rounds"][0]["pseudo_labels_kept"] > 0

@@ -1,8 +1,8 @@
 """Data: sources -> seeded splits -> torch datasets."""
 
-from .datasets import NoisedDataset, to_tensor
+from .datasets import NoisedDataset, TopKTargets, to_tensor
 from .sources import DataError, ImageSet, Source, load_source
 from .splits import Splits, make_splits
 
-__all__ = ["DataError", "ImageSet", "NoisedDataset", "Source", "Splits", "load_source",
-           "make_splits", "to_tensor"]
+__all__ = ["DataError", "ImageSet", "NoisedDataset", "Source", "Splits", "TopKTargets",
+           "load_source", "make_splits", "to_tensor"]

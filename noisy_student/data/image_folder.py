@@ -111,7 +111,8 @@ class FolderReader:
         return images
 
     def read(self, paths: list[Path], where: str) -> list[np.ndarray | None]:
-        """One array per path; None for a bad file (recorded in the report)."""
+        """One array per path; None for a bad file (recorded in the report). A lazily read set
+        (`lazy`) keeps no pixels: its arrays are dropped once checked (see `LazyImages`)."""
         out: list[np.ndarray | None] = []
         hashes = self.report.hashes.setdefault(where, {})
         for path in paths:
@@ -166,3 +167,43 @@ class FolderReader:
                 text + ("\n    (skipped)" if self.skip_bad else
                         "\n    fix or remove them, or set data.on_bad_file = \"skip\""))
         return r
+
+
+class LazyImages:
+    """Image files that behave like a `uint8 [N, H, W, C]` array but are decoded on access, so
+    memory does not grow with the number of images.
+
+    `images[i]` decodes one image; `images[a:b]` decodes a batch (an array); indexing with an
+    integer array gives a lazy subset (nothing is decoded)."""
+
+    def __init__(self, paths: list[str], size: int, channels: int) -> None:
+        self.paths, self.size, self.channels = list(paths), size, channels
+        self.dtype, self.ndim = np.dtype(np.uint8), 4
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.size, self.size, self.channels)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _read(self, i: int) -> np.ndarray:
+        path = self.paths[i]
+        try:
+            return read_image(Path(path).read_bytes(), self.size, self.channels)[0]
+        except (OSError, BadFile) as e:
+            raise BadFile("changed files", f"{path}: could be read at the start of the run, not "
+                          f"now ({e})") from e
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self._read(int(key))
+        if isinstance(key, slice):
+            rows = range(*key.indices(len(self)))
+            if not rows:
+                return np.zeros((0, self.size, self.size, self.channels), np.uint8)
+            return np.stack([self._read(i) for i in rows])
+        index = np.asarray(key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return LazyImages([self.paths[i] for i in index], self.size, self.channels)

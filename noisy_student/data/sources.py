@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataConfig
-from .image_folder import IMAGE_EXTENSIONS, FolderReader
+from .image_folder import IMAGE_EXTENSIONS, FolderReader, LazyImages
 
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "NOISY_STUDENT_FASHION_MNIST"
@@ -210,8 +210,18 @@ def _image_folder(cfg: DataConfig) -> Source:
                                        "accuracy is not measured")
         reader.report.counts[name] = len(images)
         sets[name] = ImageSet(_stack(images, cfg), np.asarray(labels, np.int64), classes)
-    arrays = reader.read(reader.files(dirs["unlabeled"], "unlabeled"), "unlabeled")
-    unlabeled = [a for a in arrays if a is not None]
+    paths = reader.files(dirs["unlabeled"], "unlabeled")
+    if cfg.lazy_unlabeled:  # checked in batches now, decoded again when used: memory stays flat
+        good: list[str] = []
+        for start in range(0, len(paths), 1024):
+            chunk = paths[start:start + 1024]
+            good += [str(p) for p, a in zip(chunk, reader.read(chunk, "unlabeled"), strict=True)
+                     if a is not None]
+        unlabeled_set = ImageSet(LazyImages(good, cfg.image_size, cfg.channels), None, classes)
+        unlabeled = good
+    else:
+        unlabeled = [a for a in reader.read(paths, "unlabeled") if a is not None]
+        unlabeled_set = ImageSet(_stack(unlabeled, cfg), None, classes)
     report.counts["unlabeled"] = len(unlabeled)
     if not unlabeled:
         errors.append(f"{dirs['unlabeled']}: no usable unlabeled images (Noisy Student needs "
@@ -225,8 +235,7 @@ def _image_folder(cfg: DataConfig) -> Source:
         raise DataError(f"{len(errors)} problems in the image folders:\n  - "
                         + "\n  - ".join(errors))
     print(report.summary(), flush=True)
-    return Source(sets["labeled"], sets["test"],
-                  ImageSet(_stack(unlabeled, cfg), None, classes), report=report.to_dict())
+    return Source(sets["labeled"], sets["test"], unlabeled_set, report=report.to_dict())
 
 
 def _stack(images: list[np.ndarray], cfg: DataConfig) -> np.ndarray:

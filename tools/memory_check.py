@@ -1,0 +1,103 @@
+"""Peak memory of reading and pseudo-labeling N unlabeled images from disk, eager versus lazy.
+
+    python tools/memory_check.py --images 10000 100000 [--size 32] [--dir runs/memcheck]
+
+Writes N random PNG files (once per N, reused after), then, in a fresh process for each (N, mode),
+loads an image_folder source with data.lazy_unlabeled off or on and runs a model over every
+unlabeled image (sharded-inference code path: `predict_logits` on slices), and reports the
+peak resident set size (ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_images(folder: Path, n: int, size: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    done = folder / ".complete"
+    if done.is_file():
+        return
+    rng = np.random.default_rng(0)
+    for split, count in (("labeled", 5), ("test", 2)):
+        for cls in ("a", "b"):
+            (folder / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    folder / split / cls / f"{i}.png")
+    unlabeled = folder / "unlabeled"
+    for i in range(n):
+        sub = unlabeled / f"{i // 10_000:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+            sub / f"{i}.png")
+    done.touch()
+
+
+def measure(folder: Path, size: int, lazy: bool) -> dict:
+    """In this process: load the source, label every unlabeled image, report peak RSS."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import torch
+
+    from noisy_student.config import DataConfig
+    from noisy_student.data import load_source
+    from noisy_student.inference import predict_logits
+    from noisy_student.models import create_model
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    cfg = DataConfig(source="image_folder", labeled_dir=str(folder / "labeled"),
+                     unlabeled_dir=str(folder / "unlabeled"), test_dir=str(folder / "test"),
+                     image_size=size, channels=3, lazy_unlabeled=lazy)
+    source = load_source(cfg)
+    loaded = time.perf_counter() - start
+    model = create_model("cnn_tiny", num_classes=2, in_chans=3).eval()
+    logits = predict_logits(model, source.unlabeled.images, [0.5] * 3, [0.25] * 3, 1024)
+    return {"images": len(source.unlabeled), "lazy": lazy, "logits": list(logits.shape),
+            "load_seconds": round(loaded, 1),
+            "total_seconds": round(time.perf_counter() - start, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--dir", type=Path, default=ROOT / "runs" / "memcheck")
+    p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process
+    p.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.size, args.lazy)))
+        return 0
+    rows = []
+    for n in args.images:
+        folder = args.dir / f"n{n}-s{args.size}"
+        make_images(folder, n, args.size)
+        for lazy in (False, True):
+            cmd = [sys.executable, __file__, "--measure", str(folder), "--size", str(args.size)]
+            out = subprocess.run(cmd + (["--lazy"] if lazy else []), capture_output=True,
+                                 text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(rows[-1], flush=True)
+    print("| unlabeled images | mode | peak RSS (MB) | load (s) | load + label (s) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['images']:,} | {'lazy' if r['lazy'] else 'in memory'} | {r['peak_rss_mb']} "
+              f"| {r['load_seconds']} | {r['total_seconds']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
