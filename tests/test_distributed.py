@@ -48,13 +48,24 @@ def single(tmp_path_factory) -> Path:
     return out
 
 
-def test_two_ranks_write_one_run_with_the_same_pseudo_labels(single, tmp_path):
+def loaded(single: Path) -> list[str]:
+    """Round 0's teacher of the single-process run, loaded: the same teacher for every run."""
     teacher = single / "teacher" / "model.safetensors"
-    out = tmp_path / "ddp"
-    done = launch(out, "forbid-writes-off-rank0", 2, "--set", "train.teacher_epochs=0",
-                  "--set", f'model.teacher_checkpoint="{teacher}"',
+    return ["--set", "train.teacher_epochs=0", "--set", f'model.teacher_checkpoint="{teacher}"']
+
+
+@pytest.fixture(scope="module")
+def ddp(single, tmp_path_factory) -> Path:
+    """2 ranks, the single run's teacher; rank 1 crashes if it writes a file; wandb offline."""
+    out = tmp_path_factory.mktemp("ddp") / "run"
+    done = launch(out, "forbid-writes-off-rank0", 2, *loaded(single),
                   "--set", 'tracking.mode="offline"')
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_two_ranks_write_one_run_with_the_same_pseudo_labels(single, ddp):
+    out = ddp
     assert (out / "round_0" / "DONE").is_file()
     a = load_npz(single / "round_0" / "pseudo_labels.npz")
     b = load_npz(out / "round_0" / "pseudo_labels.npz")
@@ -79,3 +90,17 @@ def test_a_killed_rank_ends_the_job_with_an_error(tmp_path):
     assert done.returncode != 0
     assert time.perf_counter() - start < 200
     assert "-9" in done.stderr or "SIGKILL" in done.stderr or "Signals.SIGKILL" in done.stderr
+
+
+def test_sigterm_to_one_rank_stops_both_and_resume_under_torchrun_matches(single, ddp,
+                                                                          tmp_path):
+    out = tmp_path / "stopped"
+    stopped = launch(out, "rank0:term-at-step:7", 2, *loaded(single))  # round 0, mid-epoch 2
+    assert stopped.returncode != 0 and "SIGTERM" in stopped.stderr
+    newest = sorted((out / "round_0" / "checkpoints").glob("step-*.ckpt"))[-1]
+    assert newest.name == "step-00000007.ckpt"  # both ranks stopped after the same step
+    resumed = launch(out, "none", 2, *loaded(single), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((ddp / "round_0" / "metrics.json").read_text())  # never stopped
+    b = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert b["student_sha256"] == a["student_sha256"] and b["test"] == a["test"]
