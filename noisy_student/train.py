@@ -276,7 +276,10 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 else:
                     loss, parts = loss_fn(logits, y_lab)
                 loss.backward()  # even when non-finite: under DDP every rank must join
-                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+                norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        if cfg.grad_clip > 0 else  # the norm only (for the NaN check), no rescaling
+                        nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                 if p.grad is not None]))
                 # under DDP decide on the (all-reduced, identical) norm alone, so ranks agree
                 finite = bool(torch.isfinite(norm)) and (world > 1 or bool(torch.isfinite(loss)))
                 bad = None if finite else (f"the loss is {loss.item()}" if not torch.isfinite(loss)

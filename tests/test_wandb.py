@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from urllib.parse import urlparse
@@ -132,6 +133,7 @@ def test_resume_continues_the_same_wandb_run(offline):
     first = json.loads((out / "wandb.json").read_text())
     (out / "round_0" / "DONE").unlink()
     (out / "round_0" / "student.safetensors").unlink()
+    time.sleep(1.1)  # wandb names offline folders by the second: a real resume comes later
     run(config, resume=True)
     assert json.loads((out / "wandb.json").read_text()) == first
     round0 = first["runs"]["round_0"]
