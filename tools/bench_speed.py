@@ -32,10 +32,13 @@ def _recipe(name: str) -> Config:
 
 
 def _setup(config: Config, n_images: int, seed: int = 0):
-    """The recipe's final student on random 28x28x1 images, and its loss."""
+    """Random 28x28x1 images, their labels, pseudo-targets in the recipe's kind (hard classes or
+    one-hot soft rows), the recipe's final student and its loss."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (n_images, 28, 28, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, n_images)
+    hard = config.pseudo_label.kind == "hard"
+    targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
     torch.manual_seed(seed)
     model = create_model(config.model_for(config.rounds), num_classes=10, in_chans=1,
                          drop_rate=config.model.drop_rate,
@@ -43,7 +46,7 @@ def _setup(config: Config, n_images: int, seed: int = 0):
     c = config.loss
     loss = build_student_loss(c.distillation, c.temperature, c.label_smoothing,
                               c.labeled_weight, c.pseudo_weight, with_pseudo=True)
-    return images, labels, model, loss
+    return images, labels, targets, model, loss
 
 
 def train_step(config: Config, steps: int, device: torch.device) -> dict[str, Any]:
@@ -51,9 +54,7 @@ def train_step(config: Config, steps: int, device: torch.device) -> dict[str, An
     loop of forward, loss, backward and SGD step on one in-memory batch of the same size."""
     t = config.train
     b_lab, b_pse = t.batch_size, t.batch_size * t.unlabeled_ratio
-    images, labels, model, loss = _setup(config, b_pse * steps)
-    hard = config.pseudo_label.kind == "hard"
-    targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
+    images, labels, targets, model, loss = _setup(config, b_pse * steps)
     lab = NoisedDataset(images[:1000], labels[:1000], None, [0.5], [0.25], 0)
     pse = NoisedDataset(images, targets, None, [0.5], [0.25], 1)
     cfg = dataclasses.replace(t, device=device.type, log_every=10**9)
@@ -99,7 +100,7 @@ def train_step(config: Config, steps: int, device: torch.device) -> dict[str, An
 def inference(config: Config, n: int, device: torch.device) -> dict[str, Any]:
     """Images/s: `predict_logits` on uint8 images versus a bare `model(x)` loop over the same
     images already normalized as tensors, same batch size."""
-    images, _, model, _ = _setup(config, n)
+    images, _, _, model, _ = _setup(config, n)
     model.to(device).eval()
     batch = config.pseudo_label.batch_size
     channels_last = config.train.channels_last
@@ -129,7 +130,7 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     """The noise pipeline's images/s in one process (one worker) against what training
     consumes, and the share of a real (noised) training run spent waiting for data with the
     recipe's workers (and with each count in `workers`)."""
-    images, labels, model, loss = _setup(config, n)
+    images, labels, targets, model, loss = _setup(config, n)
     nz = config.noise
     noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
     data = NoisedDataset(images, labels, noise, [0.5], [0.25], 0)
@@ -139,8 +140,6 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     per_worker = n / (time.perf_counter() - start)
     t = config.train
     b_pse = t.batch_size * t.unlabeled_ratio
-    hard = config.pseudo_label.kind == "hard"
-    targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
     pse = NoisedDataset(images[:b_pse * steps], targets[:b_pse * steps], noise, [0.5], [0.25], 1)
 
     def noised_run(num_workers: int) -> dict[str, float]:
