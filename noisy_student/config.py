@@ -65,6 +65,9 @@ class NoiseConfig:
     magnitude: float = 9.0  # RandAugment M on the 0..30 scale (see noisy_student.noise)
     flip: bool = True
     crop_padding: int = 0  # reflect-pad then random-crop back (pixels)
+    # "albumentations": per image in the DataLoader workers (CPU); "torch": per batch with tensor
+    # ops on the training device (the GPU when there is one; noisy_student.noise_batch)
+    backend: Literal["albumentations", "torch"] = "albumentations"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import to_tensor
+from .data import normalize, to_uint8
 
 
 class FrozenTeacher(nn.Module):
@@ -47,7 +47,8 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std:
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            x = to_tensor(images[start:start + batch_size], mean, std).to(device, non_blocking=True)
+            x = to_uint8(images[start:start + batch_size]).to(device, non_blocking=True)
+            x = normalize(x, mean, std)  # on the device: a quarter of the bytes travel
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -28,6 +28,7 @@ from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
 from .models import count_params, create_model
 from .noise import build_noise
+from .noise_batch import build_batch_noise
 from .pseudo_label import PseudoLabels, coverage_warning, labels_from_logits
 from .run_dir import Start, open_run, prepare_run_dir
 from . import distributed
@@ -118,9 +119,12 @@ class Loop:
                                None if mode == "disabled" else
                                WandbLogger(config.tracking, config.name, self.run_dir.root,
                                            config.to_dict(), mode))
-        n = config.noise
-        self.noise = build_noise(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding,
-                                 self.splits.channels)
+        n = config.noise  # per image in the DataLoader workers, or per batch on the device
+        make = build_batch_noise if n.backend == "torch" else build_noise
+        noise = make(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding,
+                     self.splits.channels)
+        self.noise = noise if n.backend == "albumentations" else None
+        self.batch_noise = noise if n.backend == "torch" else None
         self.summary: dict[str, Any] = {"name": config.name, "teacher": None, "rounds": []}
         self.stop = GracefulStop()
 
@@ -159,7 +163,8 @@ class Loop:
         result = train_model(model, loss, labeled, pseudo_ds, c.train, epochs,
                              seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
                              tag=tag, num_workers=c.data.num_workers, evaluate=self.evaluate,
-                             checkpoints=checkpoints, stop=self.stop)
+                             checkpoints=checkpoints, stop=self.stop,
+                             batch_noise=self.batch_noise)
         if self.main:
             checkpoints.prune(1)  # the phase's final checkpoint stays
         return result

@@ -24,10 +24,13 @@ from torch.utils.data import DataLoader, Sampler
 from . import distributed
 from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
-from .data import NoisedDataset
+from .data import NoisedDataset, normalize
 from .losses import StudentLoss
 from .signals import GracefulStop, Interrupted
 from .tracking import Tracker, Progress
+
+
+BatchNoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> uint8
 
 
 class TrainingError(RuntimeError):
@@ -154,13 +157,16 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 device: torch.device, tracker: Tracker, tag: str, num_workers: int = 0,
                 evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
                 eval_times: int = 5, checkpoints: TrainCheckpoints | None = None,
-                stop: GracefulStop | None = None) -> TrainResult:
+                stop: GracefulStop | None = None,
+                batch_noise: BatchNoiseFn | None = None) -> TrainResult:
     """Train `model` for `epochs` and return the weights to use next, with per-epoch history.
 
     With `checkpoints`, the whole training state is saved at every epoch end and at the
     configured interval; with `checkpoints.resume`, training continues from the newest valid
     checkpoint: same epoch and step, same data order, same random state. With `stop`, a signal
-    ends training after the current step with a checkpoint, raising `Interrupted`.
+    ends training after the current step with a checkpoint, raising `Interrupted`. With
+    `batch_noise` (`noise.backend = "torch"`), the datasets deliver clean images and each uint8
+    batch is noised on the training device, from a generator seeded by (seed, step, rank).
     """
     cuda = device.type == "cuda"
     amp, channels_last = cfg.amp and cuda, cfg.channels_last
@@ -262,7 +268,14 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             timing["data_wait"] += time.perf_counter() - t
             if pse_stream is not None:
                 q_pse = q_pse.to(device, non_blocking=True)
-            x = x.to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True)  # uint8 [B, C, H, W]
+            if batch_noise is not None:  # counted as data time (host time: on a GPU, launches)
+                t = time.perf_counter()
+                g = torch.Generator(device).manual_seed(
+                    (seed * 1_000_003 + step) * 4099 + distributed.rank())
+                x = batch_noise(x, g)
+                timing["data_wait"] += time.perf_counter() - t
+            x = normalize(x, labeled.mean, labeled.std)  # float32 [B, C, H, W]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y_lab = y_lab.to(device, non_blocking=True)

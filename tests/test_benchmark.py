@@ -73,3 +73,6 @@ def test_ratios_come_from_measured_times(quick):
     assert noise["train_consumes_images_per_second"] == pytest.approx(
         step["bare_images_per_second"])
     assert 0 <= noise["data_wait_fraction"] < 1
+    torch_backend = noise["torch_backend"]
+    assert torch_backend["noise_images_per_second"] > 0
+    assert 0 <= torch_backend["data_wait_fraction"] < 1 and torch_backend["images_per_second"] > 0

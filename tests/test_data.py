@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from noisy_student.config import DataConfig
-from noisy_student.data import DataError, NoisedDataset, load_source, make_splits
+from noisy_student.data import DataError, NoisedDataset, load_source, make_splits, normalize
 from noisy_student.data.sources import FASHION_MNIST_SYSTEM_DIR, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +73,12 @@ def test_noised_dataset_is_a_function_of_seed_pass_and_index():
     a, b = ds[(0, 2)][0], ds[(0, 2)][0]
     assert a.shape == (1, 8, 8) and (a == b).all()
     assert not all((ds[(p, 2)][0] == a).all() for p in range(1, 6))
-    plain = NoisedDataset(images, np.arange(4), None, [0.0], [1.0], seed=1)
-    assert np.allclose(plain[3][0].numpy()[0] * 255, images[3, :, :, 0], atol=1e-3)
+    plain = NoisedDataset(images, np.arange(4), None, [0.2], [0.5], seed=1)
+    x = plain[3][0]  # uint8 [C, H, W]: the training step normalizes whole batches
+    assert x.dtype == torch.uint8 and (x.numpy()[0] == images[3, :, :, 0]).all()
+    batch = normalize(torch.stack([x, plain[1][0]]), plain.mean, plain.std)
+    assert batch.dtype == torch.float32 and batch.shape == (2, 1, 8, 8)
+    assert np.allclose(batch[0, 0].numpy(), (images[3, :, :, 0] / 255 - 0.2) / 0.5, atol=1e-6)
 
 
 def _image_tree(root: Path) -> None:

@@ -92,6 +92,15 @@ def speed_section(sp: dict[str, Any]) -> list[str]:
                  f"{nz['data_wait_fraction']:.3f}",
                  f"{nz['noised_train_images_per_second']:.0f} img/s with noise",
                  f"< {WAIT_TARGET}", _ok(nz["data_wait_fraction"] < WAIT_TARGET)]]
+        if "torch_backend" in nz:  # noise.backend = "torch": whole batches on the device
+            tb = nz["torch_backend"]
+            rows += [["noise, torch backend (whole batches): supply / training demand",
+                      f"{tb['noise_images_per_second'] / nz['train_consumes_images_per_second']:.3f}",
+                      f"{tb['noise_images_per_second']:.0f} / "
+                      f"{nz['train_consumes_images_per_second']:.0f} img/s", "", ""],
+                     ["noised training, torch backend: noise share of the step time",
+                      f"{tb['data_wait_fraction']:.3f}",
+                      f"{tb['images_per_second']:.0f} img/s with noise", "", ""]]
         lines += [f"### Speed on {device} (model `{ts['model']}`)", "",
                   *table(["measure", "ratio", "measured", "target", ""], rows)]
         if nz.get("by_workers"):

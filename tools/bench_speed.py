@@ -15,12 +15,13 @@ import torch
 
 from noisy_student.checkpoint import load_json
 from noisy_student.config import Config
-from noisy_student.data import NoisedDataset, to_tensor
+from noisy_student.data import NoisedDataset, to_tensor, to_uint8
 from noisy_student.inference import predict_logits
 from noisy_student.loop import run
 from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
 from noisy_student.noise import build_noise
+from noisy_student.noise_batch import BatchNoise
 from noisy_student.tracking import Tracker
 from noisy_student.train import build_optimizer, train_model
 
@@ -129,7 +130,8 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
                  workers: tuple[int, ...] = ()) -> dict[str, Any]:
     """The noise pipeline's images/s in one process (one worker) against what training
     consumes, and the share of a real (noised) training run spent waiting for data with the
-    recipe's workers (and with each count in `workers`)."""
+    recipe's workers (and with each count in `workers`); the same for the torch backend
+    (`noise_batch.BatchNoise` on whole batches on `device`, no workers)."""
     images, labels, targets, model, loss = _setup(config, n)
     nz = config.noise
     noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
@@ -142,20 +144,39 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     b_pse = t.batch_size * t.unlabeled_ratio
     pse = NoisedDataset(images[:b_pse * steps], targets[:b_pse * steps], noise, [0.5], [0.25], 1)
 
-    def noised_run(num_workers: int) -> dict[str, float]:
-        result = train_model(copy.deepcopy(model), loss, data, pse,
+    def noised_run(num_workers: int, batch_noise: BatchNoise | None = None) -> dict[str, float]:
+        lab_, pse_ = data, pse
+        if batch_noise is not None:  # clean items; the noise runs on whole batches on `device`
+            lab_ = NoisedDataset(images, labels, None, [0.5], [0.25], 0)
+            pse_ = NoisedDataset(pse.images, pse.targets.numpy(), None, [0.5], [0.25], 1)
+        result = train_model(copy.deepcopy(model), loss, lab_, pse_,
                              dataclasses.replace(t, device=device.type), 1, 0, device,
-                             Tracker(None), "noised", eval_times=0, num_workers=num_workers)
+                             Tracker(None), "noised", eval_times=0, num_workers=num_workers,
+                             batch_noise=batch_noise)
         return {"data_wait_fraction": result.timing["data_wait"] / result.seconds,
                 "images_per_second": result.images_per_second}
 
     default = noised_run(config.data.num_workers)
+    # the torch backend: the same policy on whole batches, on the training device
+    batch_noise = BatchNoise(nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
+    x = to_uint8(images[:t.batch_size + b_pse]).to(device)
+    g = torch.Generator(device).manual_seed(0)
+    batch_noise(x, g)
+    _sync(device)
+    start, done = time.perf_counter(), 0
+    while done < n:
+        batch_noise(x, g)
+        done += len(x)
+    _sync(device)
+    torch_backend = {"noise_images_per_second": done / (time.perf_counter() - start),
+                     **noised_run(0, batch_noise)}
     return {"noise_images_per_second_per_worker": per_worker,
             "train_consumes_images_per_second": consume_images_per_second,
             "supply_over_demand_per_worker": per_worker / consume_images_per_second,
             "workers": config.data.num_workers,
             "data_wait_fraction": default["data_wait_fraction"],
             "noised_train_images_per_second": default["images_per_second"],
+            "torch_backend": torch_backend,
             "by_workers": {str(w): noised_run(w) for w in workers}}
 
 

@@ -11,12 +11,24 @@ from torch.utils.data import Dataset
 Noise = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
+def to_uint8(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] array -> uint8 [N, C, H, W] tensor (a view; no copy when contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 [N, C, H, W] (any device) -> float32 (x / 255 - mean) / std, on x's device.
+
+    Batches travel as uint8 (a quarter of the bytes to copy to a GPU) and are normalized here,
+    once per batch, rather than per item in the DataLoader."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x.float().div_(255.0) - m).div_(s)
+
+
 def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 [N, H, W, C] -> normalized float32 [N, C, H, W]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s
+    return normalize(to_uint8(images), mean, std)
 
 
 class TopKTargets:
@@ -42,7 +54,8 @@ class TopKTargets:
 
 
 class NoisedDataset(Dataset):
-    """Item `(p, i)`: `(noise(images[index[i]]) normalized [C, H, W], targets[i])`.
+    """Item `(p, i)`: `(noise(images[index[i]]) uint8 [C, H, W], targets[i])`; the training step
+    normalizes whole batches with `normalize(x, dataset.mean, dataset.std)`.
 
     `index` maps items to images (pseudo-labels may repeat an image); `targets` are class ids
     `int64 [n]`, soft labels `[n, C]` or `TopKTargets`. Keys are `(pass, i)` pairs (see
@@ -59,8 +72,7 @@ class NoisedDataset(Dataset):
             raise ValueError(f"{len(targets)} targets for {len(self.index)} items")
         self.targets = targets if isinstance(targets, TopKTargets) else torch.from_numpy(
             np.asarray(targets, dtype=np.int64 if targets.ndim == 1 else np.float32))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = list(mean), list(std)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -70,5 +82,4 @@ class NoisedDataset(Dataset):
         image = self.images[self.index[i]]
         if self.noise is not None:
             image = self.noise(image, np.random.default_rng([self.seed, p, i]))
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        return (x - self.mean) / self.std, self.targets[i]
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), self.targets[i]
