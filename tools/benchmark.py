@@ -17,9 +17,13 @@ Quality, per data set and seed, from the data set's recipe (same seed, same spli
   labels_only     the final student architecture on the labeled images only, same noise, as
                   many optimizer steps as one Noisy Student round
   supervised      the same architecture on every training label (labeled + the hidden labels
-                  of the unlabeled pool), same noise, as many optimizer steps as one Noisy
-                  Student round, each step as many images as a Noisy Student step
+                  of the unlabeled pool), same noise, each step as many images as a Noisy
+                  Student step, for one round's steps or SUPERVISED_EPOCHS passes over the
+                  data, whichever is more (a ceiling should be trained to convergence)
   gap_closed      (noisy_student - labels_only) / (supervised - labels_only)
+
+A data set's seeds accumulate in the results across invocations (`--seeds 1` adds seed 1) as
+long as the recipe's config, seed aside, is the same; a changed recipe starts the list afresh.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ QUICK = {
     "fashion_mnist": ["data.unlabeled_limit=3000", "data.test_limit=1000",
                       "train.teacher_epochs=5", "train.epochs=1", "rounds=2"],
 }
+SUPERVISED_EPOCHS = 15  # full mode; --quick uses one round's steps
 ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing noise hurts)
     "no input noise": ["noise.enabled=false"],
     "no model noise": ["model.drop_rate=0", "model.drop_path_rate=0"],
@@ -137,6 +142,7 @@ def ns_dir(work: Path, dataset: str, seed: int, quick: bool) -> Path:
 
 
 def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, Any]:
+    """One seed: the loop, then labels-only and fully supervised on the same splits."""
     config = recipe_config(dataset, quick, [f"seed={seed}"])
     ns = noisy_student(config, ns_dir(work, dataset, seed, quick))
     splits = make_splits(load_source(config.data), config.data, seed)
@@ -146,10 +152,14 @@ def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, A
                                    ns["rounds"][-1]["steps"], b_lab, splits, "labels-only")
     if splits.unlabeled.labels is None:
         raise SystemExit(f"{dataset}: the unlabeled pool has no hidden labels to supervise with")
+    everything = len(splits.labeled) + len(splits.unlabeled)
+    steps = ns["rounds"][-1]["steps"]
+    if not quick:
+        steps = max(steps, SUPERVISED_EPOCHS * math.ceil(everything / b_step))
     supervised = train_supervised(
         config, np.concatenate([splits.labeled.images, splits.unlabeled.images]),
         np.concatenate([splits.labeled.labels, splits.unlabeled.labels]),
-        ns["rounds"][-1]["steps"], b_step, splits, "supervised")
+        steps, b_step, splits, "supervised")
     gap = supervised["top1"] - labels_only["top1"]
     return {"seed": seed, "model": config.model_for(config.rounds),
             "labeled": len(splits.labeled), "unlabeled": len(splits.unlabeled),
@@ -181,10 +191,20 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool) -> dict[str, Any]:
+def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two seeds' configs differ in the seed alone."""
+    return {**a, "seed": None} == {**b, "seed": None}
+
+
+def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
+            earlier: dict[str, Any]) -> dict[str, Any]:
+    """Per data set: the new seeds, plus `earlier` results' seeds made with the same recipe."""
     results = {}
     for dataset in datasets:
         per_seed = [quality_one(work, dataset, seed, quick) for seed in seeds]
+        kept = [s for s in earlier.get(dataset, {}).get("seeds", [])
+                if s["seed"] not in seeds and same_recipe(s["command"], per_seed[0]["command"])]
+        per_seed = sorted(kept + per_seed, key=lambda s: s["seed"])
         results[dataset] = {"seeds": per_seed, "summary": summarize(per_seed)}
     return results
 
@@ -259,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     made: dict[str, Any] = {}
     if args.what in ("quality", "all"):
-        made = quality(args.work, datasets, seeds, args.quick)
+        earlier = load_json(path).get("quality", {}) if path.is_file() else {}
+        made = quality(args.work, datasets, seeds, args.quick, earlier)
         merge(path, "quality", made, command)
     if args.what in ("ablations", "all"):
         for dataset in datasets:
