@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,12 +31,13 @@ class FrozenTeacher(nn.Module):
         return self.model(x)
 
 
-def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
-                   batch_size: int = 1024, device: torch.device | str = "cpu",
-                   amp: bool = False, channels_last: bool = False,
-                   progress: object | None = None,
-                   check: Callable[[], None] | None = None) -> torch.Tensor:
-    """Logits `float32 [N, C]` of `model` (in eval mode) on uint8 `images [N, H, W, C]`.
+def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
+                batch_size: int = 1024, device: torch.device | str = "cpu",
+                amp: bool = False, channels_last: bool = False,
+                progress: object | None = None,
+                check: Callable[[], None] | None = None) -> Iterator[torch.Tensor]:
+    """Logits `float32 [b, C]` (on the CPU) of `model` (in eval mode) on uint8 `images
+    [N, H, W, C]`, batch by batch, so a caller can reduce them as they come.
 
     `check` is called between batches (it may raise to stop, e.g. on a signal)."""
     device = torch.device(device)
@@ -44,18 +45,30 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std:
     model.eval()
     if channels_last:  # weights in the same memory format as the inputs
         model.to(memory_format=torch.channels_last)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = to_uint8(images[start:start + batch_size]).to(device, non_blocking=True)
-            x = normalize(x, mean, std)  # on the device: a quarter of the bytes travel
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out.append(model(x).float().cpu())
-            if progress is not None:
-                progress.update(len(x))  # type: ignore[attr-defined]
-            if check is not None:
-                check()
-    model.train(was_training)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = to_uint8(images[start:start + batch_size]).to(device, non_blocking=True)
+                x = normalize(x, mean, std)  # on the device: a quarter of the bytes travel
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(x).float().cpu()
+                yield logits
+                if progress is not None:
+                    progress.update(len(x))  # type: ignore[attr-defined]
+                if check is not None:
+                    check()
+    finally:
+        model.train(was_training)
+
+
+def predict_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
+                   batch_size: int = 1024, device: torch.device | str = "cpu",
+                   amp: bool = False, channels_last: bool = False,
+                   progress: object | None = None,
+                   check: Callable[[], None] | None = None) -> torch.Tensor:
+    """Logits `float32 [N, C]` of `model` (in eval mode) on uint8 `images [N, H, W, C]`."""
+    out = list(iter_logits(model, images, mean, std, batch_size, device, amp, channels_last,
+                           progress, check))
     return torch.cat(out) if out else torch.empty(0)

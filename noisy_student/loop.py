@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_npz, load_weights,
+from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_weights,
                          save_json, save_npz, save_weights, weights_sha256)
 from .config import Config, ConfigError
 from .data import NoisedDataset, Splits, load_source, make_splits
@@ -29,7 +29,9 @@ from .losses import build_student_loss
 from .models import count_params, create_model
 from .noise import build_noise
 from .noise_batch import build_batch_noise
-from .pseudo_label import PseudoLabels, coverage_warning, labels_from_logits
+from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
+                           merge_parts)
+from .soft_labels import SoftLabelError
 from .run_dir import Start, open_run, prepare_run_dir
 from . import distributed
 from .signals import GracefulStop, Interrupted
@@ -234,8 +236,8 @@ class Loop:
             if not path.is_file():
                 continue
             try:
-                labels = PseudoLabels.from_arrays(load_npz(path))
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+                labels = PseudoLabels.load(path)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, SoftLabelError) as e:
                 say(f"round {k}: not reusing {path}: cannot read it ({e})", flush=True)
                 continue
             meta = labels.meta
@@ -254,20 +256,24 @@ class Loop:
         c, s = self.config, self.splits
         settings = c.fingerprint("pseudo_label", "data", "seed")
         labels = self.stored_pseudo_labels(k, teacher_sha, settings)
-        if labels is None:  # each rank labels its shard; every rank gets all the logits
+        if labels is None:  # each rank labels its shard and writes its soft labels' part
             part = distributed.shard(len(s.unlabeled))
+            world = distributed.world_size() if distributed.active() else 1
+            folder = self.run_dir.round(k)
             progress = Progress(part.stop - part.start, f"round {k} pseudo-labels",
                                 enabled=self.main)
             with _memory_hint("pseudo_label.batch_size", c.pseudo_label.batch_size):
-                logits = predict_logits(
+                mine = label_part(
                     FrozenTeacher(teacher), s.unlabeled.images[part], s.mean, s.std,
-                    c.pseudo_label.batch_size, self.device, progress=progress,
+                    c.pseudo_label, c.loss.temperature,
+                    folder / SOFT_DIR / f"part-{distributed.rank():05d}-of-{world:05d}",
+                    self.device, progress=progress,
                     check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.fast)
             progress.close()
-            labels = labels_from_logits(
-                torch.cat(distributed.gather(logits)), c.pseudo_label, c.loss.temperature,
+            labels = merge_parts(  # every rank gets every part, in rank order
+                distributed.gather(mine), folder, c.pseudo_label, c.loss.temperature,
                 {"round": k, "teacher": teacher_name, "teacher_sha256": teacher_sha,
-                 "settings": settings})
+                 "settings": settings}, remove_stale=self.main)
         warning = coverage_warning(labels, c.pseudo_label.threshold, s.labeled.classes)
         if warning and len(labels):
             say(f"round {k}: warning: {warning}", flush=True)
@@ -376,7 +382,7 @@ class Loop:
             distributed.barrier()
             self.tracker.log("round", **entry)
             self.tracker.artifact(k, [rd.round(k) / "student.safetensors",
-                                      rd.round(k) / "pseudo_labels.npz"],
+                                      rd.round(k) / "pseudo_labels.npz", rd.round(k) / SOFT_DIR],
                                   {"student": student, "student_sha256": student_sha,
                                    "teacher_sha256": sha, "test_top1": metrics["top1"]})
             self.tracker.end_phase()

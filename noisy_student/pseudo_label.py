@@ -11,37 +11,37 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from .checkpoint import load_npz
 from .config import PseudoLabelConfig
-from .data import TopKTargets
-from .inference import FrozenTeacher, predict_logits
+from .inference import FrozenTeacher, iter_logits, predict_logits
+from .soft_labels import ItemTargets, PartWriter, SoftLabelError, SoftLabels, compact
 
 
 @dataclass
 class PseudoLabels:
     """The teacher's labels for one round.
 
-    indices     int64 [m]     into the unlabeled set; an index repeats when balancing duplicated it
-    targets     float16 [m, C] soft labels softmax(z_t / T), or int64 [m] hard labels, or
-                float16 [m, k] the top-k probabilities (with `target_classes`)
-    target_classes int16|int32 [m, k]  the classes of top-k soft labels (else None)
-    confidence  float32 [m]   max_c softmax(z_t)_c of each kept item (T = 1)
-    predicted   int64 [n]     the teacher's class for every unlabeled image (kept or not)
-    confidence_all float32 [n] its confidence for every unlabeled image
-    meta        teacher identity, temperature, settings fingerprint, class count
+    indices        int64 [m]    items -> unlabeled image (an image repeats when balancing
+                                duplicated it)
+    predicted      int64 [n]    the teacher's class for every unlabeled image (kept or not)
+    confidence_all float32 [n]  max_c softmax(z_t)_c for every unlabeled image (T = 1)
+    meta           teacher identity, temperature, settings fingerprint, class count, and
+                   `soft_parts` (the records of soft labels stored beside the `.npz`)
+    soft           soft labels softmax(z_t / T) of every unlabeled image (`SoftLabels`, in
+                   memory or memory-mapped parts), or None for hard labels (= `predicted`)
     """
 
     indices: np.ndarray
-    targets: np.ndarray
-    confidence: np.ndarray
     predicted: np.ndarray
     confidence_all: np.ndarray
     meta: dict[str, Any]
-    target_classes: np.ndarray | None = None
+    soft: SoftLabels | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -50,31 +50,63 @@ class PseudoLabels:
     def num_classes(self) -> int:
         return int(self.meta["num_classes"])
 
+    @property
+    def confidence(self) -> np.ndarray:
+        """float32 [m]: the teacher's confidence in each kept item."""
+        return self.confidence_all[self.indices]
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Per item: the class `int64 [m]`, or the dense soft label `float32 [m, C]` (this
+        reads every kept row: for inspection; training reads them lazily)."""
+        if self.soft is None:
+            return self.predicted[self.indices]
+        return self.soft.rows(self.indices)
+
     def kept_classes(self) -> np.ndarray:
         """The class of each kept item `int64 [m]`."""
         return self.predicted[self.indices]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Plain arrays for an `.npz` file (loadable with allow_pickle=False)."""
-        out = {"indices": self.indices, "targets": self.targets, "confidence": self.confidence,
-               "predicted": self.predicted, "confidence_all": self.confidence_all,
+        """Plain arrays for an `.npz` file (loadable with allow_pickle=False). Soft labels in
+        memory are included; stored parts are named in `meta["soft_parts"]`."""
+        out = {"indices": self.indices, "predicted": self.predicted,
+               "confidence_all": self.confidence_all,
                "meta": np.array(json.dumps(self.meta, sort_keys=True))}
-        if self.target_classes is not None:
-            out["target_classes"] = self.target_classes
+        if self.soft is not None and "soft_parts" not in self.meta:
+            out.update(self.soft.arrays())
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: Any) -> PseudoLabels:
-        names = ("indices", "targets", "confidence", "predicted", "confidence_all")
-        classes = np.asarray(arrays["target_classes"]) if "target_classes" in arrays else None
-        return cls(*(np.asarray(arrays[k]) for k in names), json.loads(str(arrays["meta"])),
-                   classes)
+    def from_arrays(cls, arrays: Any, folder: Path | None = None,
+                    verify: bool = True) -> PseudoLabels:
+        """Back from `arrays()`; stored soft-label parts are opened under `folder` (the
+        `.npz`'s folder), memory-mapped, their sha256 checked with `verify`."""
+        meta = json.loads(str(arrays["meta"]))
+        soft = None
+        if "soft_probs" in arrays:
+            classes = np.asarray(arrays["soft_classes"]) if "soft_classes" in arrays else None
+            soft = SoftLabels([(np.asarray(arrays["soft_probs"]), classes)],
+                              int(meta["num_classes"]))
+        elif meta.get("soft_parts"):
+            if folder is None:
+                raise SoftLabelError("these pseudo-labels keep their soft labels in files "
+                                     "beside the .npz: pass its folder")
+            soft = SoftLabels.open(folder, meta["soft_parts"], int(meta["num_classes"]), verify)
+        return cls(np.asarray(arrays["indices"]), np.asarray(arrays["predicted"]),
+                   np.asarray(arrays["confidence_all"]), meta, soft)
+
+    @classmethod
+    def load(cls, path: Path, verify: bool = True) -> PseudoLabels:
+        """A round's `pseudo_labels.npz`, with its soft-label parts beside it."""
+        return cls.from_arrays(load_npz(path), path.parent, verify)
 
     def training_targets(self) -> Any:
-        """What the student trains on: the targets, or top-k soft labels densified per item."""
-        if self.target_classes is not None:
-            return TopKTargets(self.target_classes, self.targets, self.num_classes)
-        return self.targets
+        """What the student trains on, per item: classes `int64 [m]`, or soft labels read
+        row by row when an item is loaded (`ItemTargets`)."""
+        if self.soft is None:
+            return self.predicted[self.indices]
+        return ItemTargets(self.soft, self.indices)
 
     def stats(self, hidden_labels: np.ndarray | None = None) -> dict[str, Any]:
         """Kept counts, per-class counts, mean confidence, accuracy against hidden labels."""
@@ -131,7 +163,8 @@ def make_pseudo_labels(teacher: FrozenTeacher, images: np.ndarray, mean: list[fl
                        amp: bool = False, channels_last: bool = False,
                        progress: object | None = None,
                        check: Callable[[], None] | None = None) -> PseudoLabels:
-    """Run the frozen teacher (eval mode, no augmentation) on `images` and select as configured."""
+    """Run the frozen teacher (eval mode, no augmentation) on `images` and select as
+    configured; everything in memory (see `label_part` for sets of any size)."""
     if not isinstance(teacher, FrozenTeacher):
         raise TypeError("pseudo-labels come from a FrozenTeacher, so the teacher is never noised")
     logits = predict_logits(teacher, images, mean, std, cfg.batch_size, device, amp,
@@ -142,27 +175,86 @@ def make_pseudo_labels(teacher: FrozenTeacher, images: np.ndarray, mean: list[fl
 def labels_from_logits(logits: torch.Tensor, cfg: PseudoLabelConfig, temperature: float,
                        meta: dict[str, Any]) -> PseudoLabels:
     """Filter and balance the un-noised teacher's logits `[n, C]` of every unlabeled image."""
-    num_classes = logits.shape[1]
-    confidence_all, predicted = logits.softmax(dim=1).max(dim=1)
-    confidence_all, predicted = confidence_all.numpy(), predicted.numpy().astype(np.int64)
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    soft = None
+    if cfg.kind == "soft":
+        soft = SoftLabels([compact((logits / temperature).softmax(dim=1), cfg.top_k)],
+                          logits.shape[1])
+    return select_labels(predicted.numpy().astype(np.int64), confidence.numpy(), soft,
+                         logits.shape[1], cfg, temperature, meta)
+
+
+@dataclass
+class LabeledPart:
+    """One rank's share of the unlabeled set, labeled: class and confidence per image, and the
+    record of its soft labels written to disk (None for hard labels)."""
+    predicted: np.ndarray  # int64 [n_part]
+    confidence: np.ndarray  # float32 [n_part]
+    num_classes: int
+    soft_part: dict[str, Any] | None
+
+
+def label_part(teacher: FrozenTeacher, images: np.ndarray, mean: list[float], std: list[float],
+               cfg: PseudoLabelConfig, temperature: float, stem: Path,
+               device: torch.device | str = "cpu", amp: bool = False,
+               channels_last: bool = False, progress: object | None = None,
+               check: Callable[[], None] | None = None) -> LabeledPart:
+    """Label `images` batch by batch, keeping 12 bytes per image in memory; soft labels go to
+    `<stem>.*.npy` as they come (`soft_labels.PartWriter`), so memory stays flat."""
+    if not isinstance(teacher, FrozenTeacher):
+        raise TypeError("pseudo-labels come from a FrozenTeacher, so the teacher is never noised")
+    predicted, confidence, writer, num_classes = [], [], None, 0
+    for logits in iter_logits(teacher, images, mean, std, cfg.batch_size, device, amp,
+                              channels_last, progress, check):  # [b, C]
+        num_classes = logits.shape[1]
+        c, p = logits.softmax(dim=1).max(dim=1)
+        confidence.append(c.numpy())
+        predicted.append(p.numpy().astype(np.int64))
+        if cfg.kind == "soft":
+            if writer is None:
+                writer = PartWriter(stem, len(images), num_classes, cfg.top_k)
+            writer.write((logits / temperature).softmax(dim=1))
+    if cfg.kind == "soft" and writer is None:  # an empty share: an empty part
+        writer = PartWriter(stem, 0, num_classes or 1, cfg.top_k)
+    return LabeledPart(np.concatenate(predicted) if predicted else np.zeros(0, np.int64),
+                       np.concatenate(confidence) if confidence else np.zeros(0, np.float32),
+                       num_classes, writer.close() if writer is not None else None)
+
+
+SOFT_DIR = "soft_labels"  # a round folder's sub-folder of soft-label parts
+
+
+def merge_parts(parts: list[LabeledPart], folder: Path, cfg: PseudoLabelConfig,
+                temperature: float, meta: dict[str, Any],
+                remove_stale: bool = False) -> PseudoLabels:
+    """Every rank's `LabeledPart` (in rank order) -> the round's pseudo-labels; the soft
+    labels' parts (under `folder / SOFT_DIR`) are memory-mapped and named in the meta. With
+    `remove_stale`, other part files there (an earlier attempt's) are deleted."""
+    records = [dict(p.soft_part, stem=f"{SOFT_DIR}/{p.soft_part['stem']}")
+               for p in parts if p.soft_part is not None]
+    num_classes = max(p.num_classes for p in parts)
+    if remove_stale and (folder / SOFT_DIR).is_dir():
+        keep = {Path(r["stem"]).name for r in records}
+        for f in (folder / SOFT_DIR).glob("part-*.npy"):
+            if f.name.split(".")[0] not in keep:
+                f.unlink()
+    soft = SoftLabels.open(folder, records, num_classes, verify=False) if records else None
+    return select_labels(np.concatenate([p.predicted for p in parts]),
+                         np.concatenate([p.confidence for p in parts]), soft, num_classes, cfg,
+                         temperature, dict(meta, **({"soft_parts": records} if records else {})))
+
+
+def select_labels(predicted: np.ndarray, confidence_all: np.ndarray, soft: SoftLabels | None,
+                  num_classes: int, cfg: PseudoLabelConfig, temperature: float,
+                  meta: dict[str, Any]) -> PseudoLabels:
+    """Threshold and balance (`select`) every unlabeled image's class and confidence."""
     indices = select(predicted, confidence_all, num_classes, cfg.threshold, cfg.balance,
                      cfg.per_class).astype(np.int64)
-    target_classes = None
-    if cfg.kind == "soft":
-        probs = (logits[torch.from_numpy(indices)] / temperature).softmax(dim=1)
-        if cfg.top_k is not None and cfg.top_k < num_classes:
-            top = probs.topk(cfg.top_k, dim=1)  # the k most probable classes per item
-            probs = top.values
-            target_classes = top.indices.numpy().astype(
-                np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32)
-        targets = probs.numpy().astype(np.float16)
-    else:
-        targets = predicted[indices]
     meta = dict(meta, num_classes=num_classes, temperature=temperature, kind=cfg.kind,
                 threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class,
                 top_k=cfg.top_k)
-    return PseudoLabels(indices, targets, confidence_all[indices].astype(np.float32), predicted,
-                        confidence_all.astype(np.float32), meta, target_classes)
+    return PseudoLabels(indices, predicted.astype(np.int64),
+                        confidence_all.astype(np.float32), meta, soft)
 
 
 def confidence_extremes(predicted: np.ndarray, confidence: np.ndarray, num_classes: int,

@@ -192,8 +192,11 @@ class WandbLogger:
 
         art = wandb.Artifact(f"{self.run.group}-round-{k}", type="model",
                              metadata={"round": k, **metadata})
-        for path in files:
-            art.add_file(str(path))
+        for path in files:  # a folder (soft-label parts) keeps its name inside the artifact
+            if path.is_dir():
+                art.add_dir(str(path), name=path.name)
+            elif path.is_file():
+                art.add_file(str(path))
         self.run.log_artifact(art)
 
     def finish(self, exit_code: int = 0) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noisy_student.checkpoint import load_npz
+from noisy_student.pseudo_label import PseudoLabels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--rounds", "1", "--set", "data.labeled_per_class=5", "--set", "data.unlabeled_limit=200",
@@ -56,7 +56,8 @@ def loaded(single: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ddp(single, tmp_path_factory) -> Path:
-    """2 ranks, the single run's teacher; rank 1 crashes if it writes a file; wandb offline."""
+    """2 ranks, the single run's teacher; rank 1 crashes if it writes any run file but its
+    part of the soft labels; wandb offline."""
     out = tmp_path_factory.mktemp("ddp") / "run"
     done = launch(out, "forbid-writes-off-rank0", 2, *loaded(single),
                   "--set", 'tracking.mode="offline"')
@@ -67,12 +68,15 @@ def ddp(single, tmp_path_factory) -> Path:
 def test_two_ranks_write_one_run_with_the_same_pseudo_labels(single, ddp):
     out = ddp
     assert (out / "round_0" / "DONE").is_file()
-    a = load_npz(single / "round_0" / "pseudo_labels.npz")
-    b = load_npz(out / "round_0" / "pseudo_labels.npz")
-    assert np.array_equal(a["indices"], b["indices"]) and np.array_equal(a["predicted"],
-                                                                         b["predicted"])
-    np.testing.assert_allclose(a["targets"].astype(np.float32), b["targets"].astype(np.float32),
-                               atol=2e-3)  # sharded inference: float16 soft labels, last bits
+    a = PseudoLabels.load(single / "round_0" / "pseudo_labels.npz")
+    b = PseudoLabels.load(out / "round_0" / "pseudo_labels.npz")
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.predicted, b.predicted)
+    np.testing.assert_allclose(a.targets, b.targets, atol=2e-3)  # float16 soft labels, last bits
+    # each rank wrote its own part of the soft labels (its shard of the images, in order)
+    parts = b.meta["soft_parts"]
+    assert [p["stem"] for p in parts] == ["soft_labels/part-00000-of-00002",
+                                          "soft_labels/part-00001-of-00002"]
+    assert sum(p["rows"] for p in parts) == len(b.predicted) and parts[0]["rows"] > 0
     # only rank 0 talks to wandb: one offline run per phase (teacher, round 0)
     assert len(list((out / "wandb").glob("offline-run-*"))) == 2
     events = [json.loads(x)["event"] for x in (out / "metrics.jsonl").read_text().splitlines()]

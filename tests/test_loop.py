@@ -41,10 +41,15 @@ def test_two_round_run_writes_every_documented_file(tiny_config, capsys):
     # the DONE manifest lists the folder's files
     done = json.loads((out / "round_1" / "DONE").read_text())
     assert set(done["files"]) == {"pseudo_labels.npz", "student.safetensors", "metrics.json"}
-    # pseudo-labels name their teacher
-    pl = PseudoLabels.from_arrays(load_npz(out / "round_1" / "pseudo_labels.npz"))
+    # pseudo-labels name their teacher; soft labels are a part file beside them, one per rank
+    pl = PseudoLabels.load(out / "round_1" / "pseudo_labels.npz")
     round0 = json.loads((out / "round_0" / "metrics.json").read_text())
     assert pl.meta["teacher_sha256"] == round0["student_sha256"]
+    parts = sorted(p.name for p in (out / "round_1" / "soft_labels").iterdir())
+    assert parts == ["part-00000-of-00001.probs.npy"]
+    assert len(pl.soft) == len(pl.predicted) == 200  # every unlabeled image, kept or not
+    np.testing.assert_allclose(pl.targets.sum(1), 1.0, atol=2e-3)
+    assert (pl.targets.argmax(1) == pl.kept_classes()).all()  # T = 1 keeps the argmax
     # per-epoch and per-step lines with every loss part
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in lines if r["event"] == "epoch" and r["phase"] == "round 0 student"]
@@ -198,7 +203,7 @@ def test_from_round_with_other_pseudo_label_settings_recomputes_them(tiny_config
     printed = capsys.readouterr().out
     assert "not reusing" in printed and "pseudo_label.balance: saved True, now False" in printed
     assert _round(out, 0) == round0  # kept as it was
-    meta = PseudoLabels.from_arrays(load_npz(out / "round_1" / "pseudo_labels.npz")).meta
+    meta = PseudoLabels.load(out / "round_1" / "pseudo_labels.npz").meta
     assert meta["balance"] is False
     assert json.loads((out / "config.json").read_text())["pseudo_label"]["balance"] is False
 

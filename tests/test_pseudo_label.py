@@ -63,8 +63,8 @@ def test_make_pseudo_labels_soft_targets_and_stats():
     assert pl.predicted.tolist() == [0, 1, 0, 1]
     assert pl.indices.tolist() == [0, 2, 3]  # image 1 has confidence 0.55 < 0.6
     expected = torch.softmax(_Fixed().rows[[0, 2, 3]] / 2.0, 1).numpy()
-    assert pl.targets.dtype == np.float16
-    np.testing.assert_allclose(pl.targets.astype(np.float32), expected, atol=1e-3)
+    assert pl.soft.parts[0][0].dtype == np.float16  # stored as float16, read as float32
+    np.testing.assert_allclose(pl.targets, expected, atol=1e-3)
     np.testing.assert_allclose(pl.confidence, probs.max(1).values[[0, 2, 3]].numpy(), rtol=1e-6)
     stats = pl.stats(np.array([0, 1, 1, 1]))
     assert stats["kept"] == 3 and stats["per_class"] == [2, 1]
@@ -98,7 +98,7 @@ def test_teacher_is_unnoised_and_stays_frozen():
     cfg = PseudoLabelConfig(threshold=0.0, balance=True)
     a = make_pseudo_labels(teacher, images, [0.5], [0.25], cfg, 1.0, {}, progress=None)
     b = make_pseudo_labels(teacher, images, [0.5], [0.25], cfg, 1.0, {}, progress=None)
-    for name in ("indices", "targets", "confidence", "predicted"):
+    for name in ("indices", "targets", "confidence", "predicted", "confidence_all"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     with pytest.raises(TypeError, match="FrozenTeacher"):
         make_pseudo_labels(model, images, [0.5], [0.25], cfg, 1.0, {})
@@ -110,15 +110,13 @@ def test_a_class_without_pseudo_labels_is_reported_with_a_threshold_that_helps()
     predicted = np.array([0, 0, 1, 1, 2])
     confidence = np.array([0.9, 0.8, 0.35, 0.42, 0.1], np.float32)
     keep = np.array([0, 1])  # threshold 0.5: only class 0 survives
-    labels = PseudoLabels(keep, predicted[keep], confidence[keep], predicted, confidence,
-                          {"num_classes": 4})
+    labels = PseudoLabels(keep, predicted, confidence, {"num_classes": 4})
     text = coverage_warning(labels, 0.5, ["a", "b", "c", "d"])
     assert "classes ['b', 'c', 'd'] got no pseudo-labels" in text
     assert "kept per class [2, 0, 0, 0]" in text and "predicted per class [2, 2, 1, 0]" in text
     assert "pseudo_label.threshold = 0.10 (now 0.5)" in text  # class c's best is 0.1
     assert "predicts no unlabeled image as ['d']" in text
-    everything = PseudoLabels(np.arange(4), predicted[:4], confidence[:4], predicted[:4],
-                              confidence[:4], {"num_classes": 2})
+    everything = PseudoLabels(np.arange(4), predicted[:4], confidence[:4], {"num_classes": 2})
     assert coverage_warning(everything, 0.0) is None
 
 
@@ -132,14 +130,16 @@ def test_top_k_soft_labels_are_compact_and_densify_to_the_renormalized_top_k(tmp
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]]))
     cfg = PseudoLabelConfig(kind="soft", threshold=0.0, balance=False, top_k=2)
     labels = labels_from_logits(logits, cfg, 1.0, {})
-    assert labels.targets.shape == (2, 2) and labels.target_classes.dtype == np.int16
-    assert labels.target_classes.tolist() == [[0, 1], [3, 2]]
+    probs, classes = labels.soft.parts[0]
+    assert probs.shape == (2, 2) and probs.dtype == np.float16 and classes.dtype == np.int16
+    assert classes.tolist() == [[0, 1], [3, 2]]
     dense = labels.training_targets()
     np.testing.assert_allclose(dense[0].numpy(), [0.5 / 0.8, 0.3 / 0.8, 0, 0], atol=1e-3)
     np.testing.assert_allclose(dense[1].numpy(), [0, 0, 0.3 / 0.7, 0.4 / 0.7], atol=1e-3)
     save_npz(tmp_path / "p.npz", labels.arrays())
     again = PseudoLabels.from_arrays(load_npz(tmp_path / "p.npz"))
-    assert np.array_equal(again.target_classes, labels.target_classes)
+    assert np.array_equal(again.soft.parts[0][1], classes)
+    assert np.array_equal(again.targets, labels.targets)
     assert again.meta["top_k"] == 2
 
 
@@ -148,3 +148,71 @@ def test_a_run_with_top_k_soft_labels(tiny_config):
 
     summary = run(tiny_config.with_overrides(["rounds=1", "pseudo_label.top_k=3"]))
     assert summary["rounds"][0]["pseudo_labels_kept"] > 0
+
+
+def _teacher_and_images(n=50, classes=6, seed=0):
+    torch.manual_seed(seed)
+    teacher = FrozenTeacher(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, classes)))
+    images = np.random.default_rng(seed).integers(0, 256, (n, 2, 2, 3), dtype=np.uint8)
+    return teacher, images
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_parts_written_while_labeling_equal_labeling_in_memory(tmp_path, top_k):
+    """Two ranks' parts (written batch by batch, memory-mapped back) give the labels of one
+    in-memory pass: same classes, confidences, kept items and soft rows."""
+    from noisy_student.pseudo_label import SOFT_DIR, label_part, merge_parts
+
+    teacher, images = _teacher_and_images()
+    cfg = PseudoLabelConfig(kind="soft", threshold=0.2, balance=True, top_k=top_k, batch_size=7)
+    whole = make_pseudo_labels(teacher, images, [0.5], [0.25], cfg, 2.0, {})
+    parts = [label_part(teacher, images[a:b], [0.5], [0.25], cfg, 2.0,
+                        tmp_path / SOFT_DIR / f"part-{r:05d}-of-00002")
+             for r, (a, b) in enumerate([(0, 23), (23, 50)])]
+    (tmp_path / SOFT_DIR / "part-00005-of-00009.probs.npy").write_bytes(b"stale")
+    merged = merge_parts(parts, tmp_path, cfg, 2.0, {"round": 0}, remove_stale=True)
+    assert not (tmp_path / SOFT_DIR / "part-00005-of-00009.probs.npy").exists()
+    assert np.array_equal(merged.predicted, whole.predicted)
+    assert np.array_equal(merged.indices, whole.indices)
+    np.testing.assert_allclose(merged.confidence_all, whole.confidence_all, rtol=1e-6)
+    np.testing.assert_allclose(merged.targets, whole.targets, atol=1e-6)
+    assert isinstance(merged.soft.parts[0][0], np.memmap)  # read lazily, not loaded
+    save_npz(tmp_path / "pseudo_labels.npz", merged.arrays())
+    assert set(load_npz(tmp_path / "pseudo_labels.npz")) == {
+        "indices", "predicted", "confidence_all", "meta"}  # the soft rows stay in the parts
+    back = PseudoLabels.load(tmp_path / "pseudo_labels.npz")
+    item = back.training_targets()
+    assert len(item) == len(merged) and torch.equal(item[5], torch.from_numpy(merged.targets[5]))
+    width = top_k or 6  # bytes per image on disk: 2 per float16 (+ 2 per int16 class)
+    size = sum(f.stat().st_size - 128 for f in (tmp_path / SOFT_DIR).glob("*.npy"))
+    assert size == 50 * width * (2 if top_k is None else 4)
+
+
+def test_a_damaged_or_missing_part_is_named(tmp_path):
+    from noisy_student.pseudo_label import SOFT_DIR, label_part, merge_parts
+    from noisy_student.soft_labels import SoftLabelError
+
+    teacher, images = _teacher_and_images()
+    cfg = PseudoLabelConfig(kind="soft", threshold=0.0, balance=False)
+    part = label_part(teacher, images, [0.5], [0.25], cfg, 1.0,
+                      tmp_path / SOFT_DIR / "part-00000-of-00001")
+    save_npz(tmp_path / "pl.npz", merge_parts([part], tmp_path, cfg, 1.0, {}).arrays())
+    f = tmp_path / SOFT_DIR / "part-00000-of-00001.probs.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(SoftLabelError, match="part-00000-of-00001.probs.npy: sha256 differs"):
+        PseudoLabels.load(tmp_path / "pl.npz")
+    f.unlink()
+    with pytest.raises(SoftLabelError, match="part-00000-of-00001.probs.npy: cannot read"):
+        PseudoLabels.load(tmp_path / "pl.npz")
+
+
+def test_hard_labels_write_no_parts(tmp_path):
+    from noisy_student.pseudo_label import label_part
+
+    teacher, images = _teacher_and_images()
+    cfg = PseudoLabelConfig(kind="hard", threshold=0.0, balance=False)
+    part = label_part(teacher, images, [0.5], [0.25], cfg, 1.0, tmp_path / "soft" / "part")
+    assert part.soft_part is None and not (tmp_path / "soft").exists()
+    assert part.predicted.dtype == np.int64 and len(part.confidence) == 50

@@ -68,7 +68,7 @@ def test_offline_run_holds_one_wandb_run_per_round_with_round_axis_and_table(off
                     "pseudo_labels_kept", "pseudo_label_accuracy"):
             assert result[f"round/{key}"] == pytest.approx(entry[key])  # == summary.json
         (pl,) = [r for r in rows if "pseudo_labels/kept" in r]
-        labels = PseudoLabels.from_arrays(load_npz(out / f"round_{k}" / "pseudo_labels.npz"))
+        labels = PseudoLabels.load(out / f"round_{k}" / "pseudo_labels.npz")
         counts = np.bincount(labels.kept_classes(), minlength=10)
         assert [pl[f"pseudo_labels/per_class/{c}"] for c in range(10)] == counts.tolist()
         assert pl["pseudo_labels/mean_confidence"] == pytest.approx(labels.confidence.mean())
@@ -94,7 +94,8 @@ def test_offline_run_holds_one_wandb_run_per_round_with_round_axis_and_table(off
         (artifact,) = [a for a in of_type(recs[rid], "artifact") if a["type"] == "model"]
         assert json.loads(artifact["metadata"])["round"] == k
         assert {c["path"] for c in artifact["manifest"]["contents"]} == {
-            "student.safetensors", "pseudo_labels.npz"}
+            "student.safetensors", "pseudo_labels.npz",
+            "soft_labels/part-00000-of-00001.probs.npy"}  # the soft labels travel along
     # metrics.jsonl has the same numbers
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["student_top1"] for x in lines if x["event"] == "round"] == \

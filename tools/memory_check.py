@@ -1,11 +1,14 @@
-"""Peak memory of reading and pseudo-labeling N unlabeled images from disk, eager versus lazy.
+"""Peak memory of reading, pseudo-labeling and training on N unlabeled images from disk.
 
-    python tools/memory_check.py --images 10000 100000 [--size 32] [--dir runs/memcheck]
+    python tools/memory_check.py --images 10000 100000 [--size 32] [--classes 1000]
+                                 [--modes eager lazy] [--dir runs/memcheck]
 
 Writes N random PNG files (once per N, reused after), then, in a fresh process for each (N, mode),
-loads an image_folder source with data.lazy_unlabeled off or on and runs a model over every
-unlabeled image (sharded-inference code path: `predict_logits` on slices), and reports the
-peak resident set size (ru_maxrss).
+loads an image_folder source with data.lazy_unlabeled off (eager) or on (lazy), labels every
+unlabeled image the way the loop does (`label_part`: soft labels over `--classes` classes written
+to a part file batch by batch; `merge_parts`: memory-mapped back, thresholded, balanced), reads
+2,048 training items through `NoisedDataset`, and reports the peak resident set size (ru_maxrss)
+after loading and at the end.
 """
 
 from __future__ import annotations
@@ -45,15 +48,19 @@ def make_images(folder: Path, n: int, size: int) -> None:
     done.touch()
 
 
-def measure(folder: Path, size: int, lazy: bool) -> dict:
-    """In this process: load the source, label every unlabeled image, report peak RSS."""
+def measure(folder: Path, size: int, lazy: bool, classes: int) -> dict:
+    """In this process: load the source, label every unlabeled image, read training items,
+    report peak RSS."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import tempfile
+
     import torch
 
-    from noisy_student.config import DataConfig
-    from noisy_student.data import load_source
-    from noisy_student.inference import predict_logits
+    from noisy_student.config import DataConfig, PseudoLabelConfig
+    from noisy_student.data import NoisedDataset, load_source
+    from noisy_student.inference import FrozenTeacher
     from noisy_student.models import create_model
+    from noisy_student.pseudo_label import SOFT_DIR, label_part, merge_parts
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -63,9 +70,21 @@ def measure(folder: Path, size: int, lazy: bool) -> dict:
     source = load_source(cfg)
     loaded = time.perf_counter() - start
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model = create_model("cnn_tiny", num_classes=2, in_chans=3).eval()
-    logits = predict_logits(model, source.unlabeled.images, [0.5] * 3, [0.25] * 3, 1024)
-    return {"images": len(source.unlabeled), "lazy": lazy, "logits": list(logits.shape),
+    teacher = FrozenTeacher(create_model("cnn_tiny", num_classes=classes, in_chans=3))
+    cfg = PseudoLabelConfig(kind="soft", threshold=0.0, balance=True, batch_size=1024)
+    images = source.unlabeled.images
+    with tempfile.TemporaryDirectory() as tmp:
+        part = label_part(teacher, images, [0.5] * 3, [0.25] * 3, cfg, 1.0,
+                          Path(tmp) / SOFT_DIR / "part-00000-of-00001")
+        labels = merge_parts([part], Path(tmp), cfg, 1.0, {})
+        data = NoisedDataset(images, labels.training_targets(), None, [0.5] * 3, [0.25] * 3, 0,
+                             index=labels.indices)
+        step = max(1, len(data) // 2048)
+        for i in range(0, len(data), step):
+            data[i]
+        soft_bytes = sum(f.stat().st_size for f in (Path(tmp) / SOFT_DIR).iterdir())
+    return {"images": len(source.unlabeled), "lazy": lazy, "classes": classes,
+            "soft_label_mb": round(soft_bytes / 2**20, 1),
             "load_seconds": round(loaded, 1), "peak_rss_after_load_mb": round(rss_loaded, 1),
             "total_seconds": round(time.perf_counter() - start, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
@@ -75,30 +94,33 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--size", type=int, default=32)
+    p.add_argument("--classes", type=int, default=1000, help="the teacher's outputs per image")
+    p.add_argument("--modes", nargs="+", choices=["eager", "lazy"], default=["eager", "lazy"])
     p.add_argument("--dir", type=Path, default=ROOT / "runs" / "memcheck")
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process
     p.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.size, args.lazy)))
+        print(json.dumps(measure(args.measure, args.size, args.lazy, args.classes)))
         return 0
     rows = []
     for n in args.images:
         folder = args.dir / f"n{n}-s{args.size}"
         make_images(folder, n, args.size)
-        for lazy in (False, True):
-            cmd = [sys.executable, __file__, "--measure", str(folder), "--size", str(args.size)]
+        for lazy in [m == "lazy" for m in args.modes]:
+            cmd = [sys.executable, __file__, "--measure", str(folder), "--size", str(args.size),
+                   "--classes", str(args.classes)]
             out = subprocess.run(cmd + (["--lazy"] if lazy else []), capture_output=True,
                                  text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    print("| unlabeled images | mode | peak RSS after loading (MB) | peak RSS after labeling (MB) "
-          "| load (s) | load + label (s) |")
-    print("|---|---|---|---|---|---|")
+    print("| unlabeled images | mode | soft labels on disk (MB) | peak RSS after loading (MB) | "
+          "peak RSS at the end (MB) | load (s) | load + label + read (s) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['images']:,} | {'lazy' if r['lazy'] else 'in memory'} | "
-              f"{r['peak_rss_after_load_mb']} | {r['peak_rss_mb']} | {r['load_seconds']} | "
-              f"{r['total_seconds']} |")
+              f"{r['soft_label_mb']} | {r['peak_rss_after_load_mb']} | {r['peak_rss_mb']} | "
+              f"{r['load_seconds']} | {r['total_seconds']} |")
     return 0
 
 

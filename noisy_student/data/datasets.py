@@ -31,34 +31,12 @@ def to_tensor(images: np.ndarray, mean: list[float], std: list[float]) -> torch.
     return normalize(to_uint8(images), mean, std)
 
 
-class TopKTargets:
-    """Soft labels kept as their k most probable classes: `classes int16|int32 [m, k]`,
-    `probs float16 [m, k]`; row i is a dense `float32 [num_classes]` on access (renormalized to
-    sum to 1), so memory holds m * k * (2 + 2 or 4) bytes instead of m * num_classes * 2."""
-
-    def __init__(self, classes: np.ndarray, probs: np.ndarray, num_classes: int) -> None:
-        if classes.shape != probs.shape or classes.ndim != 2:
-            raise ValueError(f"top-k classes {classes.shape} and probabilities {probs.shape} "
-                             "must both be [m, k]")
-        self.classes, self.probs, self.num_classes = classes, probs, num_classes
-        self.ndim = 2
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        row = torch.zeros(self.num_classes)
-        p = torch.from_numpy(self.probs[i].astype(np.float32))
-        row[torch.from_numpy(self.classes[i].astype(np.int64))] = p / p.sum().clamp_min(1e-12)
-        return row
-
-
 class NoisedDataset(Dataset):
     """Item `(p, i)`: `(noise(images[index[i]]) uint8 [C, H, W], targets[i])`; the training step
     normalizes whole batches with `normalize(x, dataset.mean, dataset.std)`.
 
     `index` maps items to images (pseudo-labels may repeat an image); `targets` are class ids
-    `int64 [n]`, soft labels `[n, C]` or `TopKTargets`. Keys are `(pass, i)` pairs (see
+    `int64 [n]`, soft labels `[n, C]` or `soft_labels.ItemTargets`. Keys are `(pass, i)` pairs (see
     `train.StreamSampler`) or plain `i` (pass 0): the noise of item i in pass p is drawn from `default_rng([seed, p,
     i])`, so it depends neither on DataLoader workers nor on batch order.
     """
@@ -70,8 +48,9 @@ class NoisedDataset(Dataset):
         self.index = np.arange(len(images)) if index is None else np.asarray(index)
         if len(targets) != len(self.index):
             raise ValueError(f"{len(targets)} targets for {len(self.index)} items")
-        self.targets = targets if isinstance(targets, TopKTargets) else torch.from_numpy(
-            np.asarray(targets, dtype=np.int64 if targets.ndim == 1 else np.float32))
+        self.targets = torch.from_numpy(np.asarray(
+            targets, dtype=np.int64 if targets.ndim == 1 else np.float32)) if isinstance(
+            targets, np.ndarray) else targets  # or row-by-row soft labels (`ItemTargets`)
         self.mean, self.std = list(mean), list(std)
 
     def __len__(self) -> int:

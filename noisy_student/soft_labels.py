@@ -1,0 +1,168 @@
+"""Soft pseudo-labels softmax(z_t / T) of every unlabeled image: compact, sharded, read lazily.
+
+Rows follow the unlabeled set's order, in parts (one per rank's shard when labeling). A part is
+either arrays in memory or `.npy` files written batch by batch while the teacher labels and
+memory-mapped afterwards, so memory holds only the rows a batch reads, whatever the set's size:
+
+    dense    <stem>.probs.npy    float16 [n, C]                 2 C bytes per image
+    top-k    <stem>.probs.npy    float16 [n, k] (renormalized    4 k bytes per image (C <= 32767;
+             <stem>.classes.npy  int16|int32 [n, k]  on read)    6 k above)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class SoftLabelError(RuntimeError):
+    """A part of the stored soft labels is missing or does not match its record."""
+
+
+def _class_dtype(num_classes: int) -> type:
+    return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+
+
+def compact(probs: torch.Tensor, top_k: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """float probabilities [b, C] -> (float16 [b, C or k], top-k classes [b, k] or None)."""
+    if top_k is None or top_k >= probs.shape[1]:
+        return probs.numpy().astype(np.float16), None
+    top = probs.topk(top_k, dim=1)  # the k most probable classes per image
+    return (top.values.numpy().astype(np.float16),
+            top.indices.numpy().astype(_class_dtype(probs.shape[1])))
+
+
+class SoftLabels:
+    """Row i: image i's soft label, dense float32 [C] (top-k rows renormalized to sum to 1)."""
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray | None]],
+                 num_classes: int) -> None:
+        self.parts, self.num_classes = parts, num_classes
+        self.offsets = np.cumsum([0] + [len(p) for p, _ in parts])  # part j: [o_j, o_j+1)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def top_k(self) -> int | None:
+        return None if not self.parts or self.parts[0][1] is None else self.parts[0][1].shape[1]
+
+    def rows(self, images: np.ndarray) -> np.ndarray:
+        """Dense float32 [len(images), C] for the given image indices (any order, repeats)."""
+        images = np.asarray(images, np.int64)
+        out = np.zeros((len(images), self.num_classes), np.float32)
+        part = np.searchsorted(self.offsets, images, side="right") - 1
+        for j in np.unique(part):
+            at = np.flatnonzero(part == j)
+            local = images[at] - self.offsets[j]
+            probs, classes = self.parts[j]
+            p = np.asarray(probs[local], np.float32)
+            if classes is None:
+                out[at] = p
+            else:
+                p /= np.maximum(p.sum(1, keepdims=True), 1e-12)
+                out[at[:, None], np.asarray(classes[local], np.int64)] = p
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """All parts as one pair of in-memory arrays (small sets; for an `.npz`)."""
+        probs = np.concatenate([np.asarray(p) for p, _ in self.parts])
+        out = {"soft_probs": probs}
+        if self.top_k is not None:
+            out["soft_classes"] = np.concatenate([np.asarray(c) for _, c in self.parts])
+        return out
+
+    @classmethod
+    def open(cls, folder: Path, records: list[dict[str, Any]], num_classes: int,
+             verify: bool = True) -> SoftLabels:
+        """Memory-map the parts named by `records` (from `PartWriter.close`) under `folder`;
+        with `verify`, each part's sha256 is checked first."""
+        parts = []
+        for record in records:
+            stem = folder / record["stem"]
+            files = [stem.with_name(stem.name + ".probs.npy")]
+            if record.get("top_k") is not None:
+                files.append(stem.with_name(stem.name + ".classes.npy"))
+            try:
+                arrays = [np.load(f, mmap_mode="r") for f in files]
+            except (OSError, ValueError) as e:
+                raise SoftLabelError(f"{files[0]}: cannot read the soft pseudo-labels ({e})") from e
+            if any(len(a) != record["rows"] for a in arrays):
+                raise SoftLabelError(f"{files[0]}: {len(arrays[0])} rows, its record says "
+                                     f"{record['rows']}")
+            if verify and _sha256(arrays) != record["sha256"]:
+                raise SoftLabelError(f"{files[0]}: sha256 differs from its record (changed or "
+                                     "corrupt)")
+            parts.append((arrays[0], arrays[1] if len(arrays) > 1 else None))
+        return cls(parts, num_classes)
+
+
+def _sha256(arrays: list[np.ndarray], chunk: int = 1 << 16) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        for start in range(0, len(a), chunk):
+            h.update(np.ascontiguousarray(a[start:start + chunk]).tobytes())
+    return h.hexdigest()
+
+
+class PartWriter:
+    """Writes one part's rows in order, batch by batch, to temporary `.npy` files renamed into
+    place by `close` (a crash leaves no half-written part under the final name)."""
+
+    def __init__(self, stem: Path, rows: int, num_classes: int, top_k: int | None) -> None:
+        self.stem, self.rows, self.done = stem, rows, 0
+        self.top_k = top_k if top_k is not None and top_k < num_classes else None
+        width = self.top_k or num_classes
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        self.files = [stem.with_name(stem.name + ".probs.npy")]
+        if self.top_k is not None:
+            self.files.append(stem.with_name(stem.name + ".classes.npy"))
+        dtypes = [np.float16, _class_dtype(num_classes)]
+        self.arrays = [np.lib.format.open_memmap(self._tmp(f), mode="w+", dtype=d,
+                                                 shape=(rows, width))
+                       for f, d in zip(self.files, dtypes)]
+
+    @staticmethod
+    def _tmp(path: Path) -> Path:
+        return path.with_name(f".{path.name}.tmp")
+
+    def write(self, probs: torch.Tensor) -> None:
+        """The next rows: probabilities float [b, C]."""
+        values, classes = compact(probs, self.top_k)
+        end = self.done + len(values)
+        self.arrays[0][self.done:end] = values
+        if classes is not None:
+            self.arrays[1][self.done:end] = classes
+        self.done = end
+
+    def close(self) -> dict[str, Any]:
+        """Flush, rename into place; the part's record (stem name, rows, top_k, sha256)."""
+        if self.done != self.rows:
+            raise SoftLabelError(f"{self.stem}: {self.done} rows written of {self.rows}")
+        digest = _sha256(self.arrays)
+        for array in self.arrays:
+            array.flush()
+        self.arrays = []
+        for path in self.files:
+            os.replace(self._tmp(path), path)
+        return {"stem": self.stem.name, "rows": self.rows, "top_k": self.top_k,
+                "sha256": digest}
+
+
+class ItemTargets:
+    """What the student trains on, item by item: item i is image `indices[i]`'s soft label,
+    `float32 [C]`, read from `soft` when the item is loaded (`NoisedDataset` indexes it)."""
+
+    def __init__(self, soft: SoftLabels, indices: np.ndarray) -> None:
+        self.soft, self.indices, self.ndim = soft, indices, 2
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(self.soft.rows(self.indices[i:i + 1])[0])
