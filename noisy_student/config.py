@@ -38,6 +38,9 @@ class DataConfig:
     test_limit: int | None = None  # evaluate on at most this many test images (quick runs)
     labeled_dir: str | None = None  # image_folder: one sub-folder per class
     unlabeled_dir: str | None = None  # image_folder: images, any layout
+    # image_folder, instead of unlabeled_dir: a text file of image paths, one per line (relative
+    # ones are relative to the file's folder; blank lines and lines starting with # are skipped)
+    unlabeled_list: str | None = None
     test_dir: str | None = None  # image_folder: one sub-folder per class
     image_size: int = 32  # image_folder: images are resized to image_size x image_size
     channels: int = 3  # image_folder: 1 (grayscale) or 3 (RGB)
@@ -253,9 +256,13 @@ def _check(c: Config) -> list[str]:
     if d.channels not in (1, 3):
         p.append(f"data.channels = {d.channels!r}: allowed 1 or 3")
     if d.source == "image_folder":
-        for key in ("labeled_dir", "unlabeled_dir", "test_dir"):
+        for key in ("labeled_dir", "test_dir"):
             if not getattr(d, key):
                 p.append(f"data.{key} is required when data.source = 'image_folder'")
+        if bool(d.unlabeled_dir) == bool(d.unlabeled_list):
+            p.append("data.source = 'image_folder' takes one of data.unlabeled_dir (a folder) "
+                     "and data.unlabeled_list (a file of image paths)"
+                     + (", not both" if d.unlabeled_dir else ""))
     m = c.model
     if not m.ladder:
         p.append("model.ladder is empty: name at least the round 0 teacher, e.g. ['cnn_small']")

@@ -1,9 +1,11 @@
 """Noisy Student on your own images.
 
     python recipes/image_folder.py --labeled DIR --unlabeled DIR --test DIR [--image-size 64]
+    python recipes/image_folder.py --labeled DIR --unlabeled-list FILE --test DIR
 
 `--labeled` and `--test` hold one sub-folder per class (the same class names); `--unlabeled`
-holds images in any layout. Images are converted to RGB (or grayscale with --set
+holds images in any layout, or `--unlabeled-list` names them, one path per line (relative to
+the list file's folder). For sets larger than memory add `--set data.lazy_unlabeled=true`. Images are converted to RGB (or grayscale with --set
 data.channels=1) and resized to --image-size.
 """
 
@@ -29,13 +31,16 @@ def make_config() -> Config:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labeled", required=True, help="folder with one sub-folder per class")
-    parser.add_argument("--unlabeled", required=True, help="folder of unlabeled images")
+    unlabeled = parser.add_mutually_exclusive_group(required=True)
+    unlabeled.add_argument("--unlabeled", help="folder of unlabeled images")
+    unlabeled.add_argument("--unlabeled-list", help="text file of unlabeled image paths")
     parser.add_argument("--test", required=True, help="folder with one sub-folder per class")
     parser.add_argument("--image-size", type=int, help="resize images to this square size")
 
 
 def configure(config: Config, args: argparse.Namespace) -> Config:
-    data = dict(labeled_dir=args.labeled, unlabeled_dir=args.unlabeled, test_dir=args.test)
+    data = dict(labeled_dir=args.labeled, unlabeled_dir=args.unlabeled,
+                unlabeled_list=args.unlabeled_list, test_dir=args.test)
     if args.image_size is not None:
         data["image_size"] = args.image_size
     return config.replace(data=replace(config.data, **data))

@@ -3,6 +3,7 @@
 import gzip
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from noisy_student.config import DataConfig
+from noisy_student.config import Config, DataConfig
 from noisy_student.data import DataError, NoisedDataset, load_source, make_splits, normalize
 from noisy_student.data.sources import FASHION_MNIST_SYSTEM_DIR, read_idx
 
@@ -123,3 +124,32 @@ def test_image_folder_errors_name_the_cause(tmp_path):
                      unlabeled_dir=str(tmp_path / "unlabeled"), test_dir=str(tmp_path / "test"))
     with pytest.raises(DataError, match=r"classes \['bird'\] are not in the labeled set"):
         load_source(cfg)
+
+
+def test_unlabeled_list_file_reads_the_listed_images(tmp_path):
+    """A list file names the unlabeled images (relative to its folder, or absolute); the
+    result equals reading the folder; missing paths are named with their line."""
+    from noisy_student.config import ConfigError
+
+    _image_tree(tmp_path)
+    folder = DataConfig(source="image_folder", labeled_dir=str(tmp_path / "labeled"),
+                        unlabeled_dir=str(tmp_path / "unlabeled"), test_dir=str(tmp_path / "test"),
+                        image_size=16)
+    files = sorted((tmp_path / "unlabeled").rglob("*.jpg"))
+    listing = tmp_path / "lists" / "unlabeled.txt"
+    listing.parent.mkdir()
+    listing.write_text("# every unlabeled image\n\n" + "\n".join(
+        [str(f) for f in files[:6]] + [f"../unlabeled/batch1/{f.name}" for f in files[6:]]))
+    listed = replace(folder, unlabeled_dir=None, unlabeled_list=str(listing))
+    a, b = load_source(folder), load_source(listed)
+    assert np.array_equal(a.unlabeled.images, b.unlabeled.images)
+    lazy = load_source(replace(listed, lazy_unlabeled=True))
+    assert np.array_equal(lazy.unlabeled.images[0:12], a.unlabeled.images)
+    listing.write_text(listing.read_text() + "\nnot/there.png\n")
+    with pytest.raises(DataError,
+                       match=r"(?s)1 missing files:.*lists/not/there.png \(.*unlabeled.txt line 15\)"):
+        load_source(listed)
+    with pytest.raises(DataError, match="data.unlabeled_list = .*nope.txt.*cannot read"):
+        load_source(replace(listed, unlabeled_list=str(tmp_path / "nope.txt")))
+    with pytest.raises(ConfigError, match="one of data.unlabeled_dir .* not both"):
+        Config.from_dict({"data": {**folder.__dict__, "unlabeled_list": str(listing)}})

@@ -110,6 +110,22 @@ class FolderReader:
                                 and not p.name.startswith(".")]
         return images
 
+    def listed(self, lines: list[str], list_file: Path) -> list[Path]:
+        """The image paths in the `lines` of a list file (`data.unlabeled_list`): one per line,
+        relative ones against the file's folder; blank lines and `#` comments skipped. Paths
+        that are not files are bad files (named with their line in the report)."""
+        paths = []
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path = Path(line) if Path(line).is_absolute() else list_file.parent / line
+            if not path.is_file():
+                self._bad("missing files", f"{path} ({list_file} line {number})")
+                continue
+            paths.append(path)
+        return paths
+
     def read(self, paths: list[Path], where: str) -> list[np.ndarray | None]:
         """One array per path; None for a bad file (recorded in the report). A lazily read set
         (`lazy`) keeps no pixels: its arrays are dropped once checked (see `LazyImages`)."""

@@ -177,8 +177,10 @@ def _image_folder(cfg: DataConfig) -> Source:
     reader = FolderReader(cfg.image_size, cfg.channels, cfg.on_bad_file == "skip")
     report, errors = reader.report, reader.report.errors
     dirs = {"labeled": Path(cfg.labeled_dir or ""), "test": Path(cfg.test_dir or ""),
-            "unlabeled": Path(cfg.unlabeled_dir or "")}
+            "unlabeled": Path(cfg.unlabeled_dir or cfg.unlabeled_list or "")}
     for name, d in dirs.items():
+        if name == "unlabeled" and cfg.unlabeled_list:
+            continue
         if not d.is_dir():
             raise DataError(f"data.{name}_dir = {str(d)!r}: not a directory")
     classes = sorted(p.name for p in dirs["labeled"].iterdir() if p.is_dir())
@@ -210,7 +212,15 @@ def _image_folder(cfg: DataConfig) -> Source:
                                        "accuracy is not measured")
         reader.report.counts[name] = len(images)
         sets[name] = ImageSet(_stack(images, cfg), np.asarray(labels, np.int64), classes)
-    paths = reader.files(dirs["unlabeled"], "unlabeled")
+    if cfg.unlabeled_list:
+        try:
+            lines = dirs["unlabeled"].read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"data.unlabeled_list = {cfg.unlabeled_list!r}: cannot read it "
+                            f"({e})") from e
+        paths = reader.listed(lines, dirs["unlabeled"])
+    else:
+        paths = reader.files(dirs["unlabeled"], "unlabeled")
     if cfg.lazy_unlabeled:  # checked in batches now, decoded again when used: memory stays flat
         good: list[str] = []
         for start in range(0, len(paths), 1024):

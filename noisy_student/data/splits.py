@@ -44,7 +44,7 @@ def make_splits(source: Source, cfg: DataConfig, seed: int) -> Splits:
         labeled, unlabeled, test = source.pool, source.unlabeled, source.test
         assert test is not None
         record.update(labeled_dir=cfg.labeled_dir, unlabeled_dir=cfg.unlabeled_dir,
-                      test_dir=cfg.test_dir)
+                      unlabeled_list=cfg.unlabeled_list, test_dir=cfg.test_dir)
         if cfg.unlabeled_limit is not None and len(unlabeled) > cfg.unlabeled_limit:
             unlabeled = unlabeled.subset(np.sort(rng.permutation(len(unlabeled))[:cfg.unlabeled_limit]))
     else:
