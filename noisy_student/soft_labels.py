@@ -102,17 +102,24 @@ class SoftLabels:
         return cls(parts, num_classes)
 
 
-def _sha256(arrays: list[np.ndarray], chunk: int = 1 << 16) -> str:
-    h = hashlib.sha256()
+def _sha256(arrays: list[np.memmap], chunk: int = 1 << 22) -> str:
+    """sha256 over the per-file sha256 digests of the rows' bytes (as `PartWriter` makes it),
+    read with plain file reads past each `.npy` header (mapped pages would count as memory)."""
+    digests = []
     for a in arrays:
-        for start in range(0, len(a), chunk):
-            h.update(np.ascontiguousarray(a[start:start + chunk]).tobytes())
-    return h.hexdigest()
+        h = hashlib.sha256()
+        with open(a.filename, "rb") as f:
+            f.seek(a.offset)
+            while block := f.read(chunk):
+                h.update(block)
+        digests.append(h.digest())
+    return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
 class PartWriter:
-    """Writes one part's rows in order, batch by batch, to temporary `.npy` files renamed into
-    place by `close` (a crash leaves no half-written part under the final name)."""
+    """Writes one part's rows in order, batch by batch, to temporary `.npy` files (plain
+    appends, hashed as they go: nothing of the part stays in memory) renamed into place by
+    `close`, so a crash leaves no half-written part under the final name."""
 
     def __init__(self, stem: Path, rows: int, num_classes: int, top_k: int | None) -> None:
         self.stem, self.rows, self.done = stem, rows, 0
@@ -120,12 +127,18 @@ class PartWriter:
         width = self.top_k or num_classes
         stem.parent.mkdir(parents=True, exist_ok=True)
         self.files = [stem.with_name(stem.name + ".probs.npy")]
+        dtypes = [np.dtype(np.float16)]
         if self.top_k is not None:
             self.files.append(stem.with_name(stem.name + ".classes.npy"))
-        dtypes = [np.float16, _class_dtype(num_classes)]
-        self.arrays = [np.lib.format.open_memmap(self._tmp(f), mode="w+", dtype=d,
-                                                 shape=(rows, width))
-                       for f, d in zip(self.files, dtypes)]
+            dtypes.append(np.dtype(_class_dtype(num_classes)))
+        self.handles = []
+        for path, dtype in zip(self.files, dtypes, strict=True):
+            f = open(self._tmp(path), "wb")  # noqa: SIM115 - closed in close()
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                     "fortran_order": False,
+                                                     "shape": (rows, width)})
+            self.handles.append(f)
+        self.hashes = [hashlib.sha256() for _ in self.files]
 
     @staticmethod
     def _tmp(path: Path) -> Path:
@@ -134,22 +147,24 @@ class PartWriter:
     def write(self, probs: torch.Tensor) -> None:
         """The next rows: probabilities float [b, C]."""
         values, classes = compact(probs, self.top_k)
-        end = self.done + len(values)
-        self.arrays[0][self.done:end] = values
-        if classes is not None:
-            self.arrays[1][self.done:end] = classes
-        self.done = end
+        for f, h, array in zip(self.handles, self.hashes, (values, classes)):
+            data = np.ascontiguousarray(array).tobytes()
+            f.write(data)
+            h.update(data)
+        self.done += len(values)
 
     def close(self) -> dict[str, Any]:
-        """Flush, rename into place; the part's record (stem name, rows, top_k, sha256)."""
+        """Flush and fsync, rename into place; the part's record (stem name, rows, top_k,
+        sha256 of the rows' bytes, probabilities then classes)."""
         if self.done != self.rows:
             raise SoftLabelError(f"{self.stem}: {self.done} rows written of {self.rows}")
-        digest = _sha256(self.arrays)
-        for array in self.arrays:
-            array.flush()
-        self.arrays = []
-        for path in self.files:
+        digest = hashlib.sha256(b"".join(h.digest() for h in self.hashes)).hexdigest()
+        for f, path in zip(self.handles, self.files, strict=True):
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
             os.replace(self._tmp(path), path)
+        self.handles = []
         return {"stem": self.stem.name, "rows": self.rows, "top_k": self.top_k,
                 "sha256": digest}
 

@@ -48,6 +48,17 @@ def make_images(folder: Path, n: int, size: int) -> None:
     done.touch()
 
 
+def rss_now() -> dict[str, float]:
+    """This process's resident memory now (MB): anonymous (heap) and file-backed (mapped)."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
 def measure(folder: Path, size: int, lazy: bool, classes: int) -> dict:
     """In this process: load the source, label every unlabeled image, read training items,
     report peak RSS."""
@@ -74,17 +85,20 @@ def measure(folder: Path, size: int, lazy: bool, classes: int) -> dict:
     cfg = PseudoLabelConfig(kind="soft", threshold=0.0, balance=True, batch_size=1024)
     images = source.unlabeled.images
     with tempfile.TemporaryDirectory() as tmp:
+        stages = {"loaded": rss_now()}
         part = label_part(teacher, images, [0.5] * 3, [0.25] * 3, cfg, 1.0,
                           Path(tmp) / SOFT_DIR / "part-00000-of-00001")
+        stages["labeled"] = rss_now()
         labels = merge_parts([part], Path(tmp), cfg, 1.0, {})
         data = NoisedDataset(images, labels.training_targets(), None, [0.5] * 3, [0.25] * 3, 0,
                              index=labels.indices)
         step = max(1, len(data) // 2048)
         for i in range(0, len(data), step):
             data[i]
+        stages["read"] = rss_now()
         soft_bytes = sum(f.stat().st_size for f in (Path(tmp) / SOFT_DIR).iterdir())
     return {"images": len(source.unlabeled), "lazy": lazy, "classes": classes,
-            "soft_label_mb": round(soft_bytes / 2**20, 1),
+            "soft_label_mb": round(soft_bytes / 2**20, 1), "rss_now_mb": stages,
             "load_seconds": round(loaded, 1), "peak_rss_after_load_mb": round(rss_loaded, 1),
             "total_seconds": round(time.perf_counter() - start, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
