@@ -59,6 +59,10 @@ class ModelConfig:
     drop_path_rate: float = 0.2  # stochastic depth at the last block: survival 0.8, linear decay
     allow_smaller_student: bool = False
     teacher_checkpoint: str | None = None  # load round 0's teacher instead of training it
+    # transfer learning: start from pretrained weights (a local .safetensors / torch file loaded
+    # into the backbone, or a torchvision weights name for tv_* models, downloaded when online)
+    pretrained: str | None = None
+    pretrained_for: Literal["teacher", "all"] = "teacher"  # round 0's teacher, or every model
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class LossConfig:
     label_smoothing: float = 0.1  # CE on labeled images
     distillation: Literal["soft_ce", "kd", "hard"] = "soft_ce"  # loss on pseudo-labeled images
     temperature: float = 1.0  # T of the soft pseudo-labels and of the KD student softmax
+    # distillation = "hard": smooth the teacher's argmax (DeiT: 1 - eps on it, eps over the rest)
+    distill_smoothing: float = 0.0
     labeled_weight: float = 1.0
     pseudo_weight: float = 1.0
 
@@ -95,6 +101,11 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD is nesterov when momentum > 0
+    # a model that starts from model.pretrained trains "all" its weights, the backbone at
+    # lr * backbone_lr_scale (discriminative learning rates), or its "head" only (the backbone's
+    # weights and batch-norm statistics frozen)
+    finetune: Literal["all", "head"] = "all"
+    backbone_lr_scale: float = 1.0
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -282,6 +293,10 @@ def _check(c: Config) -> list[str]:
     lo = c.loss
     _range(p, "loss.label_smoothing", lo.label_smoothing, 0, 1, hi_open=True)
     _range(p, "loss.temperature", lo.temperature, 0, lo_open=True)
+    _range(p, "loss.distill_smoothing", lo.distill_smoothing, 0, 1, hi_open=True)
+    if lo.distill_smoothing and lo.distillation != "hard":
+        p.append("loss.distill_smoothing smooths hard distillation targets: it needs "
+                 "loss.distillation = 'hard'")
     _range(p, "loss.labeled_weight", lo.labeled_weight, 0)
     _range(p, "loss.pseudo_weight", lo.pseudo_weight, 0)
     if lo.labeled_weight == 0 and lo.pseudo_weight == 0:
@@ -315,6 +330,10 @@ def _check(c: Config) -> list[str]:
         p.append("tracking.project is empty")
     if t.teacher_epochs == 0 and not m.teacher_checkpoint:
         p.append("train.teacher_epochs = 0 needs model.teacher_checkpoint (round 0's teacher)")
+    _range(p, "train.backbone_lr_scale", t.backbone_lr_scale, 0, lo_open=True)
+    if not m.pretrained and (t.finetune != "all" or t.backbone_lr_scale != 1.0):
+        p.append("train.finetune and train.backbone_lr_scale apply to pretrained weights: set "
+                 "model.pretrained (a weights file, or a torchvision weights name)")
     return p
 
 

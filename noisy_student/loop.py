@@ -26,7 +26,8 @@ from .data import NoisedDataset, Splits, load_source, make_splits
 from .evaluate import classification_metrics
 from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
-from .models import count_params, create_model
+from .models import count_params, create_model, parse_model_spec
+from .models.weights import load_backbone_weights
 from .noise import build_noise
 from .noise_batch import build_batch_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
@@ -54,12 +55,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def starts_pretrained(config: Config, rung: int) -> bool:
+    """Whether rung `rung`'s model starts from `model.pretrained` (transfer learning)."""
+    m = config.model
+    return m.pretrained is not None and (m.pretrained_for == "all" or rung == 0)
+
+
 def build_model(config: Config, rung: int, splits: Splits) -> nn.Module:
-    """The model of ladder rung `rung`, seeded by (seed, rung), with the configured model noise."""
+    """The model of ladder rung `rung`, seeded by (seed, rung), with the configured model noise;
+    its backbone from `model.pretrained` when that applies to the rung."""
     torch.manual_seed(config.seed * 1000 + rung)
-    return create_model(config.model_for(rung), num_classes=splits.num_classes,
-                        in_chans=splits.channels, drop_rate=config.model.drop_rate,
-                        drop_path_rate=config.model.drop_path_rate)
+    name, weights = config.model_for(rung), config.model.pretrained
+    extra = {}
+    if starts_pretrained(config, rung) and not Path(weights).is_file():
+        if not parse_model_spec(name)[0].startswith("tv_"):
+            raise ValueError(f"model.pretrained = {weights!r} is not a file, and {name} takes "
+                             "no weights name (torchvision names work for tv_* models)")
+        extra["pretrained"] = weights  # a torchvision weights name: downloaded when online
+    model = create_model(name, num_classes=splits.num_classes, in_chans=splits.channels,
+                         drop_rate=config.model.drop_rate,
+                         drop_path_rate=config.model.drop_path_rate, **extra)
+    if starts_pretrained(config, rung) and not extra:
+        load_backbone_weights(model, weights)
+    return model
 
 
 def check_ladder(config: Config, splits: Splits) -> list[int]:
@@ -149,7 +167,8 @@ class Loop:
         c = self.config
         model = build_model(c, rung, self.splits)
         loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
-                                  c.loss.labeled_weight, c.loss.pseudo_weight, pseudo is not None)
+                                  c.loss.labeled_weight, c.loss.pseudo_weight, pseudo is not None,
+                                  c.loss.distill_smoothing)
         s = self.splits
         labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
                                 c.seed)
@@ -166,7 +185,8 @@ class Loop:
                              seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
                              tag=tag, num_workers=c.data.num_workers, evaluate=self.evaluate,
                              checkpoints=checkpoints, stop=self.stop,
-                             batch_noise=self.batch_noise)
+                             batch_noise=self.batch_noise,
+                             pretrained=starts_pretrained(c, rung))
         if self.main:
             checkpoints.prune(1)  # the phase's final checkpoint stays
         return result

@@ -54,8 +54,10 @@ class SoftTargetCE(nn.Module):
 
 
 class HardDistillation(nn.Module):
-    """DeiT's hard distillation on pseudo-labeled images: CE(z_s, argmax q), optionally smoothed.
+    """DeiT's hard distillation on pseudo-labeled images: CE(z_s, y_t), y_t = argmax q.
 
+    With smoothing eps (DeiT, Touvron et al. 2021, sec. 5.2): the teacher's class gets 1 - eps
+    and the other C - 1 classes share eps, then CE(z_s, smoothed) = -sum_c t_c log softmax(z_s)_c.
     Targets may be soft rows `[B, C]` (their argmax is taken) or class ids `[B]`. With the
     labeled CE weighted 0.5 and this weighted 0.5 (see `StudentLoss`), the total is DeiT's
     0.5 * CE(z_s, y) + 0.5 * CE(z_s, argmax z_t).
@@ -66,8 +68,14 @@ class HardDistillation(nn.Module):
         self.smoothing = smoothing
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, Parts]:
-        hard = targets.argmax(dim=-1) if targets.ndim == 2 else targets
-        loss = F.cross_entropy(logits, hard, label_smoothing=self.smoothing)
+        hard = targets.argmax(dim=-1) if targets.ndim == 2 else targets  # [B]
+        log_p = F.log_softmax(logits.float(), dim=-1)  # [B, C]
+        if self.smoothing:
+            c, eps = logits.shape[-1], self.smoothing
+            target = torch.full_like(log_p, eps / (c - 1)).scatter_(1, hard[:, None], 1 - eps)
+            loss = -(target * log_p).sum(-1).mean()
+        else:
+            loss = F.nll_loss(log_p, hard)
         return loss, {"hard_distill": loss.detach()}
 
 
@@ -100,10 +108,10 @@ class StudentLoss(nn.Module):
 
 def build_student_loss(distillation: str, temperature: float, label_smoothing: float,
                        labeled_weight: float, pseudo_weight: float,
-                       with_pseudo: bool = True) -> StudentLoss:
+                       with_pseudo: bool = True, distill_smoothing: float = 0.0) -> StudentLoss:
     """The loss a round's student (or, with_pseudo=False, round 0's teacher) trains with."""
     pseudo: nn.Module | None = None
     if with_pseudo:
         pseudo = {"kd": lambda: KDLoss(temperature), "soft_ce": SoftTargetCE,
-                  "hard": HardDistillation}[distillation]()
+                  "hard": lambda: HardDistillation(distill_smoothing)}[distillation]()
     return StudentLoss(LabelSmoothingCE(label_smoothing), pseudo, labeled_weight, pseudo_weight)

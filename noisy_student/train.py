@@ -116,18 +116,51 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (nesterov when momentum > 0) or AdamW; no weight decay on biases and norm weights."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def is_head(name: str) -> bool:
+    """Whether a parameter or module name belongs to the classifier head(s) (`head`,
+    `head_dist`); everything else is the backbone."""
+    return name.split(".")[0].startswith("head")
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    pretrained: bool = False) -> torch.optim.Optimizer:
+    """SGD (nesterov when momentum > 0) or AdamW; no weight decay on biases and norm weights.
+
+    Groups: head, then backbone (each with and without decay). For `pretrained` weights the
+    backbone's lr is `lr * backbone_lr_scale`; frozen parameters (finetune = "head") are left out.
+    """
+    groups = []
+    for part in ("head", "backbone"):
+        scale = cfg.backbone_lr_scale if pretrained and part == "backbone" else 1.0
+        params = [p for n, p in model.named_parameters()
+                  if p.requires_grad and is_head(n) == (part == "head")]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
+                               "lr": cfg.lr * scale, "part": part})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """finetune = "head": the backbone's parameters stop requiring gradients (see `train_mode`
+    for its batch-norm statistics)."""
+    for name, p in model.named_parameters():
+        if not is_head(name):
+            p.requires_grad_(False)
+
+
+def train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+    """model.train(), with a frozen backbone's batch-norm layers kept in eval mode (their
+    running statistics stay as loaded); dropout and stochastic depth stay on."""
+    model.train()
+    if frozen_backbone:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_head(name):
+                m.eval()
 
 
 def _over_ranks(sums: dict[str, float], correct: int, seen: int,
@@ -158,7 +191,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
                 eval_times: int = 5, checkpoints: TrainCheckpoints | None = None,
                 stop: GracefulStop | None = None,
-                batch_noise: BatchNoiseFn | None = None) -> TrainResult:
+                batch_noise: BatchNoiseFn | None = None, pretrained: bool = False) -> TrainResult:
     """Train `model` for `epochs` and return the weights to use next, with per-epoch history.
 
     With `checkpoints`, the whole training state is saved at every epoch end and at the
@@ -167,6 +200,8 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     ends training after the current step with a checkpoint, raising `Interrupted`. With
     `batch_noise` (`noise.backend = "torch"`), the datasets deliver clean images and each uint8
     batch is noised on the training device, from a generator seeded by (seed, step, rank).
+    `pretrained`: the model starts from pretrained weights, so `cfg.finetune` and
+    `cfg.backbone_lr_scale` apply.
     """
     cuda = device.type == "cuda"
     amp, channels_last = cfg.amp and cuda, cfg.channels_last
@@ -191,7 +226,10 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             raise TrainingError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm "
                                 "has no CPU kernels); set it to false for gloo runs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = build_optimizer(model, cfg)
+    frozen = pretrained and cfg.finetune == "head"
+    if frozen:
+        freeze_backbone(model)
+    optimizer = build_optimizer(model, cfg, pretrained)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay > 0 else None)
@@ -252,7 +290,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     result = TrainResult(model, total, 0.0, 0.0, run["history"],
                          str(saved[0]) if saved is not None else None)
     start, start_step = time.perf_counter(), step
-    model.train()
+    train_mode(model, frozen)
     for epoch in range(step // steps_per_epoch, epochs):
         progress = Progress((steps_per_epoch - step % steps_per_epoch) * (b_lab + b_pse) // world,
                             f"{tag} epoch {epoch + 1}/{epochs}", enabled=main)
@@ -364,7 +402,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             t = time.perf_counter()
             metrics = evaluate(ema.module if ema is not None else model)
             timing["evaluate"] += time.perf_counter() - t
-            model.train()
+            train_mode(model, frozen)
             record.update(test_top1=metrics["top1"], test_ece=metrics["ece"])
             if run["best"] is None or metrics["top1"] > run["best"]["test_top1"]:
                 run["best"] = {"test_top1": metrics["top1"], "epoch": epoch + 1}

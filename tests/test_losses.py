@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +53,24 @@ def test_hard_distillation_is_ce_on_teacher_argmax():
     by_hand = -(math.log(_softmax([1.0, 2.0, 0.0])[2]) + math.log(_softmax([0.5, -0.5, 2.0])[0])) / 2
     assert math.isclose(loss.item(), by_hand, rel_tol=1e-6)
     assert torch.allclose(HardDistillation()(z_s, torch.tensor([2, 0]))[0], loss)
+
+
+def test_hard_distillation_with_smoothing_by_hand():
+    """DeiT: the teacher's class gets 1 - eps, the other C - 1 classes eps / (C - 1) each."""
+    z, eps = [1.0, 0.0, -1.0, 0.5], 0.1
+    logp = [math.log(v) for v in _softmax(z)]
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]])  # the teacher's class: 3
+    target = [eps / 3, eps / 3, eps / 3, 1 - eps]
+    expected = -sum(t * lp for t, lp in zip(target, logp))
+    loss, _ = HardDistillation(eps)(torch.tensor([z]), q)
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    built = build_student_loss("hard", 1.0, 0.0, 0.0, 1.0, distill_smoothing=eps)
+    assert math.isclose(built(torch.tensor([z]), torch.tensor([0]), torch.tensor([z]), q)[0].item(),
+                        expected, rel_tol=1e-6)
+    from noisy_student.config import Config, ConfigError
+
+    with pytest.raises(ConfigError, match="distill_smoothing .* needs loss.distillation = 'hard'"):
+        Config.from_dict({"loss": {"distillation": "kd", "distill_smoothing": 0.1}})
 
 
 def test_deit_hard_distillation_total():
