@@ -1,8 +1,8 @@
 """Soft pseudo-labels softmax(z_t / T) of every unlabeled image: compact, sharded, read lazily.
 
 Rows follow the unlabeled set's order, in parts (one per rank's shard when labeling). A part is
-either arrays in memory or `.npy` files written batch by batch while the teacher labels and
-memory-mapped afterwards, so memory holds only the rows a batch reads, whatever the set's size:
+either arrays in memory or `.npy` files written batch by batch while the teacher labels and read
+back row by row (`FileRows`), so memory holds only the rows a batch reads, whatever the set's size:
 
     dense    <stem>.probs.npy    float16 [n, C]                 2 C bytes per image
     top-k    <stem>.probs.npy    float16 [n, k] (renormalized    4 k bytes per image (C <= 32767;
@@ -61,12 +61,12 @@ class SoftLabels:
             at = np.flatnonzero(part == j)
             local = images[at] - self.offsets[j]
             probs, classes = self.parts[j]
-            p = np.asarray(probs[local], np.float32)
+            p = _take(probs, local).astype(np.float32)
             if classes is None:
                 out[at] = p
             else:
                 p /= np.maximum(p.sum(1, keepdims=True), 1e-12)
-                out[at[:, None], np.asarray(classes[local], np.int64)] = p
+                out[at[:, None], _take(classes, local).astype(np.int64)] = p
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -80,8 +80,8 @@ class SoftLabels:
     @classmethod
     def open(cls, folder: Path, records: list[dict[str, Any]], num_classes: int,
              verify: bool = True) -> SoftLabels:
-        """Memory-map the parts named by `records` (from `PartWriter.close`) under `folder`;
-        with `verify`, each part's sha256 is checked first."""
+        """Open the parts named by `records` (from `PartWriter.close`) under `folder`, to be read
+        row by row (`FileRows`); with `verify`, each part's sha256 is checked first."""
         parts = []
         for record in records:
             stem = folder / record["stem"]
@@ -89,7 +89,7 @@ class SoftLabels:
             if record.get("top_k") is not None:
                 files.append(stem.with_name(stem.name + ".classes.npy"))
             try:
-                arrays = [np.load(f, mmap_mode="r") for f in files]
+                arrays = [FileRows(f) for f in files]
             except (OSError, ValueError) as e:
                 raise SoftLabelError(f"{files[0]}: cannot read the soft pseudo-labels ({e})") from e
             if any(len(a) != record["rows"] for a in arrays):
@@ -102,13 +102,53 @@ class SoftLabels:
         return cls(parts, num_classes)
 
 
-def _sha256(arrays: list[np.memmap], chunk: int = 1 << 22) -> str:
+class FileRows:
+    """The rows of a 2-D `.npy` file, read on demand with `os.pread`: nothing is mapped into
+    the process (mapped file pages count as resident memory, and a page fault maps a whole
+    neighbourhood), and nothing but the header is read when opening."""
+
+    def __init__(self, path: Path) -> None:
+        header = np.load(path, mmap_mode="r")  # parses the header; its mapping is dropped
+        self.path, self.dtype, self.shape = str(path), header.dtype, header.shape
+        self.offset = header.offset
+        del header
+        self._fd: tuple[int, int] | None = None  # (process id, descriptor)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}
+
+    def _descriptor(self) -> int:
+        if self._fd is None or self._fd[0] != os.getpid():  # one per process (workers)
+            self._fd = (os.getpid(), os.open(self.path, os.O_RDONLY))
+        return self._fd[1]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """`[len(rows), width]` rows, in the order given."""
+        size = self.shape[1] * self.dtype.itemsize
+        fd, out = self._descriptor(), np.empty((len(rows), self.shape[1]), self.dtype)
+        for i, r in enumerate(np.asarray(rows).tolist()):
+            out[i] = np.frombuffer(os.pread(fd, size, self.offset + r * size), self.dtype)
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = np.fromfile(self.path, self.dtype, offset=self.offset).reshape(self.shape)
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _take(array: np.ndarray | FileRows, rows: np.ndarray) -> np.ndarray:
+    return array.take(rows) if isinstance(array, FileRows) else array[rows]
+
+
+def _sha256(arrays: list[FileRows], chunk: int = 1 << 22) -> str:
     """sha256 over the per-file sha256 digests of the rows' bytes (as `PartWriter` makes it),
     read with plain file reads past each `.npy` header (mapped pages would count as memory)."""
     digests = []
     for a in arrays:
         h = hashlib.sha256()
-        with open(a.filename, "rb") as f:
+        with open(a.path, "rb") as f:
             f.seek(a.offset)
             while block := f.read(chunk):
                 h.update(block)

@@ -1,5 +1,7 @@
 """Filtering, balancing and the un-noised teacher."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -176,7 +178,9 @@ def test_parts_written_while_labeling_equal_labeling_in_memory(tmp_path, top_k):
     assert np.array_equal(merged.indices, whole.indices)
     np.testing.assert_allclose(merged.confidence_all, whole.confidence_all, rtol=1e-6)
     np.testing.assert_allclose(merged.targets, whole.targets, atol=1e-6)
-    assert isinstance(merged.soft.parts[0][0], np.memmap)  # read lazily, not loaded
+    from noisy_student.soft_labels import FileRows
+
+    assert isinstance(merged.soft.parts[0][0], FileRows)  # read row by row, not loaded
     save_npz(tmp_path / "pseudo_labels.npz", merged.arrays())
     assert set(load_npz(tmp_path / "pseudo_labels.npz")) == {
         "indices", "predicted", "confidence_all", "meta"}  # the soft rows stay in the parts
@@ -216,3 +220,39 @@ def test_hard_labels_write_no_parts(tmp_path):
     part = label_part(teacher, images, [0.5], [0.25], cfg, 1.0, tmp_path / "soft" / "part")
     assert part.soft_part is None and not (tmp_path / "soft").exists()
     assert part.predicted.dtype == np.int64 and len(part.confidence) == 50
+
+
+def test_ensemble_averages_probabilities_or_logits_by_hand():
+    from noisy_student.inference import Ensemble
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, z):
+            super().__init__()
+            self.z = torch.tensor([z])
+
+        def forward(self, x):
+            return self.z.expand(len(x), -1)
+
+    za, zb = [2.0, 0.0, -1.0], [0.0, 1.0, 0.5]
+    x = torch.zeros(2, 1)
+    mean_p = (torch.softmax(torch.tensor(za), 0) + torch.softmax(torch.tensor(zb), 0)) / 2
+    probs = Ensemble([Fixed(za), Fixed(zb)], "probs")(x)
+    assert torch.allclose(probs.softmax(-1), mean_p.expand(2, -1), atol=1e-6)
+    logits = Ensemble([Fixed(za), Fixed(zb)], "logits")(x)
+    assert torch.allclose(logits, torch.tensor([[1.0, 0.5, -0.25]] * 2))
+    with pytest.raises(ValueError, match="'probs' or 'logits'"):
+        Ensemble([Fixed(za)], "votes")
+
+
+def test_a_run_whose_teachers_are_ensembles_of_the_last_models(tiny_config):
+    from noisy_student.loop import run
+
+    summary = run(tiny_config.with_overrides(["pseudo_label.ensemble=2", "rounds=3",
+                                              'model.ladder=["cnn_tiny"]']))
+    names = [r["teacher"] for r in summary["rounds"]]
+    assert names == ["cnn_tiny", "ensemble(cnn_tiny, cnn_tiny)", "ensemble(cnn_tiny, cnn_tiny)"]
+    out = tiny_config.out_dir
+    meta = PseudoLabels.load(out / "round_1" / "pseudo_labels.npz").meta
+    round0 = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert meta["teacher_sha256"] != round0["student_sha256"]  # the ensemble, not one model
+    assert meta["teacher"] == names[1]
