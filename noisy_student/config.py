@@ -85,6 +85,10 @@ class PseudoLabelConfig:
     per_class: int | None = None  # balancing target; None: the mean kept count per class
     top_k: int | None = None  # soft labels: keep the k most probable classes (compact storage)
     batch_size: int = 1024
+    # round k's teacher: the average of the last `ensemble` models (round 0's teacher, then each
+    # round's student), averaging probabilities or logits (Hinton et al. 2015)
+    ensemble: int = 1
+    ensemble_average: Literal["probs", "logits"] = "probs"
 
 
 @dataclass(frozen=True)
@@ -290,6 +294,7 @@ def _check(c: Config) -> list[str]:
     if pl.top_k is not None and pl.kind != "soft":
         p.append("pseudo_label.top_k needs pseudo_label.kind = 'soft' (hard labels are one class)")
     _range(p, "pseudo_label.batch_size", pl.batch_size, 1)
+    _range(p, "pseudo_label.ensemble", pl.ensemble, 1)
     lo = c.loss
     _range(p, "loss.label_smoothing", lo.label_smoothing, 0, 1, hi_open=True)
     _range(p, "loss.temperature", lo.temperature, 0, lo_open=True)

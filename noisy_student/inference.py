@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import numpy as np
@@ -29,6 +30,29 @@ class FrozenTeacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+class Ensemble(nn.Module):
+    """Several teachers as one (Hinton et al. 2015: an ensemble's averaged predictions teach
+    better than any member). Returns logits whose softmax is the average:
+
+        average = "probs":  log( mean_m softmax(z_m) )   (softmax of it = the mean probability)
+        average = "logits": mean_m z_m
+
+    Soft pseudo-labels at temperature T are then softmax(output / T).
+    """
+
+    def __init__(self, members: list[nn.Module], average: str = "probs") -> None:
+        super().__init__()
+        if average not in ("probs", "logits"):
+            raise ValueError(f"average must be 'probs' or 'logits', got {average!r}")
+        self.members, self.average = nn.ModuleList(members), average
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([m(x).float() for m in self.members])  # [M, B, C]
+        if self.average == "logits":
+            return logits.mean(0)
+        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
 
 
 def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],

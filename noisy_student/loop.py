@@ -9,6 +9,7 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 import time
 import zipfile
@@ -21,13 +22,12 @@ from torch import nn
 
 from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_weights,
                          save_json, save_npz, save_weights, weights_sha256)
-from .config import Config, ConfigError
-from .data import NoisedDataset, Splits, load_source, make_splits
+from .config import Config
+from .data import NoisedDataset, load_source, make_splits
 from .evaluate import classification_metrics
-from .inference import FrozenTeacher, predict_logits
+from .inference import Ensemble, FrozenTeacher, predict_logits
 from .losses import build_student_loss
-from .models import count_params, create_model, parse_model_spec
-from .models.weights import load_backbone_weights
+from .ladder import build_model, check_ladder, starts_pretrained
 from .noise import build_noise
 from .noise_batch import build_batch_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
@@ -53,66 +53,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def starts_pretrained(config: Config, rung: int) -> bool:
-    """Whether rung `rung`'s model starts from `model.pretrained` (transfer learning)."""
-    m = config.model
-    return m.pretrained is not None and (m.pretrained_for == "all" or rung == 0)
-
-
-def build_model(config: Config, rung: int, splits: Splits) -> nn.Module:
-    """The model of ladder rung `rung`, seeded by (seed, rung), with the configured model noise;
-    its backbone from `model.pretrained` when that applies to the rung."""
-    torch.manual_seed(config.seed * 1000 + rung)
-    name, weights = config.model_for(rung), config.model.pretrained
-    extra = {}
-    if starts_pretrained(config, rung) and not Path(weights).is_file():
-        if not parse_model_spec(name)[0].startswith("tv_"):
-            raise ValueError(f"model.pretrained = {weights!r} is not a file, and {name} takes "
-                             "no weights name (torchvision names work for tv_* models)")
-        extra["pretrained"] = weights  # a torchvision weights name: downloaded when online
-    model = create_model(name, num_classes=splits.num_classes, in_chans=splits.channels,
-                         drop_rate=config.model.drop_rate,
-                         drop_path_rate=config.model.drop_path_rate, **extra)
-    if starts_pretrained(config, rung) and not extra:
-        load_backbone_weights(model, weights)
-    return model
-
-
-def check_ladder(config: Config, splits: Splits) -> list[int]:
-    """Parameter count of each rung; refuse a model that cannot take the images (one dry forward
-    pass) and a student smaller than its teacher (unless allowed)."""
-    sizes, problems = [], []
-    h, w, ch = splits.labeled.images.shape[1:]
-    for r in range(config.rounds + 1):
-        where = f"model.ladder[{min(r, len(config.model.ladder) - 1)}] = {config.model_for(r)!r}"
-        try:
-            model = build_model(config, r, splits)
-        except (ValueError, TypeError) as e:
-            problems.append(f"{where}: {e}")
-            continue
-        sizes.append(count_params(model))
-        if config.model_for(r) in (config.model_for(j) for j in range(r)):
-            continue  # already tried
-        try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(2, ch, h, w))
-        except RuntimeError as e:
-            problems.append(f"{where} cannot take {h}x{w} images with {ch} channels "
-                            f"({str(e).splitlines()[0]}); use larger images (data.image_size) "
-                            "or a model for small inputs")
-    if problems:
-        raise ConfigError(problems)
-    if not config.model.allow_smaller_student:
-        for r in range(1, len(sizes)):
-            if sizes[r] < sizes[r - 1]:
-                raise ConfigError([
-                    f"model.ladder: round {r - 1}'s student {config.model_for(r)} ({sizes[r]:,} "
-                    f"params) is smaller than its teacher {config.model_for(r - 1)} "
-                    f"({sizes[r - 1]:,} params); Noisy Student needs an equal or larger student "
-                    "(set model.allow_smaller_student = true to allow it)"])
-    return sizes
 
 
 class Loop:
@@ -235,6 +175,27 @@ class Loop:
         entry = {c: metrics.get(c) for c in SUMMARY_COLUMNS}
         return model.to(self.device), entry, metrics["student_sha256"]
 
+    def ensemble_teacher(self, k: int, newest: nn.Module, name: str, sha: str,
+                         scores: dict[str, float]) -> tuple[nn.Module, str, str, dict[str, float]]:
+        """Round k's teacher as the average of its last `pseudo_label.ensemble` models: the
+        newest (round k's own teacher) and the earlier ones, loaded from this run's folders."""
+        c, rd = self.config, self.run_dir
+        older = [(0, rd.teacher / "model.safetensors")] + [
+            (j + 1, rd.round(j) / "student.safetensors") for j in range(k - 1)]
+        older = older[max(0, len(older) - (c.pseudo_label.ensemble - 1)):] if k else []
+        if not older:  # round 0: its teacher is the only model so far
+            return newest, name, sha, scores
+        members = [load_weights(build_model(c, rung, self.splits), path).to(self.device)
+                   for rung, path in older] + [newest]
+        names = [c.model_for(rung) for rung, _ in older] + [name]
+        shas = [weights_sha256(m.state_dict()) for m in members[:-1]] + [sha]
+        ensemble = Ensemble(members, c.pseudo_label.ensemble_average)
+        say(f"round {k}: the teacher is an ensemble of {len(members)} models ({', '.join(names)}),"
+            f" averaging {c.pseudo_label.ensemble_average}", flush=True)
+        return (ensemble, f"ensemble({', '.join(names)})",
+                hashlib.sha256("".join(shas).encode()).hexdigest(),
+                _scores(self.evaluate(ensemble)))
+
     def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, dict[str, float]]:
         """Round k's teacher from a weights file (--teacher, or the copy of it in the round's
         folder on resume): model, name, sha256, test scores."""
@@ -344,6 +305,8 @@ class Loop:
                 teacher, name, sha, scores = self.given_teacher(k, given or str(kept))
                 if given and self.main:
                     save_weights(teacher, kept, {"model": name, "from": given})
+            if c.pseudo_label.ensemble > 1:
+                teacher, name, sha, scores = self.ensemble_teacher(k, teacher, name, sha, scores)
             start, student = time.perf_counter(), c.model_for(k + 1)
             if self.main:
                 rd.round(k).mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 
 from noisy_student.config import ConfigError, TrainConfig
 from noisy_student.data import NoisedDataset, load_source, make_splits
-from noisy_student.loop import build_model, run
+from noisy_student.ladder import build_model
+from noisy_student.loop import run
 from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
 from noisy_student.tracking import Tracker

@@ -53,7 +53,8 @@ from noisy_student.config import Config  # noqa: E402
 from noisy_student.data import NoisedDataset, load_source, make_splits  # noqa: E402
 from noisy_student.evaluate import classification_metrics  # noqa: E402
 from noisy_student.inference import predict_logits  # noqa: E402
-from noisy_student.loop import build_model, run  # noqa: E402
+from noisy_student.ladder import build_model  # noqa: E402
+from noisy_student.loop import run  # noqa: E402
 from noisy_student.losses import build_student_loss  # noqa: E402
 from noisy_student.noise import build_noise  # noqa: E402
 from noisy_student.tracking import Tracker  # noqa: E402
