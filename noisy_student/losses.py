@@ -79,11 +79,23 @@ class HardDistillation(nn.Module):
         return loss, {"hard_distill": loss.detach()}
 
 
+Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # one head, or (class, distillation)
+
+
 class StudentLoss(nn.Module):
     """total = labeled_weight * CE_eps(z_s[labeled], y) + pseudo_weight * D(z_s[pseudo], q).
 
     D is one of `KDLoss`, `SoftTargetCE`, `HardDistillation`. Without pseudo-labeled images
     (round 0's teacher) the total is the labeled term alone.
+
+    A student with a distillation token (DeiT) gives logit pairs (z_cls, z_dist): the class head
+    learns from the labels and the distillation head from the teacher,
+
+        total = labeled_weight * CE_eps(z_cls[labeled], y) + pseudo_weight * D(z_dist[pseudo], q)
+
+    (with hard distillation and weights 0.5 / 0.5, DeiT's 0.5 CE(z_cls, y) + 0.5 CE(z_dist, y_t));
+    without pseudo-labeled images both heads learn from the labels. `heads_cosine`, the mean
+    cosine similarity of the two heads' logits, is logged with the parts (not a loss term).
     """
 
     def __init__(self, labeled: nn.Module, pseudo: nn.Module | None,
@@ -92,16 +104,28 @@ class StudentLoss(nn.Module):
         self.labeled, self.pseudo = labeled, pseudo
         self.labeled_weight, self.pseudo_weight = labeled_weight, pseudo_weight
 
-    def forward(self, labeled_logits: torch.Tensor, labels: torch.Tensor,
-                pseudo_logits: torch.Tensor | None = None,
+    def forward(self, labeled_logits: Logits, labels: torch.Tensor,
+                pseudo_logits: Logits | None = None,
                 pseudo_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, Parts]:
-        sup, parts = self.labeled(labeled_logits, labels)
+        pair = isinstance(labeled_logits, tuple)
+        z_cls = labeled_logits[0] if pair else labeled_logits
+        sup, parts = self.labeled(z_cls, labels)
         parts = {f"labeled_{k}": v for k, v in parts.items()}
         total = self.labeled_weight * sup
-        if self.pseudo is not None and pseudo_logits is not None:
-            distill, pseudo_parts = self.pseudo(pseudo_logits, pseudo_targets)
+        with_pseudo = self.pseudo is not None and pseudo_logits is not None
+        if pair and not with_pseudo:  # no teacher yet: the distillation head learns the labels
+            sup_dist, dist_parts = self.labeled(labeled_logits[1], labels)
+            parts.update({f"labeled_dist_{k}": v for k, v in dist_parts.items()})
+            total = total + self.labeled_weight * sup_dist
+        if with_pseudo:
+            z_dist = pseudo_logits[1] if pair else pseudo_logits
+            distill, pseudo_parts = self.pseudo(z_dist, pseudo_targets)
             parts.update({f"pseudo_{k}": v for k, v in pseudo_parts.items()})
             total = total + self.pseudo_weight * distill
+        if pair:
+            both = [torch.cat([z, p]) if with_pseudo else z
+                    for z, p in zip(labeled_logits, pseudo_logits or labeled_logits)]
+            parts["heads_cosine"] = F.cosine_similarity(*both, dim=-1).mean().detach()
         parts["total"] = total.detach()
         return total, parts
 

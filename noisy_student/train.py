@@ -12,6 +12,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,6 +27,7 @@ from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
 from .data import NoisedDataset, normalize
 from .losses import StudentLoss
+from .optim import build_optimizer, freeze_backbone, lr_factor, train_mode
 from .signals import GracefulStop, Interrupted
 from .tracking import Tracker, Progress
 
@@ -90,6 +92,11 @@ def _stream(dataset: NoisedDataset, batch_size: int, seed: int, workers: int,
     return iter(loader)
 
 
+def _each(logits: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`fn` applied to the logits, or to each of a (class, distillation) pair."""
+    return tuple(fn(z) for z in logits) if isinstance(logits, tuple) else fn(logits)
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and every CUDA device) RNG states, as plain containers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -106,61 +113,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup to 1 over `warmup` steps, then cosine decay to 0 at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def is_head(name: str) -> bool:
-    """Whether a parameter or module name belongs to the classifier head(s) (`head`,
-    `head_dist`); everything else is the backbone."""
-    return name.split(".")[0].startswith("head")
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig,
-                    pretrained: bool = False) -> torch.optim.Optimizer:
-    """SGD (nesterov when momentum > 0) or AdamW; no weight decay on biases and norm weights.
-
-    Groups: head, then backbone (each with and without decay). For `pretrained` weights the
-    backbone's lr is `lr * backbone_lr_scale`; frozen parameters (finetune = "head") are left out.
-    """
-    groups = []
-    for part in ("head", "backbone"):
-        scale = cfg.backbone_lr_scale if pretrained and part == "backbone" else 1.0
-        params = [p for n, p in model.named_parameters()
-                  if p.requires_grad and is_head(n) == (part == "head")]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
-            if chosen:
-                groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
-                               "lr": cfg.lr * scale, "part": part})
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def freeze_backbone(model: nn.Module) -> None:
-    """finetune = "head": the backbone's parameters stop requiring gradients (see `train_mode`
-    for its batch-norm statistics)."""
-    for name, p in model.named_parameters():
-        if not is_head(name):
-            p.requires_grad_(False)
-
-
-def train_mode(model: nn.Module, frozen_backbone: bool) -> None:
-    """model.train(), with a frozen backbone's batch-norm layers kept in eval mode (their
-    running statistics stay as loaded); dropout and stochastic depth stay on."""
-    model.train()
-    if frozen_backbone:
-        for name, m in model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_head(name):
-                m.eval()
 
 
 def _over_ranks(sums: dict[str, float], correct: int, seen: int,
@@ -320,10 +272,11 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             optimizer.zero_grad(set_to_none=True)
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = net(x)  # [B / world, num_classes]
-                logits = logits.float()
+                    logits = net(x)  # [B / world, num_classes], or a (class, dist) pair
+                logits = _each(logits, lambda z: z.float())
                 if pse_stream is not None:
-                    loss, parts = loss_fn(logits[:n_lab], y_lab, logits[n_lab:], q_pse)
+                    loss, parts = loss_fn(_each(logits, itemgetter(slice(None, n_lab))), y_lab,
+                                          _each(logits, itemgetter(slice(n_lab, None))), q_pse)
                 else:
                     loss, parts = loss_fn(logits, y_lab)
                 loss.backward()  # even when non-finite: under DDP every rank must join
@@ -341,7 +294,8 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                     f"{len(x) - n_lab} pseudo-labeled images per step: lower train.batch_size "
                     f"(now {cfg.batch_size}) or train.unlabeled_ratio (now {cfg.unlabeled_ratio})"
                     + ("" if cfg.amp else ", or turn on train.amp") + f" ({e})") from e
-            run["correct"] = run.get("correct", 0) + int((logits[:n_lab].argmax(1) == y_lab).sum())
+            fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
+            run["correct"] = run.get("correct", 0) + int((fused[:n_lab].argmax(1) == y_lab).sum())
             # (under DDP the gradients are all-reduced: a non-finite norm is seen by every rank)
             if bad is not None:
                 run["skipped"] = run.get("skipped", 0) + 1

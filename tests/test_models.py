@@ -81,8 +81,15 @@ def test_every_model_interface(name: str) -> None:
     assert feats.shape == (2, model.num_features)
     assert isinstance(model.head, nn.Linear)
     assert (model.head.in_features, model.head.out_features) == (model.num_features, 7)
-    # forward == head(forward_features) in eval: the head is the only thing after the features
-    torch.testing.assert_close(logits, model.head(feats))
+    # forward == head(forward_features) in eval: the head is the only thing after the features;
+    # a distillation-token model averages its two heads, one per token (DeiT's late fusion)
+    if getattr(model, "head_dist", None) is not None:
+        with torch.no_grad():
+            tokens = model.forward_tokens(x)  # [B, 2, D]
+        torch.testing.assert_close(
+            logits, (model.head(tokens[:, 0]) + model.head_dist(tokens[:, 1])) / 2)
+    else:
+        torch.testing.assert_close(logits, model.head(feats))
 
 
 @pytest.mark.parametrize("name", CNNS)

@@ -10,9 +10,9 @@ from torch import nn
 from noisy_student.config import TrainConfig
 from noisy_student.data import NoisedDataset
 from noisy_student.losses import build_student_loss
+from noisy_student.optim import build_optimizer, lr_factor
 from noisy_student.tracking import Tracker
-from noisy_student.train import (StreamSampler, TrainingError, build_optimizer, lr_factor,
-                                 train_model)
+from noisy_student.train import StreamSampler, TrainingError, train_model
 
 
 def test_lr_warmup_then_cosine():

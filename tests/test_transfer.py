@@ -12,7 +12,8 @@ from noisy_student.loop import run
 from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
 from noisy_student.tracking import Tracker
-from noisy_student.train import build_optimizer, train_model
+from noisy_student.optim import build_optimizer
+from noisy_student.train import train_model
 
 
 def _data(n=32):

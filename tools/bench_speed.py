@@ -23,7 +23,8 @@ from noisy_student.models import create_model
 from noisy_student.noise import build_noise
 from noisy_student.noise_batch import BatchNoise
 from noisy_student.tracking import Tracker
-from noisy_student.train import build_optimizer, train_model
+from noisy_student.optim import build_optimizer
+from noisy_student.train import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
