@@ -89,6 +89,11 @@ class PseudoLabelConfig:
     # round's student), averaging probabilities or logits (Hinton et al. 2015)
     ensemble: int = 1
     ensemble_average: Literal["probs", "logits"] = "probs"
+    # a generalist teacher plus specialists (Hinton et al. 2015): k-means on the covariance of
+    # its predictions into this many groups; each group of 2+ confusable classes gets a
+    # specialist (the teacher fine-tuned on the labeled images for specialist_epochs); 0: off
+    specialists: int = 0
+    specialist_epochs: int = 20
 
 
 @dataclass(frozen=True)
@@ -295,6 +300,11 @@ def _check(c: Config) -> list[str]:
         p.append("pseudo_label.top_k needs pseudo_label.kind = 'soft' (hard labels are one class)")
     _range(p, "pseudo_label.batch_size", pl.batch_size, 1)
     _range(p, "pseudo_label.ensemble", pl.ensemble, 1)
+    _range(p, "pseudo_label.specialists", pl.specialists, 0)
+    _range(p, "pseudo_label.specialist_epochs", pl.specialist_epochs, 1)
+    if pl.specialists and pl.ensemble > 1:
+        p.append("pseudo_label.specialists needs one generalist teacher: set "
+                 "pseudo_label.ensemble = 1")
     lo = c.loss
     _range(p, "loss.label_smoothing", lo.label_smoothing, 0, 1, hi_open=True)
     _range(p, "loss.temperature", lo.temperature, 0, lo_open=True)

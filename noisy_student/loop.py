@@ -9,7 +9,6 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import random
 import time
 import zipfile
@@ -25,7 +24,7 @@ from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_weight
 from .config import Config
 from .data import NoisedDataset, load_source, make_splits
 from .evaluate import classification_metrics
-from .inference import Ensemble, FrozenTeacher, predict_logits
+from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
 from .ladder import build_model, check_ladder, starts_pretrained
 from .noise import build_noise
@@ -33,6 +32,7 @@ from .noise_batch import build_batch_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
                            merge_parts)
 from .soft_labels import SoftLabelError
+from .teachers import ensemble_of_last, with_specialists
 from .run_dir import Start, open_run, prepare_run_dir
 from . import distributed
 from .signals import GracefulStop, Interrupted
@@ -87,6 +87,7 @@ class Loop:
         self.batch_noise = noise if n.backend == "torch" else None
         self.summary: dict[str, Any] = {"name": config.name, "teacher": None, "rounds": []}
         self.stop = GracefulStop()
+        self.reports: dict[int, dict[str, Any]] = {}  # round -> how its teacher was made
 
     # ---- pieces --------------------------------------------------------------------------------
     def save_weights(self, model: nn.Module, path: Path, meta: dict[str, str]) -> str:
@@ -175,26 +176,30 @@ class Loop:
         entry = {c: metrics.get(c) for c in SUMMARY_COLUMNS}
         return model.to(self.device), entry, metrics["student_sha256"]
 
-    def ensemble_teacher(self, k: int, newest: nn.Module, name: str, sha: str,
-                         scores: dict[str, float]) -> tuple[nn.Module, str, str, dict[str, float]]:
-        """Round k's teacher as the average of its last `pseudo_label.ensemble` models: the
-        newest (round k's own teacher) and the earlier ones, loaded from this run's folders."""
-        c, rd = self.config, self.run_dir
-        older = [(0, rd.teacher / "model.safetensors")] + [
-            (j + 1, rd.round(j) / "student.safetensors") for j in range(k - 1)]
-        older = older[max(0, len(older) - (c.pseudo_label.ensemble - 1)):] if k else []
-        if not older:  # round 0: its teacher is the only model so far
-            return newest, name, sha, scores
-        members = [load_weights(build_model(c, rung, self.splits), path).to(self.device)
-                   for rung, path in older] + [newest]
-        names = [c.model_for(rung) for rung, _ in older] + [name]
-        shas = [weights_sha256(m.state_dict()) for m in members[:-1]] + [sha]
-        ensemble = Ensemble(members, c.pseudo_label.ensemble_average)
-        say(f"round {k}: the teacher is an ensemble of {len(members)} models ({', '.join(names)}),"
-            f" averaging {c.pseudo_label.ensemble_average}", flush=True)
-        return (ensemble, f"ensemble({', '.join(names)})",
-                hashlib.sha256("".join(shas).encode()).hexdigest(),
-                _scores(self.evaluate(ensemble)))
+    def composite_teacher(self, k: int, teacher: nn.Module, name: str, sha: str,
+                          scores: dict[str, float]) -> tuple[nn.Module, str, str,
+                                                             dict[str, float]]:
+        """Round k's teacher as an ensemble of the last models, or with specialists, when the
+        config asks for it (teachers.py); its test scores are measured anew."""
+        c, made = self.config.pseudo_label, None
+        if c.ensemble > 1:
+            made = ensemble_of_last(self.config, self.run_dir, self.splits, self.device, k,
+                                    teacher, name, sha)
+        if c.specialists:
+            *made, report = with_specialists(self.config, self.splits, self.noise,
+                                             self.batch_noise, self.device, self.tracker, k,
+                                             teacher, name, sha)
+            report.update(generalist_top1=scores["top1"])
+            self.reports[k] = report
+        if made is not None and made[0] is not teacher:
+            teacher, name, sha = made
+            scores = _scores(self.evaluate(teacher))
+            say(f"round {k}: the teacher is {name}: test top-1 {100 * scores['top1']:.2f}%",
+                flush=True)
+        if k in self.reports:  # the specialists' report: groups, teacher top-1 with them
+            self.reports[k]["combined_top1"] = scores["top1"]
+            self.tracker.log("specialists", **self.reports[k])
+        return teacher, name, sha, scores
 
     def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, dict[str, float]]:
         """Round k's teacher from a weights file (--teacher, or the copy of it in the round's
@@ -305,8 +310,7 @@ class Loop:
                 teacher, name, sha, scores = self.given_teacher(k, given or str(kept))
                 if given and self.main:
                     save_weights(teacher, kept, {"model": name, "from": given})
-            if c.pseudo_label.ensemble > 1:
-                teacher, name, sha, scores = self.ensemble_teacher(k, teacher, name, sha, scores)
+            teacher, name, sha, scores = self.composite_teacher(k, teacher, name, sha, scores)
             start, student = time.perf_counter(), c.model_for(k + 1)
             if self.main:
                 rd.round(k).mkdir(parents=True, exist_ok=True)
@@ -348,6 +352,7 @@ class Loop:
                 "teacher_from": given or (str(kept) if kept.is_file() else None),
                 "resumed_from": result.resumed_from,
                 "pseudo_labels": stats, "test": metrics, "train": result.history,
+                **({"specialists": self.reports.pop(k)} if k in self.reports else {}),
                 "timing": {"pseudo_label": round(label_seconds, 2),
                            "train": round(result.seconds, 2),
                            "train_images_per_second": round(result.images_per_second, 1),
