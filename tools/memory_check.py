@@ -111,6 +111,9 @@ def main() -> int:
     p.add_argument("--classes", type=int, default=1000, help="the teacher's outputs per image")
     p.add_argument("--modes", nargs="+", choices=["eager", "lazy"], default=["eager", "lazy"])
     p.add_argument("--dir", type=Path, default=ROOT / "runs" / "memcheck")
+    p.add_argument("--results", type=Path,
+                   help="merge the figures into this results JSON and regenerate its report "
+                        "(benchmarks/results.json: BENCHMARKS.md; else a .md beside it)")
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process
     p.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -135,6 +138,17 @@ def main() -> int:
         print(f"| {r['images']:,} | {'lazy' if r['lazy'] else 'in memory'} | "
               f"{r['soft_label_mb']} | {r['peak_rss_after_load_mb']} | {r['peak_rss_mb']} | "
               f"{r['load_seconds']} | {r['total_seconds']} |")
+    if args.results:
+        sys.path.insert(0, str(ROOT / "tools"))
+        import bench_report
+        import benchmark
+
+        command = " ".join(["python tools/memory_check.py", *sys.argv[1:]])
+        data = benchmark.merge(args.results, "memory", {"rows": rows, "size": args.size,
+                                                        "classes": args.classes}, command)
+        official = args.results.resolve() == benchmark.RESULTS.resolve()
+        bench_report.write(data, ROOT / "BENCHMARKS.md" if official else
+                           args.results.with_suffix(".md"), args.results.with_name("rounds.png"))
     return 0
 
 
