@@ -82,6 +82,13 @@ class FinishedRun:
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images the models were trained on (runs made before splits.json
+        recorded it: the data is re-made to find out)."""
+        shape = self.record.get("image_shape") or self.splits().test.images.shape[1:]
+        return tuple(int(v) for v in shape)  # type: ignore[return-value]
+
     def splits(self) -> Splits:
         """The run's labeled / unlabeled / test split, re-made from its config and seed."""
         return make_splits(load_source(self.config.data), self.config.data, self.config.seed)

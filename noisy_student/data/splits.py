@@ -74,7 +74,8 @@ def make_splits(source: Source, cfg: DataConfig, seed: int) -> Splits:
     mean = pixels.mean(0).tolist()
     std = np.maximum(pixels.std(0), 1e-3).tolist()
     record.update(counts={"labeled": len(labeled), "unlabeled": len(unlabeled), "test": len(test)},
-                  mean=mean, std=std, classes=labeled.classes)
+                  mean=mean, std=std, classes=labeled.classes,
+                  image_shape=[int(v) for v in labeled.images.shape[1:]])  # H, W, C
     return Splits(labeled, unlabeled, test, mean, std, record)
 
 
