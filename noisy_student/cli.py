@@ -5,6 +5,10 @@ are the same run:
 
     python recipes/digits.py --rounds 2 --out runs/try --set loss.temperature=2
     noisy-student run recipes/digits.py --rounds 2 --out runs/try --set loss.temperature=2
+
+and a finished run's model classifies image files (top-k classes with probabilities):
+
+    noisy-student predict runs/try img1.png img2.png [--top-k 5] [--json]
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import runpy
 import shlex
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .config import Config, ConfigError
 
@@ -142,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_p = sub.add_parser("run", help="run a recipe script (its own flags follow it)",
                            add_help=False)
     run_p.add_argument("recipe", help="path to a recipe .py file")
+    predict_p = sub.add_parser("predict", help="classify image files with a finished run's model")
+    predict_p.add_argument("checkpoint", help="a run directory (its last finished round), or a "
+                           "weights file inside one (teacher/model.safetensors, "
+                           "round_K/student.safetensors)")
+    predict_p.add_argument("images", nargs="+", help="image files")
+    predict_p.add_argument("--top-k", type=int, default=5,
+                           help="classes shown per image (default 5)")
+    predict_p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     if argv[:1] == ["run"] and len(argv) >= 2:
         recipe, rest = argv[1], argv[2:]
         path = Path(recipe)
@@ -151,7 +164,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ[_LAUNCHER] = "noisy-student"
         runpy.run_path(str(path), run_name="__main__")
         return
-    parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "predict":
+        from .predict import main as predict  # imports torch: only when predicting
+
+        error = predict(args)
+        if error is not None:
+            parser.exit(2, f"noisy-student predict: error: {error}\n")
 
 
 if __name__ == "__main__":
