@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import RunDirError, _sha256, load_json, save_json
+from .checkpoint import RunDirError, file_sha256, load_json, save_json
 from .config import Config, ConfigError
 
 DONE = "DONE"
@@ -77,7 +77,7 @@ class RunDir:
 
     def mark_done(self, folder: Path) -> None:
         """Write DONE last, listing the folder's files (not sub-folders) with sizes and sha256."""
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                  for p in sorted(folder.iterdir())
                  if p.is_file() and p.name != DONE and not p.name.startswith(".")}
         save_json(folder / DONE, {"files": files})
@@ -91,7 +91,7 @@ class RunDir:
             if path.stat().st_size != expected["bytes"]:
                 raise RunDirError(f"{path}: {path.stat().st_size} bytes, its DONE manifest says "
                                   f"{expected['bytes']} (truncated or changed)")
-            if _sha256(path) != expected["sha256"]:
+            if file_sha256(path) != expected["sha256"]:
                 raise RunDirError(f"{path}: sha256 differs from its DONE manifest (corrupt or "
                                   "changed)")
 

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from noisy_student.artifacts import open_run
-from noisy_student.config import Config
 from noisy_student.corruptions import (
     CORRUPTION_TABLE,
     CORRUPTIONS,
@@ -22,7 +21,6 @@ from noisy_student.corruptions import (
 )
 from noisy_student.evaluate import classification_metrics, expected_calibration_error
 from noisy_student.inference import predict_logits
-from noisy_student.loop import run as run_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = runpy.run_path(str(ROOT / "tools" / "evaluate.py"))
@@ -30,20 +28,9 @@ main = TOOL["main"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """Two rounds on a small slice of digits (the `tiny_config` of conftest.py), made once."""
-    out = tmp_path_factory.mktemp("evaluate") / "run"
-    run_loop(Config.from_dict({
-        "name": "tiny", "seed": 0, "rounds": 2, "out": str(out),
-        "data": {"source": "digits", "labeled_per_class": 5, "unlabeled_limit": 200,
-                 "test_limit": 100},
-        "model": {"ladder": ["cnn_tiny", "cnn_tiny", "cnn_small"]},
-        "noise": {"crop_padding": 1, "flip": False},
-        "pseudo_label": {"threshold": 0.0},
-        "train": {"teacher_epochs": 3, "epochs": 1, "batch_size": 16, "device": "cpu",
-                  "log_every": 2},
-    }))
-    return out
+def run_dir(tiny_run) -> Path:
+    """Two rounds on a small slice of digits (conftest's tiny config), made once."""
+    return tiny_run
 
 
 def test_writes_metrics_and_plots_equal_to_a_direct_computation(run_dir, tmp_path):

@@ -14,9 +14,7 @@ from PIL import Image
 
 from noisy_student import cli
 from noisy_student.artifacts import open_run
-from noisy_student.config import Config
 from noisy_student.data import to_tensor
-from noisy_student.loop import run as run_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,20 +32,9 @@ def _one_line_error(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """Two rounds on a small slice of digits (the `tiny_config` of conftest.py)."""
-    out = tmp_path_factory.mktemp("ship") / "run"
-    run_loop(Config.from_dict({
-        "name": "tiny", "seed": 0, "rounds": 2, "out": str(out),
-        "data": {"source": "digits", "labeled_per_class": 5, "unlabeled_limit": 200,
-                 "test_limit": 100},
-        "model": {"ladder": ["cnn_tiny", "cnn_tiny", "cnn_small"]},
-        "noise": {"crop_padding": 1, "flip": False},
-        "pseudo_label": {"threshold": 0.0},
-        "train": {"teacher_epochs": 3, "epochs": 1, "batch_size": 16, "device": "cpu",
-                  "log_every": 2},
-    }))
-    return out
+def run_dir(tiny_run) -> Path:
+    """Two rounds on a small slice of digits (conftest's tiny config), made once."""
+    return tiny_run
 
 
 def _tool(name: str):

@@ -20,7 +20,6 @@ Needs the `export` extra: pip install -e '.[export]'.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import warnings
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from noisy_student.artifacts import ArtifactError, FinishedRun, open_run
-from noisy_student.checkpoint import load_json
+from noisy_student.checkpoint import file_sha256, load_json
 from noisy_student.data import DataError, to_tensor
 
 TOLERANCE = 1e-4  # max abs difference of the logits, export vs PyTorch
@@ -46,14 +45,6 @@ def parse_phase(text: str) -> str | int:
     if text.isdigit():
         return int(text)
     raise ArtifactError(f"--round {text!r}: give a round number, 'last' or 'teacher'")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
@@ -154,7 +145,7 @@ def build_card(run: FinishedRun, which: str | int, weights: Path, x: torch.Tenso
                    "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                    "checked_on": f"{len(x)} test images, then 1", "tolerance": TOLERANCE,
                    "max_abs_diff": diffs},
-        "weights": {"path": str(weights.relative_to(run.root)), "sha256": sha256(weights)},
+        "weights": {"path": str(weights.relative_to(run.root)), "sha256": file_sha256(weights)},
         "files": files,
     }
 
@@ -229,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     diffs = measure(model, onnx_path, scripted, x)
     opset = next(o.version for o in onnx.load(str(onnx_path), load_external_data=False)
                  .opset_import if o.domain in ("", "ai.onnx"))
-    files = {f.name: sha256(f) for f in (onnx_path, out / "model.onnx.data", pt_path)
+    files = {f.name: file_sha256(f) for f in (onnx_path, out / "model.onnx.data", pt_path)
              if f.is_file()}
     card = build_card(run, which, weights, x, model, exporter, opset, diffs, files)
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
