@@ -31,7 +31,7 @@ from .noise import build_noise
 from .noise_batch import build_batch_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
                            merge_parts)
-from .soft_labels import SoftLabelError
+from .soft_labels import SoftLabelError, link_parts
 from .teachers import ensemble_of_last, with_specialists
 from .run_dir import Start, open_run, prepare_run_dir
 from . import distributed
@@ -234,6 +234,8 @@ class Loop:
                 continue
             say(f"round {k}: reusing the pseudo-labels in {path} (same teacher, same settings)",
                   flush=True)
+            if self.main and path.parent != self.run_dir.round(k):  # the parts come along
+                link_parts(meta.get("soft_parts", []), path.parent, self.run_dir.round(k))
             return labels
         return None
 

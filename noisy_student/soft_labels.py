@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,20 @@ class PartWriter:
         self.handles = []
         return {"stem": self.stem.name, "rows": self.rows, "top_k": self.top_k,
                 "sha256": digest}
+
+
+def link_parts(records: list[dict[str, Any]], source: Path, target: Path) -> None:
+    """Hard-link (or copy) the part files named by `records` from folder `source` into `target`
+    (pseudo-labels reused from another round folder keep their parts beside their `.npz`)."""
+    for record in records:
+        for suffix in (".probs.npy", ".classes.npy"):
+            src, dst = source / (record["stem"] + suffix), target / (record["stem"] + suffix)
+            if src.is_file() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
 
 
 class ItemTargets:

@@ -191,6 +191,10 @@ def test_from_round_in_place_reproduces_later_rounds_and_moves_the_old_ones_asid
                                                           "summary.json"]
     assert json.loads((previous / "round_2" / "metrics.json").read_text())["student_sha256"] \
         == before[2][0]
+    # reused pseudo-labels bring their soft-label parts along: the new round folder is whole
+    reused = PseudoLabels.load(out / "round_1" / "pseudo_labels.npz")
+    assert (out / "round_1" / "soft_labels" / "part-00000-of-00001.probs.npy").is_file()
+    assert len(reused.soft) == len(reused.predicted)
 
 
 def test_from_round_with_other_pseudo_label_settings_recomputes_them(tiny_config, capsys):
