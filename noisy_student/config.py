@@ -60,7 +60,8 @@ class ModelConfig:
     allow_smaller_student: bool = False
     teacher_checkpoint: str | None = None  # load round 0's teacher instead of training it
     # transfer learning: start from pretrained weights (a local .safetensors / torch file loaded
-    # into the backbone, or a torchvision weights name for tv_* models, downloaded when online)
+    # into the backbone, or a torchvision / timm weights name for tv_* / timm_model, downloaded
+    # when online)
     pretrained: str | None = None
     pretrained_for: Literal["teacher", "all"] = "teacher"  # round 0's teacher, or every model
 
@@ -348,7 +349,7 @@ def _check(c: Config) -> list[str]:
     _range(p, "train.backbone_lr_scale", t.backbone_lr_scale, 0, lo_open=True)
     if not m.pretrained and (t.finetune != "all" or t.backbone_lr_scale != 1.0):
         p.append("train.finetune and train.backbone_lr_scale apply to pretrained weights: set "
-                 "model.pretrained (a weights file, or a torchvision weights name)")
+                 "model.pretrained (a weights file, or a torchvision / timm weights name)")
     return p
 
 

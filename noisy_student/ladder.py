@@ -27,10 +27,12 @@ def build_model(config: Config, rung: int, splits: Splits) -> nn.Module:
     name, weights = config.model_for(rung), config.model.pretrained
     extra = {}
     if starts_pretrained(config, rung) and not Path(weights).is_file():
-        if not parse_model_spec(name)[0].startswith("tv_"):
+        family = parse_model_spec(name)[0]
+        if not (family.startswith("tv_") or family == "timm_model"):
             raise ValueError(f"model.pretrained = {weights!r} is not a file, and {name} takes "
-                             "no weights name (torchvision names work for tv_* models)")
-        extra["pretrained"] = weights  # a torchvision weights name: downloaded when online
+                             "no weights name (torchvision weights names work for tv_* models, "
+                             "timm ones for timm_model)")
+        extra["pretrained"] = weights  # a torchvision / timm weights name: downloaded when online
     model = create_model(name, num_classes=splits.num_classes, in_chans=splits.channels,
                          drop_rate=config.model.drop_rate,
                          drop_path_rate=config.model.drop_path_rate, **extra)

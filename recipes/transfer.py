@@ -5,7 +5,9 @@
 FILE is a `.safetensors` or torch state dict whose backbone matches the ladder (by default
 `cnn_small(stem_stride=2)` then `cnn_medium(stem_stride=2)`: e.g. an earlier run's
 `teacher/model.safetensors`); its head is not used. With a torchvision model in the ladder,
-`--weights` may instead name torchvision weights (`IMAGENET1K_V1`), downloaded when online.
+`--weights` may instead name torchvision weights (`IMAGENET1K_V1`), and with a timm model
+(`--set 'model.ladder=["timm_model(arch=resnet18)"]'`, timm installed) timm weights
+(`a1_in1k`, or `default`), downloaded when online.
 Models train everything with the backbone at a tenth of the head's learning rate
 (discriminative learning rates), or, with `--head-only`, the head alone on a frozen backbone.
 """
@@ -29,7 +31,7 @@ def make_config() -> Config:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True,
-                        help="pretrained weights: a file, or a torchvision weights name")
+                        help="pretrained weights: a file, or a torchvision / timm weights name")
     parser.add_argument("--head-only", action="store_true",
                         help="freeze the backbone (weights and batch-norm statistics)")
 

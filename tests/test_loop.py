@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from noisy_student.checkpoint import RunDirError, load_npz
+from noisy_student.checkpoint import RunDirError
 from noisy_student.config import ConfigError
 from noisy_student.data import load_source, make_splits
 from noisy_student.loop import SUMMARY_COLUMNS, Loop, run

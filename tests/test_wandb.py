@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import wandb
 
-from noisy_student.checkpoint import load_npz
 from noisy_student.loop import run
 from noisy_student.pseudo_label import PseudoLabels, confidence_extremes
 from noisy_student.wandb_logger import logged_in, resolve_mode, wandb_row
