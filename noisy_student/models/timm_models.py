@@ -18,11 +18,8 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from ._registry import register_model
-from .weights import load_backbone_weights
+from .wrapped import WrappedModel
 
 
 def _timm() -> Any:
@@ -60,7 +57,7 @@ def weights_name(arch: str, pretrained: str) -> str:
                      f"({listed or 'timm has no pretrained weights for it'})")
 
 
-class TimmModel(nn.Module):
+class TimmModel(WrappedModel):
     """A timm network as ``backbone`` (pooled features) + dropout + linear ``head``."""
 
     def __init__(
@@ -77,24 +74,12 @@ class TimmModel(nn.Module):
         check_arch(arch)
         weights_file = Path(pretrained) if pretrained and Path(pretrained).is_file() else None
         name = weights_name(arch, pretrained) if pretrained and weights_file is None else arch
-        self.backbone = _timm().create_model(
+        backbone = _timm().create_model(
             name, pretrained=name != arch or pretrained == "default",  # downloads when set
             num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate, **kwargs,
         )  # fmt: skip
-        self.num_classes = num_classes
-        self.num_features: int = getattr(self.backbone, "head_hidden_size",
-                                         self.backbone.num_features)
-        self.drop_rate = drop_rate
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes)
-        if weights_file is not None:
-            load_backbone_weights(self, weights_file)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)  # [B, num_features], pooled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(self.forward_features(x)))  # [B, num_classes]
+        features = getattr(backbone, "head_hidden_size", backbone.num_features)
+        self.attach(backbone, features, num_classes, drop_rate, weights_file)
 
 
 @register_model

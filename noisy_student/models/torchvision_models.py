@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ._registry import register_model
-from .weights import adapt_input_conv, load_backbone_weights
+from .weights import adapt_input_conv
+from .wrapped import WrappedModel
 
 # Dotted path of the classifier to drop, per family; convnext keeps its LayerNorm + Flatten.
 _CLASSIFIER = {"resnet": "fc", "efficientnet": "classifier", "convnext": "classifier.2"}
@@ -50,7 +51,7 @@ def _resolve_pretrained(arch: str, pretrained: str | None) -> tuple[Any, Path | 
     )
 
 
-class TorchvisionModel(nn.Module):
+class TorchvisionModel(WrappedModel):
     """A torchvision classifier as ``backbone`` (pooled features) + dropout + linear ``head``."""
 
     def __init__(
@@ -83,14 +84,7 @@ class TorchvisionModel(nn.Module):
         if in_chans != 3:
             self._replace_first_conv(backbone, in_chans, adapt=weights is not None)
 
-        self.backbone = backbone
-        self.num_classes = num_classes
-        self.num_features: int = linear.in_features
-        self.drop_rate = drop_rate
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes)
-        if weights_file is not None:
-            load_backbone_weights(self, weights_file)
+        self.attach(backbone, linear.in_features, num_classes, drop_rate, weights_file)
 
     @staticmethod
     def _replace_first_conv(backbone: nn.Module, in_chans: int, adapt: bool) -> None:
@@ -109,12 +103,6 @@ class TorchvisionModel(nn.Module):
             if conv.bias is not None:
                 new.bias.copy_(conv.bias)
         _set_module(backbone, name, new)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)  # [B, num_features], pooled and flattened
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(self.forward_features(x)))  # [B, num_classes]
 
 
 @register_model
