@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def rank() -> int:
@@ -72,6 +74,11 @@ def broadcast(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def once(fn: Callable[[], T]) -> T:
+    """`fn()` computed on rank 0 alone and broadcast: one decision every rank shares."""
+    return broadcast(fn() if not active() or rank() == 0 else None)
 
 
 def gather(obj: Any) -> list[Any]:

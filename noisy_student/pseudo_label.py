@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .checkpoint import load_npz
 from .config import PseudoLabelConfig
 from .inference import FrozenTeacher, iter_logits, predict_logits
@@ -247,9 +248,11 @@ def merge_parts(parts: list[LabeledPart], folder: Path, cfg: PseudoLabelConfig,
 def select_labels(predicted: np.ndarray, confidence_all: np.ndarray, soft: SoftLabels | None,
                   num_classes: int, cfg: PseudoLabelConfig, temperature: float,
                   meta: dict[str, Any]) -> PseudoLabels:
-    """Threshold and balance (`select`) every unlabeled image's class and confidence."""
-    indices = select(predicted, confidence_all, num_classes, cfg.threshold, cfg.balance,
-                     cfg.per_class).astype(np.int64)
+    """Threshold and balance (`select`) every unlabeled image's class and confidence; under
+    torchrun rank 0 selects and broadcasts the selection."""
+    indices = distributed.once(lambda: select(
+        predicted, confidence_all, num_classes, cfg.threshold, cfg.balance, cfg.per_class,
+    ).astype(np.int64))  # fmt: skip
     meta = dict(meta, num_classes=num_classes, temperature=temperature, kind=cfg.kind,
                 threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class,
                 top_k=cfg.top_k)
