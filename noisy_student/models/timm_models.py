@@ -73,9 +73,9 @@ class TimmModel(WrappedModel):
         super().__init__()
         check_arch(arch)
         weights_file = Path(pretrained) if pretrained and Path(pretrained).is_file() else None
-        name = weights_name(arch, pretrained) if pretrained and weights_file is None else arch
+        download = bool(pretrained) and weights_file is None  # a timm weights name
         backbone = _timm().create_model(
-            name, pretrained=name != arch or pretrained == "default",  # downloads when set
+            weights_name(arch, pretrained) if download else arch, pretrained=download,
             num_classes=0, in_chans=in_chans, drop_path_rate=drop_path_rate, **kwargs,
         )  # fmt: skip
         features = getattr(backbone, "head_hidden_size", backbone.num_features)
