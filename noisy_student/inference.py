@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Callable, Iterator
 
@@ -55,6 +56,25 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
 
 
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc's `malloc_trim`). Without it the heap keeps
+    the freed buffers of every batch behind the small arrays that outlive them, and the resident
+    memory grows with the images seen (labeling 100k images: +330 MB, all of it
+    returned by one trim)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
                 batch_size: int = 1024, device: torch.device | str = "cpu",
                 amp: bool = False, channels_last: bool = False,
@@ -79,6 +99,7 @@ def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: li
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(x).float().cpu()
                 yield logits
+                release_freed_memory()  # else RSS grows with the images seen
                 if progress is not None:
                     progress.update(len(x))  # type: ignore[attr-defined]
                 if check is not None:

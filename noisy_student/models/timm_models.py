@@ -50,7 +50,7 @@ def weights_name(arch: str, pretrained: str) -> str:
     else:
         full = f"{arch}.{pretrained}"
     known = timm.list_pretrained(f"{arch}.*")
-    if full == arch and known or full in known:
+    if (full == arch and known) or full in known:
         return full
     listed = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
     raise ValueError(f"pretrained={pretrained!r} is neither a file nor timm weights for {arch} "
