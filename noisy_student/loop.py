@@ -27,8 +27,7 @@ from .evaluate import classification_metrics
 from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
 from .ladder import build_model, check_ladder, starts_pretrained
-from .noise import build_noise
-from .noise_batch import build_batch_noise
+from .noise_batch import build_student_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
                            merge_parts)
 from .soft_labels import SoftLabelError, link_parts
@@ -79,12 +78,8 @@ class Loop:
                                None if mode == "disabled" else
                                WandbLogger(config.tracking, config.name, self.run_dir.root,
                                            config.to_dict(), mode))
-        n = config.noise  # per image in the DataLoader workers, or per batch on the device
-        make = build_batch_noise if n.backend == "torch" else build_noise
-        noise = make(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding,
-                     self.splits.channels)
-        self.noise = noise if n.backend == "albumentations" else None
-        self.batch_noise = noise if n.backend == "torch" else None
+        # per image in the DataLoader workers, or per batch on the device
+        self.noise, self.batch_noise = build_student_noise(config.noise, self.splits.channels)
         self.summary: dict[str, Any] = {"name": config.name, "teacher": None, "rounds": []}
         self.stop = GracefulStop()
         self.reports: dict[int, dict[str, Any]] = {}  # round -> how its teacher was made

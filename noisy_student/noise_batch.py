@@ -22,7 +22,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .noise import _SMOOTH, OP_TABLE, RandAugment, op_value
+from .config import NoiseConfig
+from .noise import _SMOOTH, OP_TABLE, Noise, RandAugment, build_noise, op_value
 
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 
@@ -185,3 +186,13 @@ def build_batch_noise(enabled: bool, num_ops: int, magnitude: float, flip: bool,
     if not enabled:
         return None
     return BatchNoise(num_ops, magnitude, flip, crop_padding, channels)
+
+
+def build_student_noise(cfg: NoiseConfig, channels: int) -> tuple[Noise | None, BatchNoise | None]:
+    """`(per_image, per_batch)`: the student's noise as `noise.backend` places it, per image in
+    the datasets (albumentations) or per batch in the training step (torch); the other is `None`,
+    and both are `None` when the noise is off."""
+    args = (cfg.enabled, cfg.num_ops, cfg.magnitude, cfg.flip, cfg.crop_padding, channels)
+    if cfg.backend == "torch":
+        return None, build_batch_noise(*args)
+    return build_noise(*args), None

@@ -56,7 +56,7 @@ from noisy_student.inference import predict_logits  # noqa: E402
 from noisy_student.ladder import build_model  # noqa: E402
 from noisy_student.loop import run  # noqa: E402
 from noisy_student.losses import build_student_loss  # noqa: E402
-from noisy_student.noise import build_noise  # noqa: E402
+from noisy_student.noise_batch import build_student_noise  # noqa: E402
 from noisy_student.tracking import Tracker  # noqa: E402
 from noisy_student.train import resolve_device, train_model  # noqa: E402
 
@@ -98,8 +98,7 @@ def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, ste
     for about `steps` steps of `batch`; its test metrics."""
     c = config
     model = build_model(c, c.rounds, splits)
-    n = c.noise
-    noise = build_noise(n.enabled, n.num_ops, n.magnitude, n.flip, n.crop_padding, splits.channels)
+    noise, batch_noise = build_student_noise(c.noise, splits.channels)  # as the loop's students
     data = NoisedDataset(images, labels, noise, splits.mean, splits.std, c.seed)
     batch = min(batch, len(data))
     epochs = max(1, round(steps / math.ceil(len(data) / batch)))
@@ -109,7 +108,8 @@ def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, ste
     start = time.perf_counter()
     result = train_model(model, loss, data, None, dataclasses.replace(c.train, batch_size=batch),
                          epochs, seed=c.seed * 1000 + 99, device=device, tracker=Tracker(None),
-                         tag=tag, eval_times=0)
+                         tag=tag, num_workers=c.data.num_workers, eval_times=0,
+                         batch_noise=batch_noise)
     logits = predict_logits(result.model, splits.test.images, splits.mean, splits.std,
                             c.train.eval_batch_size, device)
     metrics = classification_metrics(logits, torch.from_numpy(splits.test.labels),
