@@ -76,3 +76,23 @@ def test_ratios_come_from_measured_times(quick):
     torch_backend = noise["torch_backend"]
     assert torch_backend["noise_images_per_second"] > 0
     assert 0 <= torch_backend["data_wait_fraction"] < 1 and torch_backend["images_per_second"] > 0
+
+
+def test_ablations_reuse_the_quality_run_of_the_same_recipe(tmp_path):
+    """`ablations` after `quality` takes seed 0's loop (and its teacher) instead of training the
+    recipe again, but only for the same config and while the teacher is on disk."""
+    bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
+    config = bench["recipe_config"]("digits", True, ["seed=0"])
+    run_dir = tmp_path / "ns"
+    seed0 = {"seed": 0, "command": json.loads(json.dumps(config.to_dict())),
+             "noisy_student": {"run_dir": str(run_dir), "final_top1": 0.9}}
+    earlier = {"seeds": [{**seed0, "seed": 1}, seed0]}
+    assert bench["quality_run"](earlier, config) is None  # no teacher on disk: train it again
+    (run_dir / "teacher").mkdir(parents=True)
+    (run_dir / "teacher" / "model.safetensors").write_bytes(b"weights")
+    assert bench["quality_run"](earlier, config) == seed0["noisy_student"]
+    assert bench["quality_run"](earlier, config, seed=1) == seed0["noisy_student"]
+    assert bench["quality_run"](earlier, config, seed=2) is None
+    changed = config.with_overrides(["train.epochs=3"])
+    assert bench["quality_run"](earlier, changed) is None  # another recipe: not comparable
+    assert bench["quality_run"]({}, config) is None

@@ -6,10 +6,12 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from noisy_student.config import TrainConfig
+from noisy_student.config import NoiseConfig, TrainConfig
 from noisy_student.data import NoisedDataset
 from noisy_student.losses import build_student_loss
-from noisy_student.noise_batch import _COLOR_OPS, BatchNoise, affine, pad_crop
+from noisy_student.noise import StudentNoise
+from noisy_student.noise_batch import (_COLOR_OPS, BatchNoise, affine, build_student_noise,
+                                       pad_crop)
 from noisy_student.tracking import Tracker
 from noisy_student.train import train_model
 
@@ -98,6 +100,17 @@ def test_bad_input_is_named():
         noise(torch.zeros(2, 1, 4, 4), torch.Generator())
     with pytest.raises(ValueError, match="magnitude"):
         BatchNoise(magnitude=31)
+
+
+def test_the_backend_places_the_noise():
+    """Per image in the datasets (albumentations) or per batch in the step (torch), never both."""
+    per_image, per_batch = build_student_noise(NoiseConfig(num_ops=3, magnitude=5), 1)
+    assert isinstance(per_image, StudentNoise) and per_batch is None
+    per_image, per_batch = build_student_noise(NoiseConfig(backend="torch", num_ops=3), 3)
+    assert per_image is None and isinstance(per_batch, BatchNoise)
+    assert (per_batch.num_ops, per_batch.channels) == (3, 3)
+    for backend in ("albumentations", "torch"):
+        assert build_student_noise(NoiseConfig(enabled=False, backend=backend), 1) == (None, None)
 
 
 def test_training_with_batch_noise_is_reproducible_and_noised():

@@ -214,7 +214,8 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
               seed: int = 0) -> dict[str, Any]:
     """The recipe against one change at a time. Every variant's students learn from the recipe
     run's round 0 teacher (loaded, not retrained), so only the student side differs. `recipe`:
-    that run's results when the quality benchmark just made it (same config and seed)."""
+    that run's results when the quality benchmark made it (same config and seed), so that
+    `ablations` after `quality` trains only the variants."""
     base = recipe_config(dataset, quick, [f"seed={seed}"])
     if recipe is None:
         folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / "recipe"
@@ -234,6 +235,18 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
         folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / name.replace(" ", "_")
         results[name] = {"overrides": overrides, **noisy_student(config, folder)}
     return {dataset: results}
+
+
+def quality_run(earlier: dict[str, Any], config: Config, seed: int = 0) -> dict[str, Any] | None:
+    """The quality benchmark's loop for `config` and `seed` from `earlier` results (one data set's),
+    if its teacher is still on disk: the ablations' recipe row and teacher, not trained again."""
+    same = json.loads(json.dumps(config.to_dict()))
+    for s in earlier.get("seeds", []):
+        ns = s["noisy_student"]
+        if (s["seed"] == seed and s["command"] == same
+                and (Path(ns["run_dir"]) / "teacher" / "model.safetensors").is_file()):
+            return ns
+    return None
 
 
 def machine() -> dict[str, Any]:
@@ -284,9 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         made = quality(args.work, datasets, seeds, args.quick, earlier)
         merge(path, "quality", made, command)
     if args.what in ("ablations", "all"):
-        for dataset in datasets:
-            seed0 = [s for s in made.get(dataset, {}).get("seeds", []) if s["seed"] == 0]
-            recipe = seed0[0]["noisy_student"] if seed0 else None
+        done = load_json(path).get("quality", {}) if path.is_file() else {}
+        for dataset in datasets:  # the recipe row: this or an earlier quality run's seed 0
+            recipe = quality_run(done.get(dataset, {}), recipe_config(dataset, args.quick,
+                                                                      ["seed=0"]))
             merge(path, "ablations", ablations(args.work, dataset, args.quick, recipe), command)
     if args.what in ("speed", "all"):
         digits_run = ns_dir(args.work, "digits", 0, args.quick)
