@@ -96,3 +96,30 @@ def test_ablations_reuse_the_quality_run_of_the_same_recipe(tmp_path):
     changed = config.with_overrides(["train.epochs=3"])
     assert bench["quality_run"](earlier, changed) is None  # another recipe: not comparable
     assert bench["quality_run"]({}, config) is None
+
+
+def _one_seed_quality(labels_only, final, supervised):
+    def stat(x):
+        return {"mean": x, "std": 0.0, "n": 1}
+    gain = final - labels_only
+    seed = {"seed": 0, "labeled": 1000, "unlabeled": 59000, "test": 10000, "model": "m",
+            "labels_only": {"top1": labels_only, "steps": 10, "batch": 64},
+            "supervised": {"top1": supervised, "steps": 20, "batch": 256},
+            "noisy_student": {"teacher_top1": 0.8, "seconds": 60.0,
+                              "rounds": [{"student_top1": final}]}}
+    summary = {"labels_only": stat(labels_only), "teacher": stat(0.8),
+               "supervised": stat(supervised), "gain": stat(gain),
+               "gap_closed": stat(gain / (supervised - labels_only)),
+               "rounds": [{"round": 0, "student_top1": stat(final),
+                           "pseudo_label_accuracy": stat(0.9)}]}
+    return {"seeds": [seed], "summary": summary}
+
+
+@pytest.mark.parametrize("final, verdict", [(0.90, "met"), (0.88, "**missed**")])
+def test_the_report_judges_the_quality_target(final, verdict):
+    """Fashion-MNIST's target: +5 points over labels-only and 60% of the gap closed."""
+    section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["quality_section"]
+    lines = section("fashion_mnist", _one_seed_quality(0.85, final, 0.91))  # +5 / +3 pts
+    assert [line for line in lines if line.startswith("Target")][0].endswith(f": {verdict}.")
+    assert not any(line.startswith("Target") for line in section("digits",
+                                                                  _one_seed_quality(0.9, 0.95, 1)))

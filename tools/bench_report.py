@@ -8,6 +8,8 @@ from typing import Any
 
 TARGETS = {"train_step": 1.10, "inference": 1.10}  # framework / bare at most
 WAIT_TARGET = 0.10  # share of a training run spent waiting for noised batches
+# the recipe's final student against labels-only: (gain in top-1, share of the gap closed)
+QUALITY_TARGETS = {"fashion_mnist": (0.05, 0.60)}
 
 
 def pct(x: float | None) -> str:
@@ -40,6 +42,12 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
            mean_std(s["gain"]) + " pts",
            mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"]
     lines += ["Test top-1 (%):", "", *table(header, [row])]
+    if name in QUALITY_TARGETS and "gap_closed" in s:
+        gain, closed = QUALITY_TARGETS[name]
+        met = s["gain"]["mean"] >= gain and s["gap_closed"]["mean"] >= closed
+        lines += [f"Target: a gain of at least {100 * gain:.0f} points and at least "
+                  f"{100 * closed:.0f}% of the gap closed (mean over seeds): "
+                  f"{_ok(met)}.", ""]
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
     per = [[str(x["seed"]), pct(x["labels_only"]["top1"]),
