@@ -49,6 +49,7 @@ def test_every_figure_is_present_and_finite(quick):
             "hard pseudo-labels", "no filtering or balancing",
             "student equal to teacher"} <= set(ablations)
     assert all(0 <= a["final_top1"] <= 1 for a in ablations.values())
+    assert ablations["recipe"]["run_dir"] == seed["noisy_student"]["run_dir"]  # not trained twice
     split = data["speed"]["round_split"]
     assert set(split["seconds"]) == {"pseudo_label", "train", "evaluate", "checkpoint"}
     assert sum(split["share"].values()) == pytest.approx(1.0)
@@ -80,17 +81,24 @@ def test_ratios_come_from_measured_times(quick):
 
 def test_ablations_reuse_the_quality_run_of_the_same_recipe(tmp_path):
     """`ablations` after `quality` takes seed 0's loop (and its teacher) instead of training the
-    recipe again, but only for the same config and while the teacher is on disk."""
+    recipe again, but only for the same config, while its run directory still holds that run."""
     bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
     config = bench["recipe_config"]("digits", True, ["seed=0"])
     run_dir = tmp_path / "ns"
-    seed0 = {"seed": 0, "command": json.loads(json.dumps(config.to_dict())),
+    command = json.loads(json.dumps(config.to_dict()))
+    del command["noise"]["backend"]  # stored before the key existed: its default applies
+    seed0 = {"seed": 0, "command": command,
              "noisy_student": {"run_dir": str(run_dir), "final_top1": 0.9}}
     earlier = {"seeds": [{**seed0, "seed": 1}, seed0]}
-    assert bench["quality_run"](earlier, config) is None  # no teacher on disk: train it again
     (run_dir / "teacher").mkdir(parents=True)
+    (run_dir / "config.json").write_text(config.with_overrides([f'out="{run_dir}"']).to_json())
+    assert bench["quality_run"](earlier, config) is None  # no teacher on disk: train it again
     (run_dir / "teacher" / "model.safetensors").write_bytes(b"weights")
     assert bench["quality_run"](earlier, config) == seed0["noisy_student"]
+    # the folder was overwritten by a run of another recipe: its teacher is not this one
+    (run_dir / "config.json").write_text(config.with_overrides(["train.epochs=3"]).to_json())
+    assert bench["quality_run"](earlier, config) is None
+    (run_dir / "config.json").write_text(config.with_overrides([f'out="{run_dir}"']).to_json())
     assert bench["quality_run"](earlier, config, seed=1) == seed0["noisy_student"]
     assert bench["quality_run"](earlier, config, seed=2) is None
     changed = config.with_overrides(["train.epochs=3"])
@@ -123,3 +131,50 @@ def test_the_report_judges_the_quality_target(final, verdict):
     assert [line for line in lines if line.startswith("Target")][0].endswith(f": {verdict}.")
     assert not any(line.startswith("Target") for line in section("digits",
                                                                   _one_seed_quality(0.9, 0.95, 1)))
+
+
+def test_ablations_go_on_from_earlier_results(quick, tmp_path):
+    """Variants made from the same recipe and teacher are kept; `--variants` runs just those
+    named; each finished variant is saved at once."""
+    tmp, data = quick
+    results = tmp_path / "r.json"
+    data = json.loads(json.dumps(data))  # the fixture's copy stays whole
+    del data["ablations"]["digits"]["no input noise"]
+    results.write_text(json.dumps(data))
+    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
+    bench = main.__globals__  # the module's namespace (run_path returns a copy of it)
+    ran, cut = [], []
+
+    def fake_run(config, folder):
+        ran.append(folder.name)
+        if cut and folder.name in cut:
+            raise KeyboardInterrupt
+        return {"run_dir": str(folder), "final_top1": 0.5, "teacher_top1": 0.4,
+                "rounds": [{"student_top1": 0.5, "pseudo_label_accuracy": 0.6}]}
+
+    bench["noisy_student"] = fake_run
+    args = ["ablations", "--quick", "--dataset", "digits", "--results", str(results),
+            "--markdown", str(tmp_path / "B.md"), "--work", str(tmp / "work")]
+    assert bench["main"](args + ["--variants", "no model noise"]) == 0
+    assert ran == []  # kept from the earlier run; the missing variant was not asked for
+    assert "no input noise" not in json.loads(results.read_text())["ablations"]["digits"]
+    assert bench["main"](args + ["--variants", "no input noise"]) == 0
+    assert ran == ["no_input_noise"]
+    after = json.loads(results.read_text())["ablations"]["digits"]
+    assert after["no input noise"]["final_top1"] == 0.5
+    assert after["no model noise"] == data["ablations"]["digits"]["no model noise"]
+    # a changed teacher invalidates every variant: the run starts over, and is cut off in its
+    # second variant after the first was saved
+    teacher = Path(after["recipe"]["run_dir"]) / "teacher" / "model.safetensors"
+    saved, cut[:] = teacher.read_bytes(), ["no_model_noise"]
+    try:
+        teacher.write_bytes(saved + b"changed")
+        with pytest.raises(KeyboardInterrupt):
+            bench["main"](args)
+    finally:
+        teacher.write_bytes(saved)
+    assert ran == ["no_input_noise", "no_input_noise", "no_model_noise"]
+    after = json.loads(results.read_text())["ablations"]["digits"]
+    assert set(after) == {"recipe", "no input noise"}
+    old_sha = data["ablations"]["digits"]["no model noise"]["made_from"]["teacher_sha256"]
+    assert after["no input noise"]["made_from"]["teacher_sha256"] != old_sha

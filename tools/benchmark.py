@@ -1,7 +1,7 @@
 """Benchmarks: what unlabeled images buy (quality) and what the framework costs (speed).
 
     python tools/benchmark.py quality [--dataset fashion_mnist|digits|both] [--seeds 0 1 2]
-    python tools/benchmark.py ablations [--dataset ...]
+    python tools/benchmark.py ablations [--dataset ...] [--variants NAME ...]
     python tools/benchmark.py speed
     python tools/benchmark.py all            # quality + ablations + speed, then the report
     python tools/benchmark.py report         # BENCHMARKS.md and the plot from the results
@@ -24,6 +24,8 @@ Quality, per data set and seed, from the data set's recipe (same seed, same spli
 
 A data set's seeds accumulate in the results across invocations (`--seeds 1` adds seed 1) as
 long as the recipe's config, seed aside, is the same; a changed recipe starts the list afresh.
+Ablation variants accumulate the same way (saved one by one, kept while the recipe and its
+round 0 teacher are the same), so long ablations can be spread over several invocations.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +50,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from noisy_student.checkpoint import load_json, save_json  # noqa: E402
-from noisy_student.config import Config  # noqa: E402
+from noisy_student.checkpoint import file_sha256, load_json, save_json  # noqa: E402
+from noisy_student.config import Config, ConfigError  # noqa: E402
 from noisy_student.data import NoisedDataset, load_source, make_splits  # noqa: E402
 from noisy_student.evaluate import classification_metrics  # noqa: E402
 from noisy_student.inference import predict_logits  # noqa: E402
@@ -192,9 +194,19 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def normalized(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored config as today's `Config` reads it (keys added since then take their defaults,
+    which keep the old behaviour), or `None` when it no longer loads."""
+    try:
+        return json.loads(Config.from_dict(config).to_json())
+    except ConfigError:
+        return None
+
+
 def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two seeds' configs differ in the seed alone."""
-    return {**a, "seed": None} == {**b, "seed": None}
+    a, b = normalized(a), normalized(b)
+    return a is not None and {**a, "seed": None} == {**b, "seed": None}
 
 
 def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
@@ -211,16 +223,24 @@ def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
 
 
 def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | None = None,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, only: list[str] | None = None,
+              earlier: dict[str, Any] | None = None,
+              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The recipe against one change at a time. Every variant's students learn from the recipe
-    run's round 0 teacher (loaded, not retrained), so only the student side differs. `recipe`:
-    that run's results when the quality benchmark made it (same config and seed), so that
-    `ablations` after `quality` trains only the variants."""
+    run's round 0 teacher (loaded, not retrained), so only the student side differs.
+
+    `recipe`: that run's results when the quality benchmark made it (same config and seed), so
+    that `ablations` after `quality` trains only the variants. A variant in `earlier` (this data
+    set's ablation results) made from the same recipe config, overrides and teacher weights is
+    kept, not run again; `only` runs just the variants named. `save` gets the results after
+    every variant, so that an interrupted run loses one variant at most and the next run goes
+    on from there."""
     base = recipe_config(dataset, quick, [f"seed={seed}"])
     if recipe is None:
         folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / "recipe"
         recipe = noisy_student(base, folder)
     teacher = Path(recipe["run_dir"]) / "teacher" / "model.safetensors"
+    made_from = {"recipe": normalized(base.to_dict()), "teacher_sha256": file_sha256(teacher)}
     variants = dict(ABLATIONS)
     variants["student equal to teacher"] = [f"model.ladder={json.dumps([base.model.ladder[0]])}"]
     results = {"recipe": recipe}
@@ -229,22 +249,36 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
         if config.to_dict() == base.to_dict():
             results[name] = {"same_as_recipe": True, **recipe}
             continue
+        key = {**made_from, "overrides": overrides}
+        old = (earlier or {}).get(name, {}).get("made_from")
+        if old and {**old, "recipe": normalized(old["recipe"])} == key:
+            results[name] = earlier[name]
+            continue
+        if only is not None and name not in only:
+            continue
         print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
         config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
                                         "train.teacher_epochs=0"])
         folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / name.replace(" ", "_")
-        results[name] = {"overrides": overrides, **noisy_student(config, folder)}
+        results[name] = {"overrides": overrides, "made_from": key,
+                         **noisy_student(config, folder)}
+        if save is not None:
+            save({dataset: results})
     return {dataset: results}
 
 
 def quality_run(earlier: dict[str, Any], config: Config, seed: int = 0) -> dict[str, Any] | None:
     """The quality benchmark's loop for `config` and `seed` from `earlier` results (one data set's),
-    if its teacher is still on disk: the ablations' recipe row and teacher, not trained again."""
-    same = json.loads(json.dumps(config.to_dict()))
+    if its run directory still holds that run (its teacher, and its own config.json equal to
+    `config`): the ablations' recipe row and teacher, not trained again."""
+    same = normalized(config.to_dict())
     for s in earlier.get("seeds", []):
-        ns = s["noisy_student"]
-        if (s["seed"] == seed and s["command"] == same
-                and (Path(ns["run_dir"]) / "teacher" / "model.safetensors").is_file()):
+        ns, run_dir = s["noisy_student"], Path(s["noisy_student"]["run_dir"])
+        if s["seed"] != seed or normalized(s["command"]) != same:
+            continue
+        made = normalized(load_json(run_dir / "config.json")) if (
+            run_dir / "teacher" / "model.safetensors").is_file() else None
+        if made is not None and {**made, "out": same["out"]} == same:
             return ns
     return None
 
@@ -281,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=["digits", "fashion_mnist", "both"], default="both")
     p.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (one with --quick)")
     p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
+    p.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), metavar="NAME",
+                   help="ablations: run only these (others are kept from earlier results "
+                        "while the recipe and its teacher are the same)")
     p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
     p.add_argument("--work", type=Path, default=WORK,
                    help="where the runs go (default: %(default)s)")
@@ -297,11 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         made = quality(args.work, datasets, seeds, args.quick, earlier)
         merge(path, "quality", made, command)
     if args.what in ("ablations", "all"):
-        done = load_json(path).get("quality", {}) if path.is_file() else {}
+        done = load_json(path) if path.is_file() else {}
         for dataset in datasets:  # the recipe row: this or an earlier quality run's seed 0
-            recipe = quality_run(done.get(dataset, {}), recipe_config(dataset, args.quick,
-                                                                      ["seed=0"]))
-            merge(path, "ablations", ablations(args.work, dataset, args.quick, recipe), command)
+            recipe = quality_run(done.get("quality", {}).get(dataset, {}),
+                                 recipe_config(dataset, args.quick, ["seed=0"]))
+            merge(path, "ablations", ablations(
+                args.work, dataset, args.quick, recipe, only=args.variants,
+                earlier=done.get("ablations", {}).get(dataset),
+                save=lambda part: merge(path, "ablations", part, command)), command)
     if args.what in ("speed", "all"):
         digits_run = ns_dir(args.work, "digits", 0, args.quick)
         merge(path, "speed", bench_speed.measure(
