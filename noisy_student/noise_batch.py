@@ -136,7 +136,8 @@ def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
 
 def _autocontrast(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     lo, hi = y.amin((2, 3), keepdim=True), y.amax((2, 3), keepdim=True)
-    return torch.where(hi > lo, torch.floor((y - lo) * 255.0 / (hi - lo).clamp_min(1)), y)  # PIL: int()
+    # floor, as PIL's int()
+    return torch.where(hi > lo, torch.floor((y - lo) * 255.0 / (hi - lo).clamp_min(1)), y)
 
 
 def _equalize(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -102,8 +102,9 @@ def speed_section(sp: dict[str, Any]) -> list[str]:
                  f"< {WAIT_TARGET}", _ok(nz["data_wait_fraction"] < WAIT_TARGET)]]
         if "torch_backend" in nz:  # noise.backend = "torch": whole batches on the device
             tb = nz["torch_backend"]
+            supply = tb["noise_images_per_second"] / nz["train_consumes_images_per_second"]
             rows += [["noise, torch backend (whole batches): supply / training demand",
-                      f"{tb['noise_images_per_second'] / nz['train_consumes_images_per_second']:.3f}",
+                      f"{supply:.3f}",
                       f"{tb['noise_images_per_second']:.0f} / "
                       f"{nz['train_consumes_images_per_second']:.0f} img/s", "", ""],
                      ["noised training, torch backend: noise share of the step time",
