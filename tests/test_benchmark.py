@@ -50,11 +50,12 @@ def test_every_figure_is_present_and_finite(quick):
             "student equal to teacher"} <= set(ablations)
     assert all(0 <= a["final_top1"] <= 1 for a in ablations.values())
     assert ablations["recipe"]["run_dir"] == seed["noisy_student"]["run_dir"]  # not trained twice
+    assert ablations["recipe"]["seed"] == 0
     split = data["speed"]["round_split"]
     assert set(split["seconds"]) == {"pseudo_label", "train", "evaluate", "checkpoint"}
     assert sum(split["share"].values()) == pytest.approx(1.0)
     text = (tmp / "B.md").read_text()
-    assert "gap closed" in text and "Speed on cpu" in text and "Ablations: digits" in text
+    assert "gap closed" in text and "Speed on cpu" in text and "Ablations: digits (seed 0)" in text
     assert (tmp / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -80,27 +81,42 @@ def test_ratios_come_from_measured_times(quick):
 
 
 def test_ablations_reuse_the_quality_run_of_the_same_recipe(tmp_path):
-    """`ablations` after `quality` takes seed 0's loop (and its teacher) instead of training the
-    recipe again, but only for the same config, while its run directory still holds that run."""
+    """`ablations` after `quality` takes a seed's loop (and its teacher) instead of training the
+    recipe again, but only for the same config, while its run directory still holds that run;
+    the seed earlier variants used comes first, then the lowest."""
     bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
-    config = bench["recipe_config"]("digits", True, ["seed=0"])
-    run_dir = tmp_path / "ns"
-    command = json.loads(json.dumps(config.to_dict()))
-    del command["noise"]["backend"]  # stored before the key existed: its default applies
-    seed0 = {"seed": 0, "command": command,
-             "noisy_student": {"run_dir": str(run_dir), "final_top1": 0.9}}
-    earlier = {"seeds": [{**seed0, "seed": 1}, seed0]}
-    (run_dir / "teacher").mkdir(parents=True)
-    (run_dir / "config.json").write_text(config.with_overrides([f'out="{run_dir}"']).to_json())
-    assert bench["quality_run"](earlier, config) is None  # no teacher on disk: train it again
-    (run_dir / "teacher" / "model.safetensors").write_bytes(b"weights")
-    assert bench["quality_run"](earlier, config) == seed0["noisy_student"]
-    # the folder was overwritten by a run of another recipe: its teacher is not this one
-    (run_dir / "config.json").write_text(config.with_overrides(["train.epochs=3"]).to_json())
-    assert bench["quality_run"](earlier, config) is None
-    (run_dir / "config.json").write_text(config.with_overrides([f'out="{run_dir}"']).to_json())
-    assert bench["quality_run"](earlier, config, seed=1) == seed0["noisy_student"]
-    assert bench["quality_run"](earlier, config, seed=2) is None
+    config = bench["recipe_config"]("digits", True)
+    seeds = {}
+    for seed in (2, 0, 1):
+        run_dir, made = tmp_path / f"ns{seed}", config.with_overrides([f"seed={seed}"])
+        command = json.loads(json.dumps(made.to_dict()))
+        del command["noise"]["backend"]  # stored before the key existed: its default applies
+        seeds[seed] = {"seed": seed, "command": command,
+                       "noisy_student": {"run_dir": str(run_dir), "final_top1": seed / 10}}
+        (run_dir / "teacher").mkdir(parents=True)
+        (run_dir / "config.json").write_text(made.with_overrides([f'out="{run_dir}"']).to_json())
+    earlier = {"seeds": list(seeds.values())}
+
+    def found(**kw):
+        row = bench["quality_run"](earlier, config, **kw)
+        return None if row is None else (row["seed"], row["final_top1"])
+
+    assert found() is None  # no teacher on disk: train it again
+    for seed in (2, 1):
+        (tmp_path / f"ns{seed}" / "teacher" / "model.safetensors").write_bytes(b"weights")
+    assert found() == (1, 0.1)
+    assert found(prefer=2) == (2, 0.2)
+    assert found(prefer=0) == (1, 0.1)  # seed 0's teacher is gone
+    # seed 1's folder was overwritten by a run of another recipe: its teacher is not this one
+    (tmp_path / "ns1" / "config.json").write_text(
+        config.with_overrides(["seed=1", "train.epochs=3"]).to_json())
+    assert found() == (2, 0.2)
+    (tmp_path / "ns2" / "config.json").write_text(  # or by another seed of this recipe
+        config.with_overrides(["seed=0", f'out="{tmp_path / "ns2"}"']).to_json())
+    assert found() is None
+    (tmp_path / "ns2" / "config.json").write_text(
+        config.with_overrides(["seed=2", f'out="{tmp_path / "ns2"}"']).to_json())
+    assert found() == (2, 0.2)
     changed = config.with_overrides(["train.epochs=3"])
     assert bench["quality_run"](earlier, changed) is None  # another recipe: not comparable
     assert bench["quality_run"]({}, config) is None

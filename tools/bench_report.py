@@ -72,7 +72,7 @@ def ablation_section(name: str, a: dict[str, Any]) -> list[str]:
                      pct(r["final_top1"]),
                      "" if variant == "recipe" else f"{100 * (r['final_top1'] - base):+.2f}",
                      " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"])])
-    return [f"### Ablations: {name} (seed 0)", "",
+    return [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)})", "",
             *table(["variant", "students by round", "final", "vs recipe (pts)",
                     "pseudo-label accuracy by round"], rows)]
 

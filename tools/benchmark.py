@@ -239,6 +239,7 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
     if recipe is None:
         folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / "recipe"
         recipe = noisy_student(base, folder)
+    recipe = {**recipe, "seed": seed}
     teacher = Path(recipe["run_dir"]) / "teacher" / "model.safetensors"
     made_from = {"recipe": normalized(base.to_dict()), "teacher_sha256": file_sha256(teacher)}
     variants = dict(ABLATIONS)
@@ -267,19 +268,21 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
     return {dataset: results}
 
 
-def quality_run(earlier: dict[str, Any], config: Config, seed: int = 0) -> dict[str, Any] | None:
-    """The quality benchmark's loop for `config` and `seed` from `earlier` results (one data set's),
-    if its run directory still holds that run (its teacher, and its own config.json equal to
-    `config`): the ablations' recipe row and teacher, not trained again."""
-    same = normalized(config.to_dict())
-    for s in earlier.get("seeds", []):
+def quality_run(earlier: dict[str, Any], config: Config,
+                prefer: int | None = None) -> dict[str, Any] | None:
+    """A loop of the quality benchmark for `config` (seed aside) from `earlier` results (one data
+    set's) whose run directory still holds that run (its teacher, and its own config.json equal
+    to the one stored): the ablations' recipe row and teacher, not trained again. Seed `prefer`
+    first (the one earlier variants were made with), then the lowest; the row names its seed."""
+    for s in sorted(earlier.get("seeds", []), key=lambda s: (s["seed"] != prefer, s["seed"])):
         ns, run_dir = s["noisy_student"], Path(s["noisy_student"]["run_dir"])
-        if s["seed"] != seed or normalized(s["command"]) != same:
+        if not same_recipe(s["command"], config.to_dict()):
             continue
         made = normalized(load_json(run_dir / "config.json")) if (
             run_dir / "teacher" / "model.safetensors").is_file() else None
-        if made is not None and {**made, "out": same["out"]} == same:
-            return ns
+        stored = normalized(s["command"])
+        if made is not None and {**made, "out": stored["out"]} == stored:
+            return {**ns, "seed": s["seed"]}
     return None
 
 
@@ -335,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
         merge(path, "quality", made, command)
     if args.what in ("ablations", "all"):
         done = load_json(path) if path.is_file() else {}
-        for dataset in datasets:  # the recipe row: this or an earlier quality run's seed 0
+        for dataset in datasets:  # the recipe row: a quality run's loop, else trained anew
+            earlier = done.get("ablations", {}).get(dataset, {})
+            seed = earlier.get("recipe", {}).get("seed")
             recipe = quality_run(done.get("quality", {}).get(dataset, {}),
-                                 recipe_config(dataset, args.quick, ["seed=0"]))
+                                 recipe_config(dataset, args.quick), prefer=seed)
+            seed = recipe["seed"] if recipe else seed or 0
             merge(path, "ablations", ablations(
-                args.work, dataset, args.quick, recipe, only=args.variants,
-                earlier=done.get("ablations", {}).get(dataset),
+                args.work, dataset, args.quick, recipe, seed=seed, only=args.variants,
+                earlier=earlier,
                 save=lambda part: merge(path, "ablations", part, command)), command)
     if args.what in ("speed", "all"):
         digits_run = ns_dir(args.work, "digits", 0, args.quick)
