@@ -145,6 +145,8 @@ def test_the_report_judges_the_quality_target(final, verdict):
     section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["quality_section"]
     lines = section("fashion_mnist", _one_seed_quality(0.85, final, 0.91))  # +5 / +3 pts
     assert [line for line in lines if line.startswith("Target")][0].endswith(f": {verdict}.")
+    assert "gap to full supervision is 6.00 points" in "".join(lines)
+    assert "gain asked for is 83% of it and the share asked for is 3.60 points" in "".join(lines)
     assert not any(line.startswith("Target") for line in section("digits",
                                                                   _one_seed_quality(0.9, 0.95, 1)))
 

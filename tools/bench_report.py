@@ -45,9 +45,14 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
     if name in QUALITY_TARGETS and "gap_closed" in s:
         gain, closed = QUALITY_TARGETS[name]
         met = s["gain"]["mean"] >= gain and s["gap_closed"]["mean"] >= closed
+        gap = s["supervised"]["mean"] - s["labels_only"]["mean"]
         lines += [f"Target: a gain of at least {100 * gain:.0f} points and at least "
                   f"{100 * closed:.0f}% of the gap closed (mean over seeds): "
                   f"{_ok(met)}.", ""]
+        if gap > 0:
+            lines += [f"The gap to full supervision is {100 * gap:.2f} points, so the gain asked "
+                      f"for is {100 * gain / gap:.0f}% of it and the share asked for is "
+                      f"{100 * closed * gap:.2f} points.", ""]
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
     per = [[str(x["seed"]), pct(x["labels_only"]["top1"]),
