@@ -163,7 +163,7 @@ def test_ablations_go_on_from_earlier_results(quick, tmp_path):
     bench = main.__globals__  # the module's namespace (run_path returns a copy of it)
     ran, cut = [], []
 
-    def fake_run(config, folder):
+    def fake_run(config, folder, resume=True):
         ran.append(folder.name)
         if cut and folder.name in cut:
             raise KeyboardInterrupt
@@ -196,3 +196,47 @@ def test_ablations_go_on_from_earlier_results(quick, tmp_path):
     assert set(after) == {"recipe", "no input noise"}
     old_sha = data["ablations"]["digits"]["no model noise"]["made_from"]["teacher_sha256"]
     assert after["no input noise"]["made_from"]["teacher_sha256"] != old_sha
+
+
+def test_quality_again_resumes_the_loop_and_keeps_the_baselines(quick, tmp_path):
+    """A second `quality` over the same work folder continues the finished loop (nothing is
+    trained again) and keeps the baselines, which are the same experiment."""
+    tmp, data = quick
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(data))
+    student = Path(data["quality"]["digits"]["seeds"][0]["noisy_student"]["run_dir"]) / "round_0"
+    before = {f.name: f.stat().st_mtime_ns for f in student.iterdir()}
+    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
+    assert main(["quality", "--quick", "--dataset", "digits", "--results", str(results),
+                 "--markdown", str(tmp_path / "B.md"), "--work", str(tmp / "work")]) == 0
+    assert {f.name: f.stat().st_mtime_ns for f in student.iterdir()} == before
+    old, new = data["quality"]["digits"]["seeds"][0], json.loads(
+        results.read_text())["quality"]["digits"]["seeds"][0]
+    assert new["noisy_student"] == old["noisy_student"]
+    for key in ("labels_only", "supervised"):
+        assert new[key] == {**old[key], "kept": True}
+
+
+def test_a_baseline_is_kept_only_for_the_same_experiment():
+    """Labels-only and supervised do not use the teacher's side of the recipe: a change there
+    keeps them; a change in what they train (noise, architecture, steps, seed) does not."""
+    bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
+    keep = bench["earlier_baseline"]
+    config = bench["recipe_config"]("fashion_mnist", False, ["seed=1"])
+    command = json.loads(json.dumps(config.to_dict()))
+    del command["noise"]["backend"]  # stored before the key existed: its default applies
+    old = {"command": command,
+           "labels_only": {"top1": 0.85, "images": 1000, "batch": 64, "steps": 2464}}
+    assert keep(old, "labels_only", config, 1000, 2464, 64) == {**old["labels_only"],
+                                                                "kept": True}
+    assert keep(old, "labels_only", config, 1000, 2460, 64)  # rounds to the same 154 epochs
+    ladder = json.dumps(["cnn_medium(stem_stride=2)"] * 3)
+    for teacher_side in (f"model.ladder={ladder}", "train.teacher_epochs=150",
+                         "pseudo_label.threshold=0.5", "train.epochs=9"):
+        assert keep(old, "labels_only", config.with_overrides([teacher_side]), 1000, 2464, 64)
+    for trained in ("noise.magnitude=5", "model.drop_rate=0.3", "seed=2", "train.lr=0.1",
+                    'model.ladder=["cnn_small", "cnn_medium(stem_stride=2)", "cnn_small"]'):
+        assert keep(old, "labels_only", config.with_overrides([trained]), 1000, 2464, 64) is None
+    assert keep(old, "labels_only", config, 1000, 2480, 64) is None  # 155 epochs
+    assert keep(old, "labels_only", config, 1000, 2464, 32) is None
+    assert keep(None, "labels_only", config, 1000, 2464, 64) is None

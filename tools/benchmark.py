@@ -59,6 +59,7 @@ from noisy_student.ladder import build_model  # noqa: E402
 from noisy_student.loop import run  # noqa: E402
 from noisy_student.losses import build_student_loss  # noqa: E402
 from noisy_student.noise_batch import build_student_noise  # noqa: E402
+from noisy_student.run_dir import config_diff  # noqa: E402
 from noisy_student.tracking import Tracker  # noqa: E402
 from noisy_student.train import resolve_device, train_model  # noqa: E402
 
@@ -102,8 +103,7 @@ def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, ste
     model = build_model(c, c.rounds, splits)
     noise, batch_noise = build_student_noise(c.noise, splits.channels)  # as the loop's students
     data = NoisedDataset(images, labels, noise, splits.mean, splits.std, c.seed)
-    batch = min(batch, len(data))
-    epochs = max(1, round(steps / math.ceil(len(data) / batch)))
+    batch, epochs = plan(len(data), steps, batch)
     loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
                               1.0, 0.0, with_pseudo=False)
     device = resolve_device(c.train.device)
@@ -123,10 +123,17 @@ def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, ste
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def noisy_student(config: Config, out: Path) -> dict[str, Any]:
-    """The recipe's loop; per-round test top-1, pseudo-label accuracy, steps and timing."""
-    start = time.perf_counter()
-    summary = run(config.with_overrides([f'out="{out}"']), overwrite=True)
+def noisy_student(config: Config, out: Path, resume: bool = True) -> dict[str, Any]:
+    """The recipe's loop; per-round test top-1, pseudo-label accuracy, steps and timing. With
+    `resume`, a run of the same config already in `out` is continued: finished rounds are
+    loaded, so an interrupted benchmark goes on where it stopped. Seconds: the loop's own,
+    teacher and rounds (those of a finished run as they were measured)."""
+    config = config.with_overrides([f'out="{out}"'])
+    saved = out / "config.json"
+    same = resume and saved.is_file() and (normalized(load_json(saved))
+                                           == normalized(config.to_dict()))
+    changed = tuple(config_diff(load_json(saved), config.to_dict())) if same else ()
+    summary = run(config, overwrite=not same, resume=same, allow_config_change=changed)
     rounds = []
     for r in summary["rounds"]:
         metrics = load_json(out / f"round_{r['round']}" / "metrics.json")
@@ -135,31 +142,67 @@ def noisy_student(config: Config, out: Path) -> dict[str, Any]:
                        "pseudo_label_accuracy": r["pseudo_label_accuracy"],
                        "pseudo_labels_kept": r["pseudo_labels_kept"],
                        "steps": metrics["train"][-1]["step"], "timing": metrics["timing"]})
+    seconds = summary["teacher"]["seconds"] + sum(r["seconds"] for r in summary["rounds"])
     return {"teacher_top1": summary["teacher"]["top1"], "teacher": summary["teacher"]["model"],
             "final_top1": rounds[-1]["student_top1"], "rounds": rounds,
-            "seconds": round(time.perf_counter() - start, 1), "run_dir": str(out)}
+            "seconds": round(seconds, 1), "run_dir": str(out)}
 
 
 def ns_dir(work: Path, dataset: str, seed: int, quick: bool) -> Path:
     return work / f"{'quick-' if quick else ''}{dataset}-seed{seed}" / "noisy_student"
 
 
-def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, Any]:
-    """One seed: the loop, then labels-only and fully supervised on the same splits."""
+def baseline_settings(config: Config) -> dict[str, Any]:
+    """What a baseline depends on besides its data and steps: the recipe's config without the
+    teacher's side (earlier rungs of the ladder, pseudo-labels, epochs of the loop)."""
+    c = normalized(config.to_dict())
+    c["model"]["ladder"] = [config.model_for(config.rounds)]
+    train = {k: v for k, v in c["train"].items() if k not in ("teacher_epochs", "epochs")}
+    return {"model": c["model"], "noise": c["noise"], "data": c["data"], "loss": c["loss"],
+            "train": train, "seed": c["seed"]}
+
+
+def plan(images: int, steps: int, batch: int) -> tuple[int, int]:
+    """(batch, epochs) of a baseline of about `steps` steps of `batch` over `images`."""
+    batch = min(batch, images)
+    return batch, max(1, round(steps / math.ceil(images / batch)))
+
+
+def earlier_baseline(old: dict[str, Any] | None, key: str, config: Config, images: int,
+                     steps: int, batch: int) -> dict[str, Any] | None:
+    """Baseline `key` of `old` (this seed's earlier results) when it is the same experiment:
+    same settings (`baseline_settings`), images, batch and epochs. The teacher's side of the
+    recipe may have changed since: a baseline does not use it."""
+    if old is None or normalized(old["command"]) is None:
+        return None
+    was, (b, epochs) = old[key], plan(images, steps, batch)
+    same = (baseline_settings(Config.from_dict(old["command"])) == baseline_settings(config)
+            and (was["images"], was["batch"], was["steps"])
+            == (images, b, epochs * math.ceil(images / b)))
+    return {**was, "kept": True} if same else None
+
+
+def quality_one(work: Path, dataset: str, seed: int, quick: bool,
+                old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One seed: the loop, then labels-only and fully supervised on the same splits (kept from
+    `old`, this seed's earlier results, when they are the same experiment)."""
     config = recipe_config(dataset, quick, [f"seed={seed}"])
     ns = noisy_student(config, ns_dir(work, dataset, seed, quick))
     splits = make_splits(load_source(config.data), config.data, seed)
     b_lab = config.train.batch_size
     b_step = b_lab * (1 + config.train.unlabeled_ratio)
-    labels_only = train_supervised(config, splits.labeled.images, splits.labeled.labels,
-                                   ns["rounds"][-1]["steps"], b_lab, splits, "labels-only")
+    steps = ns["rounds"][-1]["steps"]
+    labels_only = earlier_baseline(old, "labels_only", config, len(splits.labeled), steps,
+                                   b_lab) or train_supervised(
+        config, splits.labeled.images, splits.labeled.labels, steps, b_lab, splits,
+        "labels-only")
     if splits.unlabeled.labels is None:
         raise SystemExit(f"{dataset}: the unlabeled pool has no hidden labels to supervise with")
     everything = len(splits.labeled) + len(splits.unlabeled)
-    steps = ns["rounds"][-1]["steps"]
     if not quick:
         steps = max(steps, SUPERVISED_EPOCHS * math.ceil(everything / b_step))
-    supervised = train_supervised(
+    supervised = earlier_baseline(old, "supervised", config, everything, steps,
+                                  b_step) or train_supervised(
         config, np.concatenate([splits.labeled.images, splits.unlabeled.images]),
         np.concatenate([splits.labeled.labels, splits.unlabeled.labels]),
         steps, b_step, splits, "supervised")
@@ -214,8 +257,9 @@ def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
     """Per data set: the new seeds, plus `earlier` results' seeds made with the same recipe."""
     results = {}
     for dataset in datasets:
-        per_seed = [quality_one(work, dataset, seed, quick) for seed in seeds]
-        kept = [s for s in earlier.get(dataset, {}).get("seeds", [])
+        old = {s["seed"]: s for s in earlier.get(dataset, {}).get("seeds", [])}
+        per_seed = [quality_one(work, dataset, seed, quick, old.get(seed)) for seed in seeds]
+        kept = [s for s in old.values()
                 if s["seed"] not in seeds and same_recipe(s["command"], per_seed[0]["command"])]
         per_seed = sorted(kept + per_seed, key=lambda s: s["seed"])
         results[dataset] = {"seeds": per_seed, "summary": summarize(per_seed)}
@@ -261,8 +305,13 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
         config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
                                         "train.teacher_epochs=0"])
         folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / name.replace(" ", "_")
+        # the config names the teacher's file, not its weights: an interrupted variant is
+        # continued only if it was made from the same (recorded beside its folder)
+        marker = folder.with_name(folder.name + ".made_from.json")
+        again = marker.is_file() and load_json(marker) == json.loads(json.dumps(key))
+        save_json(marker, key)
         results[name] = {"overrides": overrides, "made_from": key,
-                         **noisy_student(config, folder)}
+                         **noisy_student(config, folder, resume=again)}
         if save is not None:
             save({dataset: results})
     return {dataset: results}
