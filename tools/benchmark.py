@@ -24,6 +24,8 @@ Quality, per data set and seed, from the data set's recipe (same seed, same spli
 
 A data set's seeds accumulate in the results across invocations (`--seeds 1` adds seed 1) as
 long as the recipe's config, seed aside, is the same; a changed recipe starts the list afresh.
+A seed goes on where it stopped (its run directory is resumed when it holds the same config),
+and keeps its earlier baselines while they are the same experiment (`earlier_baseline`).
 Ablation variants accumulate the same way (saved one by one, kept while the recipe and its
 round 0 teacher are the same), so long ablations can be spread over several invocations.
 """
