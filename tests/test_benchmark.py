@@ -3,6 +3,7 @@
 import json
 import math
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -199,20 +200,22 @@ def test_ablations_go_on_from_earlier_results(quick, tmp_path):
 
 
 def test_quality_again_resumes_the_loop_and_keeps_the_baselines(quick, tmp_path):
-    """A second `quality` over the same work folder continues the finished loop (nothing is
-    trained again) and keeps the baselines, which are the same experiment."""
+    """A second `quality` continues the finished loop (nothing is trained again), even from a
+    run directory moved elsewhere, and keeps the baselines, which are the same experiment."""
     tmp, data = quick
     results = tmp_path / "r.json"
     results.write_text(json.dumps(data))
-    student = Path(data["quality"]["digits"]["seeds"][0]["noisy_student"]["run_dir"]) / "round_0"
-    before = {f.name: f.stat().st_mtime_ns for f in student.iterdir()}
+    old = data["quality"]["digits"]["seeds"][0]
+    moved = tmp_path / "work" / Path(old["noisy_student"]["run_dir"]).parent.name
+    shutil.copytree(Path(old["noisy_student"]["run_dir"]).parent, moved)
+    before = {f: f.stat().st_mtime_ns for f in (moved / "noisy_student").rglob("*.safetensors")}
     main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
     assert main(["quality", "--quick", "--dataset", "digits", "--results", str(results),
-                 "--markdown", str(tmp_path / "B.md"), "--work", str(tmp / "work")]) == 0
-    assert {f.name: f.stat().st_mtime_ns for f in student.iterdir()} == before
-    old, new = data["quality"]["digits"]["seeds"][0], json.loads(
-        results.read_text())["quality"]["digits"]["seeds"][0]
-    assert new["noisy_student"] == old["noisy_student"]
+                 "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]) == 0
+    assert before and {f: f.stat().st_mtime_ns for f in before} == before
+    new = json.loads(results.read_text())["quality"]["digits"]["seeds"][0]
+    assert new["noisy_student"] == {**old["noisy_student"],
+                                    "run_dir": str(moved / "noisy_student")}
     for key in ("labels_only", "supervised"):
         assert new[key] == {**old[key], "kept": True}
 

@@ -132,8 +132,7 @@ def noisy_student(config: Config, out: Path, resume: bool = True) -> dict[str, A
     teacher and rounds (those of a finished run as they were measured)."""
     config = config.with_overrides([f'out="{out}"'])
     saved = out / "config.json"
-    same = resume and saved.is_file() and (normalized(load_json(saved))
-                                           == normalized(config.to_dict()))
+    same = resume and saved.is_file() and same_run(load_json(saved), config.to_dict())
     changed = tuple(config_diff(load_json(saved), config.to_dict())) if same else ()
     summary = run(config, overwrite=not same, resume=same, allow_config_change=changed)
     rounds = []
@@ -248,6 +247,13 @@ def normalized(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two configs make the same run, wherever it is (a moved run directory's config
+    names its old place)."""
+    a, b = normalized(a), normalized(b)
+    return a is not None and {**a, "out": None} == {**b, "out": None}
+
+
 def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two seeds' configs differ in the seed alone."""
     a, b = normalized(a), normalized(b)
@@ -329,10 +335,8 @@ def quality_run(earlier: dict[str, Any], config: Config,
         ns, run_dir = s["noisy_student"], Path(s["noisy_student"]["run_dir"])
         if not same_recipe(s["command"], config.to_dict()):
             continue
-        made = normalized(load_json(run_dir / "config.json")) if (
-            run_dir / "teacher" / "model.safetensors").is_file() else None
-        stored = normalized(s["command"])
-        if made is not None and {**made, "out": stored["out"]} == stored:
+        if (run_dir / "teacher" / "model.safetensors").is_file() and same_run(
+                load_json(run_dir / "config.json"), s["command"]):
             return {**ns, "seed": s["seed"]}
     return None
 
