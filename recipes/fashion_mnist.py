@@ -24,16 +24,19 @@ def make_config() -> Config:
         # noise.backend="torch" (no worker) with 10 epochs a round: 83.5 -> 86.1, 86.7 in 52
         # minutes, no better than this at 8 epochs (83.0 -> 86.0, 87.2; seed 0)
         data=DataConfig(source="fashion_mnist", labeled_per_class=100, num_workers=1),
-        # stem_stride=2: 28x28 -> 14x14 at the stem, a quarter of the compute (CPU-friendly)
-        model=ModelConfig(ladder=["cnn_small(stem_stride=2)", "cnn_medium(stem_stride=2)",
-                                  "cnn_medium(stem_stride=2)"],
+        # stem_stride=2: 28x28 -> 14x14 at the stem, a quarter of the compute (CPU-friendly).
+        # Students equal to the teacher, which is the labels-only baseline's network trained as
+        # long (150 epochs): the students learn no better than their pseudo-labels, so the
+        # teacher's accuracy carries through. A cnn_small teacher (100 epochs) gave 82.8% ->
+        # 85.6, 87.1; this one 85.2% -> 86.9, 87.8 in the same ~51 minutes (seed 1)
+        model=ModelConfig(ladder=["cnn_medium(stem_stride=2)"] * 3,
                           drop_rate=0.5, drop_path_rate=0.2),
         noise=NoiseConfig(num_ops=2, magnitude=9, flip=True, crop_padding=2),
         # hard labels beat soft ones here: round 0 student 84.7% vs 83.8% (same teacher, 4 epochs)
         pseudo_label=PseudoLabelConfig(kind="hard", threshold=0.3, balance=True),
         loss=LossConfig(distillation="hard", label_smoothing=0.1),
         train=TrainConfig(optimizer="sgd", lr=0.05, batch_size=64, unlabeled_ratio=3,
-                          teacher_epochs=100, epochs=8),
+                          teacher_epochs=150, epochs=8),
     )
 
 
