@@ -243,3 +243,34 @@ def test_a_baseline_is_kept_only_for_the_same_experiment():
     assert keep(old, "labels_only", config, 1000, 2480, 64) is None  # 155 epochs
     assert keep(old, "labels_only", config, 1000, 2464, 32) is None
     assert keep(None, "labels_only", config, 1000, 2464, 64) is None
+
+
+def test_the_student_size_ablation_is_the_other_choice_than_the_recipe(tmp_path):
+    """A recipe with larger students is ablated with students equal to the teacher, and one
+    with equal students with larger ones."""
+    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
+    bench = main.__globals__
+    teacher = tmp_path / "recipe" / "teacher" / "model.safetensors"
+    teacher.parent.mkdir(parents=True)
+    teacher.write_bytes(b"weights")
+    recipe = {"run_dir": str(tmp_path / "recipe"), "final_top1": 0.5}
+    ladders = {}
+
+    def fake_run(config, folder, resume=True):
+        ladders[folder.name] = [config.model_for(k) for k in range(config.rounds + 1)]
+        return {"run_dir": str(folder), "final_top1": 0.5}
+
+    bench["noisy_student"] = fake_run
+    size = ["student equal to teacher", "students larger than teacher"]
+    out = bench["ablations"](tmp_path, "digits", True, recipe, only=size)["digits"]
+    assert {k for k, v in out.items() if "overrides" in v} == {"student equal to teacher"}
+    assert ladders == {"student_equal_to_teacher": ["cnn_tiny", "cnn_tiny"]}
+    recipe_config = bench["recipe_config"]
+    bench["recipe_config"] = lambda dataset, quick, extra=(): recipe_config(
+        dataset, quick, [*extra, 'model.ladder=["cnn_tiny", "cnn_tiny"]'])
+    ladders.clear()
+    out = bench["ablations"](tmp_path, "digits", True, recipe, only=size)["digits"]
+    assert {k for k, v in out.items() if "overrides" in v} == {"students larger than teacher"}
+    assert ladders == {"students_larger_than_teacher": ["cnn_tiny", "cnn_small"]}
+    assert out["students larger than teacher"]["overrides"] == [
+        'model.ladder=["cnn_tiny", "cnn_small"]']
