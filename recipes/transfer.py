@@ -3,7 +3,7 @@
     python recipes/transfer.py --weights FILE [--head-only] [--set key=value ...]
 
 FILE is a `.safetensors` or torch state dict whose backbone matches the ladder (by default
-`cnn_small(stem_stride=2)` then `cnn_medium(stem_stride=2)`: e.g. an earlier run's
+`cnn_medium(stem_stride=2)` throughout: e.g. an earlier Fashion-MNIST run's
 `teacher/model.safetensors`); its head is not used. With a torchvision model in the ladder,
 `--weights` may instead name torchvision weights (`IMAGENET1K_V1`), and with a timm model
 (`--set 'model.ladder=["timm_model(arch=resnet18)"]'`, timm installed) timm weights
