@@ -230,19 +230,21 @@ def test_a_baseline_is_kept_only_for_the_same_experiment():
     del command["noise"]["backend"]  # stored before the key existed: its default applies
     old = {"command": command,
            "labels_only": {"top1": 0.85, "images": 1000, "batch": 64, "steps": 2464}}
-    assert keep(old, "labels_only", config, 1000, 2464, 64) == {**old["labels_only"],
-                                                                "kept": True}
-    assert keep(old, "labels_only", config, 1000, 2460, 64)  # rounds to the same 154 epochs
+    other = {"command": config.with_overrides(["noise.magnitude=5"]).to_dict(),
+             "labels_only": {"top1": 0.84, "images": 1000, "batch": 64, "steps": 2464}}
+    assert keep([other, old], "labels_only", config, 1000, 2464, 64) == {
+        **old["labels_only"], "kept": True}  # the first of the same experiment
+    assert keep([old], "labels_only", config, 1000, 2460, 64)  # the same 154 epochs
     ladder = json.dumps(["cnn_medium(stem_stride=2)"] * 3)
     for teacher_side in (f"model.ladder={ladder}", "train.teacher_epochs=150",
                          "pseudo_label.threshold=0.5", "train.epochs=9"):
-        assert keep(old, "labels_only", config.with_overrides([teacher_side]), 1000, 2464, 64)
+        assert keep([old], "labels_only", config.with_overrides([teacher_side]), 1000, 2464, 64)
     for trained in ("noise.magnitude=5", "model.drop_rate=0.3", "seed=2", "train.lr=0.1",
                     'model.ladder=["cnn_small", "cnn_medium(stem_stride=2)", "cnn_small"]'):
-        assert keep(old, "labels_only", config.with_overrides([trained]), 1000, 2464, 64) is None
-    assert keep(old, "labels_only", config, 1000, 2480, 64) is None  # 155 epochs
-    assert keep(old, "labels_only", config, 1000, 2464, 32) is None
-    assert keep(None, "labels_only", config, 1000, 2464, 64) is None
+        assert keep([old], "labels_only", config.with_overrides([trained]), 1000, 2464, 64) is None
+    assert keep([old], "labels_only", config, 1000, 2480, 64) is None  # 155 epochs
+    assert keep([old], "labels_only", config, 1000, 2464, 32) is None
+    assert keep([], "labels_only", config, 1000, 2464, 64) is None
 
 
 def test_the_student_size_ablation_is_the_other_choice_than_the_recipe(tmp_path):
@@ -274,3 +276,33 @@ def test_the_student_size_ablation_is_the_other_choice_than_the_recipe(tmp_path)
     assert ladders == {"students_larger_than_teacher": ["cnn_tiny", "cnn_small"]}
     assert out["students larger than teacher"]["overrides"] == [
         'model.ladder=["cnn_tiny", "cnn_small"]']
+
+
+def test_a_new_recipe_moves_the_old_seeds_aside_and_keeps_their_baselines(quick, tmp_path):
+    """A change on the teacher's side starts the seeds afresh; the old ones are kept under
+    earlier_recipes, and their baselines serve the new recipe without training."""
+    tmp, data = quick
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(data))
+    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
+    bench = main.__globals__
+    old = data["quality"]["digits"]["seeds"][0]
+    bench["noisy_student"] = lambda config, out, resume=True: {**old["noisy_student"],
+                                                               "final_top1": 0.99}
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a baseline was trained again")
+
+    bench["train_supervised"] = no_training
+    recipe_config = bench["recipe_config"]
+    bench["recipe_config"] = lambda dataset, quick, extra=(): recipe_config(
+        dataset, quick, [*extra, "pseudo_label.threshold=0.2"])
+    assert main(["quality", "--quick", "--dataset", "digits", "--results", str(results),
+                 "--markdown", str(tmp_path / "B.md"), "--work", str(tmp / "work")]) == 0
+    q = json.loads(results.read_text())["quality"]["digits"]
+    assert q["earlier_recipes"] == [old]
+    new = q["seeds"][0]
+    assert new["command"]["pseudo_label"]["threshold"] == 0.2
+    for key in ("labels_only", "supervised"):
+        assert new[key] == {**old[key], "kept": True}
+    assert new["gain"] == pytest.approx(0.99 - old["labels_only"]["top1"])

@@ -80,6 +80,7 @@ QUICK = {
                       "train.teacher_epochs=5", "train.epochs=1", "rounds=2"],
 }
 SUPERVISED_EPOCHS = 15  # full mode; --quick uses one round's steps
+EARLIER_RECIPES = 12  # seeds of replaced recipes kept in the results, newest first
 ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing noise hurts)
     "no input noise": ["noise.enabled=false"],
     "no model noise": ["model.drop_rate=0", "model.drop_path_rate=0"],
@@ -174,22 +175,25 @@ def plan(images: int, steps: int, batch: int) -> tuple[int, int]:
     return batch, max(1, round(steps / math.ceil(images / batch)))
 
 
-def earlier_baseline(old: dict[str, Any] | None, key: str, config: Config, images: int,
+def earlier_baseline(older: list[dict[str, Any]], key: str, config: Config, images: int,
                      steps: int, batch: int) -> dict[str, Any] | None:
-    """Baseline `key` of `old` (this seed's earlier results) when it is the same experiment:
-    same settings (`baseline_settings`), images, batch and epochs. The teacher's side of the
-    recipe may have changed since: a baseline does not use it."""
-    if old is None or normalized(old["command"]) is None:
-        return None
-    was, (b, epochs) = old[key], plan(images, steps, batch)
-    same = (baseline_settings(Config.from_dict(old["command"])) == baseline_settings(config)
-            and (was["images"], was["batch"], was["steps"])
-            == (images, b, epochs * math.ceil(images / b)))
-    return {**was, "kept": True} if same else None
+    """Baseline `key` of the first of `older` (this seed's earlier results) that made the same
+    experiment: same settings (`baseline_settings`), images, batch and epochs. The teacher's
+    side of the recipe may have changed since: a baseline does not use it."""
+    b, epochs = plan(images, steps, batch)
+    for old in older:
+        if normalized(old["command"]) is None:
+            continue
+        was = old[key]
+        if (baseline_settings(Config.from_dict(old["command"])) == baseline_settings(config)
+                and (was["images"], was["batch"], was["steps"])
+                == (images, b, epochs * math.ceil(images / b))):
+            return {**was, "kept": True}
+    return None
 
 
 def quality_one(work: Path, dataset: str, seed: int, quick: bool,
-                old: dict[str, Any] | None = None) -> dict[str, Any]:
+                old: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """One seed: the loop, then labels-only and fully supervised on the same splits (kept from
     `old`, this seed's earlier results, when they are the same experiment)."""
     config = recipe_config(dataset, quick, [f"seed={seed}"])
@@ -267,15 +271,23 @@ def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
             earlier: dict[str, Any]) -> dict[str, Any]:
-    """Per data set: the new seeds, plus `earlier` results' seeds made with the same recipe."""
+    """Per data set: the new seeds, plus `earlier` results' seeds made with the same recipe.
+    Seeds of an earlier recipe move to `earlier_recipes` (the last EARLIER_RECIPES of them): a
+    record of what it measured, and baselines that a later recipe may keep."""
     results = {}
     for dataset in datasets:
-        old = {s["seed"]: s for s in earlier.get(dataset, {}).get("seeds", [])}
-        per_seed = [quality_one(work, dataset, seed, quick, old.get(seed)) for seed in seeds]
-        kept = [s for s in old.values()
-                if s["seed"] not in seeds and same_recipe(s["command"], per_seed[0]["command"])]
+        before = earlier.get(dataset, {})
+        history = before.get("seeds", []) + before.get("earlier_recipes", [])
+        per_seed = [quality_one(work, dataset, seed, quick,
+                                [s for s in history if s["seed"] == seed]) for seed in seeds]
+        recipe = per_seed[0]["command"]
+        kept = [s for s in before.get("seeds", [])
+                if s["seed"] not in seeds and same_recipe(s["command"], recipe)]
+        replaced = [s for s in before.get("seeds", []) if not same_recipe(s["command"], recipe)]
         per_seed = sorted(kept + per_seed, key=lambda s: s["seed"])
-        results[dataset] = {"seeds": per_seed, "summary": summarize(per_seed)}
+        results[dataset] = {"seeds": per_seed, "summary": summarize(per_seed),
+                            "earlier_recipes": (replaced + before.get("earlier_recipes", []))
+                            [:EARLIER_RECIPES]}
     return results
 
 
