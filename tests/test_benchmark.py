@@ -306,3 +306,5 @@ def test_a_new_recipe_moves_the_old_seeds_aside_and_keeps_their_baselines(quick,
     for key in ("labels_only", "supervised"):
         assert new[key] == {**old[key], "kept": True}
     assert new["gain"] == pytest.approx(0.99 - old["labels_only"]["top1"])
+    report = (tmp_path / "B.md").read_text()
+    assert report.count(" (kept)") == 2 and "(kept): a baseline an earlier run made" in report

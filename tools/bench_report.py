@@ -55,15 +55,22 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
                       f"{100 * closed * gap:.2f} points.", ""]
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    per = [[str(x["seed"]), pct(x["labels_only"]["top1"]),
+    def baseline(b: dict[str, Any]) -> str:  # kept: made by an earlier run, same experiment
+        return pct(b["top1"]) + (" (kept)" if b.get("kept") else "")
+
+    per = [[str(x["seed"]), baseline(x["labels_only"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
-            pct(x["supervised"]["top1"]), f"{x['labels_only']['steps']} x "
+            baseline(x["supervised"]), f"{x['labels_only']['steps']} x "
             f"{x['labels_only']['batch']}", f"{x['supervised']['steps']} x "
             f"{x['supervised']['batch']}",
             f"{x['noisy_student']['seconds'] / 60:.1f}"] for x in seeds]
     lines += table(["seed", "labels-only", "teacher", "students by round", "supervised",
                     "labels-only steps x batch", "supervised steps x batch", "NS minutes"], per)
+    if any(x[b].get("kept") for x in seeds for b in ("labels_only", "supervised")):
+        lines += ["(kept): a baseline an earlier run made, the same experiment (same final "
+                  "architecture, noise, training settings, seed and steps); see "
+                  "`tools/bench_reuse.py`.", ""]
     return lines
 
 

@@ -139,9 +139,9 @@ def noisy_student(config: Config, out: Path, resume: bool = True) -> dict[str, A
     loaded, so an interrupted benchmark goes on where it stopped. Seconds: the loop's own,
     teacher and rounds (those of a finished run as they were measured)."""
     config = config.with_overrides([f'out="{out}"'])
-    saved = out / "config.json"
-    same = resume and saved.is_file() and same_run(load_json(saved), config.to_dict())
-    changed = tuple(config_diff(load_json(saved), config.to_dict())) if same else ()
+    saved = load_json(out / "config.json") if resume and (out / "config.json").is_file() else None
+    same = saved is not None and same_run(saved, config.to_dict())
+    changed = tuple(config_diff(saved, config.to_dict())) if same else ()
     summary = run(config, overwrite=not same, resume=same, allow_config_change=changed)
     rounds = []
     for r in summary["rounds"]:
