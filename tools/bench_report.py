@@ -16,6 +16,11 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
+def baseline(b: dict[str, Any]) -> str:
+    """A baseline's top-1, marked when an earlier run made it (the same experiment)."""
+    return pct(b["top1"]) + (" (kept)" if b.get("kept") else "")
+
+
 def mean_std(s: dict[str, float], scale: float = 100.0) -> str:
     if s["n"] == 1:
         return f"{scale * s['mean']:.2f}"
@@ -55,9 +60,6 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
                       f"{100 * closed * gap:.2f} points.", ""]
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    def baseline(b: dict[str, Any]) -> str:  # kept: made by an earlier run, same experiment
-        return pct(b["top1"]) + (" (kept)" if b.get("kept") else "")
-
     per = [[str(x["seed"]), baseline(x["labels_only"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
