@@ -37,8 +37,10 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
     first = seeds[0]
     lines = [f"### {name}", "",
              f"{first['labeled']:,} labeled, {first['unlabeled']:,} unlabeled, {first['test']:,} "
-             f"test images; final architecture `{first['model']}`; seeds "
-             f"{', '.join(str(x['seed']) for x in seeds)} (mean ± standard deviation).", ""]
+             f"test images; final architecture `{first['model']}`; "
+             + (f"seed {first['seed']}." if len(seeds) == 1 else
+                f"seeds {', '.join(str(x['seed']) for x in seeds)} "
+                "(mean ± standard deviation)."), ""]
     header = ["labels-only", "round 0 teacher",
               *(f"round {r['round']} student" for r in s["rounds"]), "fully supervised",
               "gain", "gap closed"]
