@@ -176,7 +176,9 @@ def write(data: dict[str, Any], markdown: Path, plot: Path) -> None:
     lines = ["# Benchmarks", "",
              "Written by `tools/benchmark.py` from its results JSON; do not edit by hand. "
              "How each figure is made: see the docstrings of `tools/benchmark.py` and "
-             "`tools/bench_speed.py`.", ""]
+             "`tools/bench_speed.py`.", "",
+             "The latest run of each section (a section keeps the seeds and variants of "
+             "earlier runs that the latest did not redo):", ""]
     for section, info in data.get("runs", {}).items():
         m = info["machine"]
         lines.append(f"- **{section}**: `{info['command']}` on {info['date']}; {m['cpu']}, "
