@@ -247,6 +247,17 @@ def test_a_baseline_is_kept_only_for_the_same_experiment():
     assert keep([], "labels_only", config, 1000, 2464, 64) is None
 
 
+def test_configs_compare_as_today_reads_them_and_an_unreadable_one_is_never_the_same():
+    bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
+    config = bench["recipe_config"]("digits", False, ["seed=1"]).to_dict()
+    moved, reseeded = {**config, "out": "elsewhere"}, {**config, "seed": 2}
+    unreadable = {**config, "no_such_key": 1}
+    assert bench["same_run"](config, moved) and not bench["same_run"](config, reseeded)
+    assert bench["same_recipe"](config, reseeded) and not bench["same_recipe"](config, moved)
+    for a, b in ((config, unreadable), (unreadable, config), (unreadable, unreadable)):
+        assert not bench["same_run"](a, b) and not bench["same_recipe"](a, b)
+
+
 def test_the_student_size_ablation_is_the_other_choice_than_the_recipe(tmp_path):
     """A recipe with larger students is ablated with students equal to the teacher, and one
     with equal students with larger ones."""

@@ -24,17 +24,21 @@ def normalized(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+def same_except(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    """Whether two stored configs, both still loadable, are equal but for `key`."""
+    a, b = normalized(a), normalized(b)
+    return a is not None and b is not None and {**a, key: None} == {**b, key: None}
+
+
 def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two configs make the same run, wherever it is (a moved run directory's config
     names its old place)."""
-    a, b = normalized(a), normalized(b)
-    return a is not None and {**a, "out": None} == {**b, "out": None}
+    return same_except(a, b, "out")
 
 
 def same_recipe(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two seeds' configs differ in the seed alone."""
-    a, b = normalized(a), normalized(b)
-    return a is not None and {**a, "seed": None} == {**b, "seed": None}
+    return same_except(a, b, "seed")
 
 
 def baseline_settings(config: Config) -> dict[str, Any]:
