@@ -152,6 +152,25 @@ def test_the_report_judges_the_quality_target(final, verdict):
                                                                   _one_seed_quality(0.9, 0.95, 1)))
 
 
+
+def test_the_report_says_whether_removing_noise_hurts():
+    """Each noise ablation is judged against the recipe's final student, on the scale of the
+    quality seeds' spread when there is one."""
+    section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["ablation_section"]
+
+    def variant(final):
+        return {"final_top1": final, "rounds": [{"student_top1": final,
+                                                 "pseudo_label_accuracy": 0.9}]}
+    a = {"recipe": {**variant(0.87), "seed": 2}, "no input noise": variant(0.855),
+         "no model noise": variant(0.8725)}
+    text = "\n".join(section("fashion_mnist", a, 0.0019))
+    assert "Ablations: fashion_mnist (seed 2)" in text
+    assert "| no input noise | 85.50 | 85.50 | -1.50 |" in text
+    assert ("removing noise hurts: no input noise -1.50 pts (hurts); "
+            "no model noise +0.25 pts (does not hurt). One seed each; the final student's "
+            "standard deviation over the quality seeds is 0.19 points.") in text
+    assert "removing noise" not in "\n".join(section("d", {"recipe": variant(0.9)}))
+
 def test_ablations_go_on_from_earlier_results(quick, tmp_path):
     """Variants made from the same recipe and teacher are kept; `--variants` runs just those
     named; each finished variant is saved at once."""

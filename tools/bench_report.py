@@ -78,7 +78,10 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
     return lines
 
 
-def ablation_section(name: str, a: dict[str, Any]) -> list[str]:
+def ablation_section(name: str, a: dict[str, Any], spread: float | None = None) -> list[str]:
+    """The variants against the recipe, and whether the paper's finding (removing noise hurts)
+    holds here. `spread`: the final student's standard deviation over the quality seeds, the
+    scale against which one seed's differences are read."""
     base = a["recipe"]["final_top1"]
     rows = []
     for variant, r in sorted(a.items(), key=lambda item: item[0] != "recipe"):
@@ -88,9 +91,18 @@ def ablation_section(name: str, a: dict[str, Any]) -> list[str]:
                      pct(r["final_top1"]),
                      "" if variant == "recipe" else f"{100 * (r['final_top1'] - base):+.2f}",
                      " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"])])
-    return [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)})", "",
-            *table(["variant", "students by round", "final", "vs recipe (pts)",
-                    "pseudo-label accuracy by round"], rows)]
+    lines = [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)})", "",
+             *table(["variant", "students by round", "final", "vs recipe (pts)",
+                     "pseudo-label accuracy by round"], rows)]
+    noise = {v: 100 * (a[v]["final_top1"] - base)
+             for v in ("no input noise", "no model noise") if v in a}
+    if noise:
+        parts = [f"{v} {d:+.2f} pts ({'hurts' if d < 0 else 'does not hurt'})"
+                 for v, d in noise.items()]
+        lines += [f"The paper's finding, that removing noise hurts: {'; '.join(parts)}."
+                  + (f" One seed each; the final student's standard deviation over the quality "
+                     f"seeds is {100 * spread:.2f} points." if spread is not None else ""), ""]
+    return lines
 
 
 def speed_section(sp: dict[str, Any]) -> list[str]:
@@ -195,7 +207,9 @@ def write(data: dict[str, Any], markdown: Path, plot: Path) -> None:
     if "ablations" in data:
         lines += ["## Ablations", ""]
         for name, a in data["ablations"].items():
-            lines += ablation_section(name, a)
+            final = data.get("quality", {}).get(name, {}).get("summary", {}).get(
+                "noisy_student", {})
+            lines += ablation_section(name, a, final["std"] if final.get("n", 0) > 1 else None)
     if "speed" in data:
         lines += ["## Speed: what the framework costs", "", *speed_section(data["speed"])]
     if "memory" in data:
