@@ -3,6 +3,7 @@
 import json
 import math
 import runpy
+import shlex
 import shutil
 from pathlib import Path
 
@@ -201,6 +202,8 @@ def test_ablations_go_on_from_earlier_results(quick, tmp_path):
     after = json.loads(results.read_text())["ablations"]["digits"]
     assert after["no input noise"]["final_top1"] == 0.5
     assert after["no model noise"] == data["ablations"]["digits"]["no model noise"]
+    command = json.loads(results.read_text())["runs"]["ablations"]["command"]
+    assert shlex.split(command)[-2:] == ["--variants", "no input noise"]  # quoted, as typed
     # a changed teacher invalidates every variant: the run starts over, and is cut off in its
     # second variant after the first was saved
     teacher = Path(after["recipe"]["run_dir"]) / "teacher" / "model.safetensors"

@@ -39,6 +39,7 @@ import math
 import os
 import platform
 import runpy
+import shlex
 import statistics
 import sys
 import time
@@ -338,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="report to write (default: BENCHMARKS.md; with --quick, next to the JSON)")
     args = p.parse_args(argv)
     path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
-    command = " ".join(["python tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(["python", "tools/benchmark.py",
+                          *(argv if argv is not None else sys.argv[1:])])
     datasets = ["digits", "fashion_mnist"] if args.dataset == "both" else [args.dataset]
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     made: dict[str, Any] = {}

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -143,7 +144,7 @@ def main() -> int:
         import bench_report
         import benchmark
 
-        command = " ".join(["python tools/memory_check.py", *sys.argv[1:]])
+        command = shlex.join(["python", "tools/memory_check.py", *sys.argv[1:]])
         data = benchmark.merge(args.results, "memory", {"rows": rows, "size": args.size,
                                                         "classes": args.classes}, command)
         official = args.results.resolve() == benchmark.RESULTS.resolve()
