@@ -153,7 +153,6 @@ def test_the_report_judges_the_quality_target(final, verdict):
                                                                   _one_seed_quality(0.9, 0.95, 1)))
 
 
-
 def test_the_report_says_whether_removing_noise_hurts():
     """Each noise ablation is judged against the recipe's final student, on the scale of the
     quality seeds' spread when there is one."""
@@ -171,6 +170,7 @@ def test_the_report_says_whether_removing_noise_hurts():
             "no model noise +0.25 pts (does not hurt). One seed each; the final student's "
             "standard deviation over the quality seeds is 0.19 points.") in text
     assert "removing noise" not in "\n".join(section("d", {"recipe": variant(0.9)}))
+
 
 def test_ablations_go_on_from_earlier_results(quick, tmp_path):
     """Variants made from the same recipe and teacher are kept; `--variants` runs just those
