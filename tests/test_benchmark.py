@@ -169,6 +169,10 @@ def test_the_report_says_whether_removing_noise_hurts():
     assert ("removing noise hurts: no input noise -1.50 pts (hurts); "
             "no model noise +0.25 pts (does not hurt). One seed each; the final student's "
             "standard deviation over the quality seeds is 0.19 points.") in text
+    a["no model noise"] = variant(0.8665)  # 0.35 points lower: less than two sd (0.38)
+    assert "no model noise -0.35 pts (lower, within two of the seeds' standard deviations: " \
+        "unclear)" in "\n".join(section("fashion_mnist", a, 0.0019))
+    assert "-0.35 pts (hurts)" in "\n".join(section("fashion_mnist", a))  # no spread to judge by
     assert "removing noise" not in "\n".join(section("d", {"recipe": variant(0.9)}))
 
 

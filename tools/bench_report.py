@@ -78,6 +78,17 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict(points: float, spread: float | None) -> str:
+    """Whether a change of `points` in the final student hurts, read against the seeds'
+    standard deviation `spread` (a fraction) when there is one: a loss within two of them is
+    not called one."""
+    if points >= 0:
+        return "does not hurt"
+    if spread is not None and -points <= 2 * 100 * spread:
+        return "lower, within two of the seeds' standard deviations: unclear"
+    return "hurts"
+
+
 def ablation_section(name: str, a: dict[str, Any], spread: float | None = None) -> list[str]:
     """The variants against the recipe, and whether the paper's finding (removing noise hurts)
     holds here. `spread`: the final student's standard deviation over the quality seeds, the
@@ -97,8 +108,7 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None) 
     noise = {v: 100 * (a[v]["final_top1"] - base)
              for v in ("no input noise", "no model noise") if v in a}
     if noise:
-        parts = [f"{v} {d:+.2f} pts ({'hurts' if d < 0 else 'does not hurt'})"
-                 for v, d in noise.items()]
+        parts = [f"{v} {d:+.2f} pts ({_verdict(d, spread)})" for v, d in noise.items()]
         lines += [f"The paper's finding, that removing noise hurts: {'; '.join(parts)}."
                   + (f" One seed each; the final student's standard deviation over the quality "
                      f"seeds is {100 * spread:.2f} points." if spread is not None else ""), ""]
