@@ -130,19 +130,21 @@ class Loop:
     def initial_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
         """Round 0's teacher: trained on the labeled images only, or loaded from a checkpoint."""
         c, folder, start = self.config, self.run_dir.teacher, time.perf_counter()
+        before = 0.0  # training time spent by the earlier processes of a resumed run
         self.tracker.start_phase("teacher", "teacher", "teacher", {
             "phase": "teacher", "teacher": {"model": c.model_for(0), "params": self.sizes[0]}})
         if c.model.teacher_checkpoint:
             model = load_weights(build_model(c, 0, self.splits), c.model.teacher_checkpoint)
             model.to(self.device)
         else:
-            model = self.train(0, None, "teacher", folder, {"model": c.model_for(0)}).model
+            result = self.train(0, None, "teacher", folder, {"model": c.model_for(0)})
+            model, before = result.model, result.seconds_before
         metrics = self.evaluate(model)
         sha = self.save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
                 "top1": metrics["top1"], "top5": metrics["top5"], "ece": metrics["ece"],
                 "loaded_from": c.model.teacher_checkpoint,
-                "seconds": round(time.perf_counter() - start, 2)}
+                "seconds": round(time.perf_counter() - start + before, 2)}
         if self.main:
             save_json(folder / "metrics.json", {**info, "test": metrics})
             self.run_dir.mark_done(folder)
@@ -343,7 +345,8 @@ class Loop:
                      "student_top1": metrics["top1"], "student_top5": metrics["top5"],
                      "student_ece": metrics["ece"], "pseudo_labels_kept": stats["kept"],
                      "pseudo_label_accuracy": stats["accuracy"],
-                     "seconds": round(time.perf_counter() - start, 2)}
+                     # this process's, plus the training time of earlier ones when resumed
+                     "seconds": round(time.perf_counter() - start + result.seconds_before, 2)}
             round_metrics = {
                 **entry, "student_sha256": student_sha, "teacher_sha256": sha,
                 "teacher_from": given or (str(kept) if kept.is_file() else None),
@@ -351,7 +354,8 @@ class Loop:
                 "pseudo_labels": stats, "test": metrics, "train": result.history,
                 **({"specialists": self.reports.pop(k)} if k in self.reports else {}),
                 "timing": {"pseudo_label": round(label_seconds, 2),
-                           "train": round(result.seconds, 2),
+                           "train": round(result.seconds, 2),  # over processes, as "seconds"
+                           "train_before_resume": round(result.seconds_before, 2),
                            "train_images_per_second": round(result.images_per_second, 1),
                            # parts of "train":
                            "train_data_wait": result.timing["data_wait"],

@@ -129,12 +129,15 @@ def _over_ranks(sums: dict[str, float], correct: int, seen: int,
 class TrainResult:
     model: nn.Module  # the weights to evaluate and to teach with: the EMA when it is on
     steps: int
-    seconds: float  # this process's training time (a resumed run counts from the resume)
-    images_per_second: float
+    # training time, over every process of a resumed run (what a crash lost after the last
+    # checkpoint is not counted: those steps are trained again and counted then)
+    seconds: float
+    images_per_second: float  # this process's
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per epoch
     resumed_from: str | None = None  # the checkpoint training continued from
     # where `seconds` went: waiting for noised batches, evaluating, writing checkpoints
     timing: dict[str, float] = field(default_factory=dict)
+    seconds_before: float = 0.0  # the part of `seconds` earlier processes spent (checkpointed)
 
 
 def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
@@ -221,11 +224,19 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
         set_rng_state(rngs[min(distributed.rank(), len(rngs) - 1)])
 
     timing = {"data_wait": 0.0, "evaluate": 0.0, "checkpoint": 0.0}
+    before = {"seconds": run.get("seconds", 0.0), **run.get("timing", {})}  # earlier processes'
+
+    def spent() -> dict[str, float]:
+        """Training time so far, earlier processes' included: "seconds" and the parts."""
+        now = {"seconds": time.perf_counter() - start, **timing}
+        return {k: before.get(k, 0.0) + v for k, v in now.items()}
 
     def save(epoch: int) -> Path:
         """Every rank gives its random state; rank 0 writes."""
         assert checkpoints is not None
         t = time.perf_counter()
+        total = spent()
+        run["seconds"], run["timing"] = total.pop("seconds"), total
         rngs = distributed.gather(rng_state()) if world > 1 else [rng_state()]
         path = checkpoints.folder / f"step-{run['step']:08d}.ckpt"
         if main:
@@ -373,9 +384,10 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                               f"{tag}, end of epoch {epoch + 1}",
                               checkpoints.folder / f"step-{step:08d}.ckpt"
                               if checkpoints is not None else None)
-    result.seconds = time.perf_counter() - start
-    result.timing = {k: round(v, 3) for k, v in timing.items()}
-    result.images_per_second = (step - start_step) * (b_lab + b_pse) / max(result.seconds, 1e-9)
+    elapsed, total = time.perf_counter() - start, spent()
+    result.seconds, result.seconds_before = total.pop("seconds"), before["seconds"]
+    result.timing = {k: round(v, 3) for k, v in total.items()}
+    result.images_per_second = (step - start_step) * (b_lab + b_pse) / max(elapsed, 1e-9)
     if ema is not None:
         result.model = ema.module
     return result

@@ -76,7 +76,7 @@ def reference(reference_run) -> dict:
     return outcome(reference_run)
 
 
-def test_killed_runs_resume_to_identical_results(reference, tmp_path):
+def test_killed_runs_resume_to_identical_results(reference_run, reference, tmp_path):
     runs = {name: tmp_path / name.replace(" ", "_") for name in FAULTS}
     killed = {name: launch(runs[name], fault) for name, fault in FAULTS.items()}  # in parallel
     for name, proc in killed.items():
@@ -93,6 +93,10 @@ def test_killed_runs_resume_to_identical_results(reference, tmp_path):
     # each resumed where it stopped, not from the start
     r0 = json.loads((runs["student mid-epoch"] / "round_0" / "metrics.json").read_text())
     assert r0["resumed_from"].endswith("step-00000006.ckpt")  # step 18 of the process
+    # its training time counts the killed process's part too (kept in the checkpoint)
+    assert 0 < r0["timing"]["train_before_resume"] < r0["timing"]["train"] <= r0["seconds"]
+    uninterrupted = json.loads((reference_run / "round_0" / "metrics.json").read_text())
+    assert uninterrupted["timing"]["train_before_resume"] == 0
     log = (runs["during a checkpoint write"] / "metrics.jsonl").read_text()
     resumes = [json.loads(line) for line in log.splitlines() if '"resume"' in line]
     # the 5th write (step 9) was torn: resumed from step 8, the newest whole checkpoint
