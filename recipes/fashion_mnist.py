@@ -17,7 +17,9 @@ def make_config() -> Config:
         seed=0,
         # two long rounds instead of three short ones: students underfit at 5 epochs (round 0:
         # 84.6% at 5 epochs, 85.7% at 8, same teacher), and round 3 added 0.2 pts (83.0 -> 84.7 ->
-        # 85.6 -> 85.8 at 4 epochs); the same ~45 minutes of CPU buys two 8-epoch rounds
+        # 85.6 -> 85.8 at 4 epochs). Two 8-epoch rounds and the teacher take 52 to 58 minutes on
+        # 2 AMD cores, over the 45 aimed at; 6 epochs fit 45 (at 420 img/s) but cost a third of
+        # a point: 86.3, 87.1% against 87.0, 87.4% (seed 0, same teacher)
         rounds=2,
         # one worker makes the noise while the main process trains: the same images/s on 2 cores,
         # but 5% of the time waiting for data instead of 27% (tools/benchmark.py speed). Tried:
