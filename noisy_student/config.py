@@ -34,6 +34,11 @@ class DataConfig:
     download: bool = True  # last resort when no local copy is found (needs the internet)
     labeled_per_class: int = 10  # seeded, class-balanced labeled subset of the training pool
     test_fraction: float = 0.3  # held out from the pool for sources without an official test split
+    # a seeded, class-balanced validation set carved from the training pool (never from test),
+    # disjoint from the labeled, unlabeled and test images; its labels only score models, and
+    # every choice made from a figure is made on it. None: as many per class as
+    # labeled_per_class (a budget a user with that many labels could afford); 0: none
+    val_per_class: int | None = None
     unlabeled_limit: int | None = None  # use at most this many unlabeled images (quick runs)
     test_limit: int | None = None  # evaluate on at most this many test images (quick runs)
     labeled_dir: str | None = None  # image_folder: one sub-folder per class
@@ -42,6 +47,7 @@ class DataConfig:
     # ones are relative to the file's folder; blank lines and lines starting with # are skipped)
     unlabeled_list: str | None = None
     test_dir: str | None = None  # image_folder: one sub-folder per class
+    val_dir: str | None = None  # image_folder: the validation set, one sub-folder per class
     image_size: int = 32  # image_folder: images are resized to image_size x image_size
     channels: int = 3  # image_folder: 1 (grayscale) or 3 (RGB)
     num_workers: int = 0  # DataLoader workers for the noised training streams
@@ -272,6 +278,7 @@ def _check(c: Config) -> list[str]:
     _range(p, "data.test_fraction", d.test_fraction, 0, 1, lo_open=True, hi_open=True)
     _range(p, "data.unlabeled_limit", d.unlabeled_limit, 1)
     _range(p, "data.test_limit", d.test_limit, 1)
+    _range(p, "data.val_per_class", d.val_per_class, 0)
     _range(p, "data.image_size", d.image_size, 8)
     _range(p, "data.num_workers", d.num_workers, 0)
     if d.channels not in (1, 3):

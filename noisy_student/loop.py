@@ -91,12 +91,26 @@ class Loop:
             return save_weights(model, path, meta)
         return weights_sha256(model.state_dict())
 
-    def evaluate(self, model: nn.Module) -> dict[str, Any]:
-        s = self.splits
-        with _memory_hint("train.eval_batch_size", self.config.train.eval_batch_size):
-            logits = predict_logits(model, s.test.images, s.mean, s.std,
-                                    self.config.train.eval_batch_size, self.device, **self.fast)
-        return classification_metrics(logits, torch.from_numpy(s.test.labels), s.num_classes)
+    def evaluate(self, model: nn.Module, only: str | None = None) -> dict[str, dict[str, Any]]:
+        """The model's metrics on each scored set: "val" (when there is one) and "test"."""
+        s, out = self.splits, {}
+        for name, images in s.scored().items():
+            if only is not None and name != only:
+                continue
+            with _memory_hint("train.eval_batch_size", self.config.train.eval_batch_size):
+                logits = predict_logits(model, images.images, s.mean, s.std,
+                                        self.config.train.eval_batch_size, self.device,
+                                        **self.fast)
+            out[name] = classification_metrics(logits, torch.from_numpy(images.labels),
+                                               s.num_classes)
+        return out
+
+    def monitor(self, model: nn.Module) -> dict[str, float]:
+        """What training logs after some epochs: validation top-1 and ECE (test without a
+        validation set), under names that say which."""
+        name = "val" if self.splits.validation is not None else "test"
+        metrics = self.evaluate(model, only=name)[name]
+        return {f"{name}_top1": metrics["top1"], f"{name}_ece": metrics["ece"]}
 
     def train(self, rung: int, pseudo: PseudoLabels | None, tag: str, folder: Path,
               context: dict[str, Any]) -> TrainResult:
@@ -119,7 +133,7 @@ class Loop:
                                        ck.every_steps, ck.every_minutes, self.start.resume)
         result = train_model(model, loss, labeled, pseudo_ds, c.train, epochs,
                              seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
-                             tag=tag, num_workers=c.data.num_workers, evaluate=self.evaluate,
+                             tag=tag, num_workers=c.data.num_workers, evaluate=self.monitor,
                              checkpoints=checkpoints, stop=self.stop,
                              batch_noise=self.batch_noise,
                              pretrained=starts_pretrained(c, rung))
@@ -142,11 +156,10 @@ class Loop:
         metrics = self.evaluate(model)
         sha = self.save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
-                "top1": metrics["top1"], "top5": metrics["top5"], "ece": metrics["ece"],
-                "loaded_from": c.model.teacher_checkpoint,
+                **_scores(metrics), "loaded_from": c.model.teacher_checkpoint,
                 "seconds": round(time.perf_counter() - start + before, 2)}
         if self.main:
-            save_json(folder / "metrics.json", {**info, "test": metrics})
+            save_json(folder / "metrics.json", {**info, **metrics})
             self.run_dir.mark_done(folder)
         distributed.barrier()
         self.tracker.log("teacher", **info)
@@ -157,7 +170,8 @@ class Loop:
         """Round 0's teacher from a finished `teacher/` folder."""
         folder = self.run_dir.teacher
         self.run_dir.verify(folder)
-        info = {k: v for k, v in load_json(folder / "metrics.json").items() if k != "test"}
+        info = {k: v for k, v in load_json(folder / "metrics.json").items()
+                if k not in ("test", "val")}
         model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
         say(f"round 0's teacher: finished, loaded from {folder}", flush=True)
         return model.to(self.device), info
@@ -191,8 +205,7 @@ class Loop:
         if made is not None and made[0] is not teacher:
             teacher, name, sha = made
             scores = _scores(self.evaluate(teacher))
-            say(f"round {k}: the teacher is {name}: test top-1 {100 * scores['top1']:.2f}%",
-                flush=True)
+            say(f"round {k}: the teacher is {name}: {_top1s(scores)}", flush=True)
         if k in self.reports:  # the specialists' report: groups, teacher top-1 with them
             self.reports[k]["combined_top1"] = scores["top1"]
             self.tracker.log("specialists", **self.reports[k])
@@ -204,10 +217,9 @@ class Loop:
         name = self.config.model_for(k)
         model = load_weights(build_model(self.config, k, self.splits), Path(path))
         model.to(self.device)
-        test = self.evaluate(model)
-        say(f"round {k}: teacher {name} from {path} (test top-1 {100 * test['top1']:.2f}%)",
-              flush=True)
-        return model, name, weights_sha256(model.state_dict()), _scores(test)
+        scores = _scores(self.evaluate(model))
+        say(f"round {k}: teacher {name} from {path} ({_top1s(scores)})", flush=True)
+        return model, name, weights_sha256(model.state_dict()), scores
 
     def stored_pseudo_labels(self, k: int, teacher_sha: str, settings: str) -> PseudoLabels | None:
         """Round k's pseudo-labels from an earlier attempt, if the same teacher made them with
@@ -295,13 +307,15 @@ class Loop:
         done = rd.is_done(rd.teacher)
         teacher, info = self.finished_teacher() if done else self.initial_teacher()
         self.summary["teacher"] = info
-        name, sha, scores = info["model"], info["sha256"], _scores(info)
+        name, sha = info["model"], info["sha256"]
+        scores = {s: info[s] for s in SCORES if info.get(s) is not None}
         for k in range(c.rounds):
             if rd.is_done(rd.round(k)):
                 teacher, entry, sha = self.finished_round(k)
                 self.summary["rounds"].append(entry)
                 name = entry["student"]
-                scores = {s: entry[f"student_{s}"] for s in ("top1", "top5", "ece")}
+                scores = {s: entry[f"student_{s}"] for s in SCORES
+                          if entry.get(f"student_{s}") is not None}
                 continue
             given = self.start.teacher if k == self.start.from_round else None
             kept = rd.round(k) / "teacher.safetensors"  # a --teacher, kept for --resume
@@ -342,8 +356,8 @@ class Loop:
             entry = {"round": k, "teacher": name, "student": student,
                      "student_params": self.sizes[k + 1],
                      **{f"teacher_{s}": v for s, v in scores.items()},
-                     "student_top1": metrics["top1"], "student_top5": metrics["top5"],
-                     "student_ece": metrics["ece"], "pseudo_labels_kept": stats["kept"],
+                     **{f"student_{s}": v for s, v in _scores(metrics).items()},
+                     "pseudo_labels_kept": stats["kept"],
                      "pseudo_label_accuracy": stats["accuracy"],
                      # this process's, plus the training time of earlier ones when resumed
                      "seconds": round(time.perf_counter() - start + result.seconds_before, 2)}
@@ -351,7 +365,7 @@ class Loop:
                 **entry, "student_sha256": student_sha, "teacher_sha256": sha,
                 "teacher_from": given or (str(kept) if kept.is_file() else None),
                 "resumed_from": result.resumed_from,
-                "pseudo_labels": stats, "test": metrics, "train": result.history,
+                "pseudo_labels": stats, **metrics, "train": result.history,
                 **({"specialists": self.reports.pop(k)} if k in self.reports else {}),
                 "timing": {"pseudo_label": round(label_seconds, 2),
                            "train": round(result.seconds, 2),  # over processes, as "seconds"
@@ -373,7 +387,7 @@ class Loop:
             self.tracker.artifact(k, [rd.round(k) / "student.safetensors",
                                       rd.round(k) / "pseudo_labels.npz", rd.round(k) / SOFT_DIR],
                                   {"student": student, "student_sha256": student_sha,
-                                   "teacher_sha256": sha, "test_top1": metrics["top1"]})
+                                   "teacher_sha256": sha, "test_top1": metrics["test"]["top1"]})
             self.tracker.end_phase()
             teacher, name, sha, scores = result.model, student, student_sha, _scores(metrics)
         if self.main:
@@ -392,8 +406,20 @@ def _memory_hint(key: str, value: int) -> Iterator[None]:
                             f"({e})") from e
 
 
-def _scores(metrics: dict[str, Any]) -> dict[str, float]:
-    return {s: metrics[s] for s in ("top1", "top5", "ece")}
+SCORES = ("top1", "top5", "ece", "val_top1", "val_ece")  # test's unprefixed, as in the summary
+
+
+def _scores(evaluation: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """A model's scores in the summary: test top-1, top-5 and ECE, validation top-1 and ECE."""
+    scores = {s: evaluation["test"][s] for s in ("top1", "top5", "ece")}
+    if "val" in evaluation:
+        scores.update(val_top1=evaluation["val"]["top1"], val_ece=evaluation["val"]["ece"])
+    return scores
+
+
+def _top1s(scores: dict[str, float]) -> str:
+    val = f"validation top-1 {100 * scores['val_top1']:.2f}%, " if "val_top1" in scores else ""
+    return f"{val}test top-1 {100 * scores['top1']:.2f}%"
 
 
 def run(config: Config, overwrite: bool = False, resume: bool = False,

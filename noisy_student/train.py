@@ -197,7 +197,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
     geometry = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_labeled": b_lab,
                 "batch_pseudo": b_pse}
     # progress within the run: restored from a checkpoint when resuming
-    run: dict[str, Any] = {"step": 0, "history": [], "sums": {}, "best": None}
+    run: dict[str, Any] = {"step": 0, "history": [], "sums": {}}
     saved = checkpoints.latest() if checkpoints is not None and checkpoints.resume else None
     if saved is not None:
         path, state = saved
@@ -368,13 +368,12 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
             metrics = evaluate(ema.module if ema is not None else model)
             timing["evaluate"] += time.perf_counter() - t
             train_mode(model, frozen)
-            record.update(test_top1=metrics["top1"], test_ece=metrics["ece"])
-            if run["best"] is None or metrics["top1"] > run["best"]["test_top1"]:
-                run["best"] = {"test_top1": metrics["top1"], "epoch": epoch + 1}
+            record.update(metrics)  # e.g. val_top1, val_ece
             if main:
-                print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, test top-1 "
-                      f"{100 * metrics['top1']:.2f}%, {record['images_per_second']:.0f} img/s",
-                      flush=True)
+                scores = ", ".join(f"{k.removesuffix('_top1')} top-1 {100 * v:.2f}%"
+                                   for k, v in metrics.items() if k.endswith("_top1"))
+                print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, {scores}, "
+                      f"{record['images_per_second']:.0f} img/s", flush=True)
         tracker.log("epoch", **record)
         run["history"].append(record)
         if checkpoints is not None:

@@ -43,7 +43,8 @@ def test_fashion_mnist_from_a_given_root_and_clear_error(tmp_path, monkeypatch):
     assert src.pool.images.shape == (300, 28, 28, 1) and len(src.test) == 50
     assert src.pool.classes[0] == "T-shirt/top"
     splits = make_splits(src, DataConfig(source="fashion_mnist", labeled_per_class=3), 0)
-    assert splits.record["counts"] == {"labeled": 30, "unlabeled": 270, "test": 50}
+    assert splits.record["counts"] == {"labeled": 30, "unlabeled": 240, "test": 50,
+                                       "validation": 30}
     # nothing anywhere, downloads off: the error names every place tried
     monkeypatch.setenv("NOISY_STUDENT_FASHION_MNIST", str(tmp_path / "env"))
     monkeypatch.setattr("noisy_student.data.sources.FASHION_MNIST_SYSTEM_DIR",
@@ -61,8 +62,52 @@ def test_fashion_mnist_from_a_given_root_and_clear_error(tmp_path, monkeypatch):
 def test_fashion_mnist_system_package_split():
     cfg = DataConfig(source="fashion_mnist", labeled_per_class=100, download=False)
     splits = make_splits(load_source(cfg), cfg, 0)
-    assert splits.record["counts"] == {"labeled": 1000, "unlabeled": 59000, "test": 10000}
+    assert splits.record["counts"] == {"labeled": 1000, "unlabeled": 58000, "test": 10000,
+                                       "validation": 1000}
     assert np.bincount(splits.labeled.labels).tolist() == [100] * 10
+    assert np.bincount(splits.validation.labels).tolist() == [100] * 10
+
+
+def test_validation_is_carved_from_the_pool_class_balanced_and_disjoint():
+    cfg = DataConfig(source="digits", labeled_per_class=10, test_fraction=0.3)
+    splits = make_splits(load_source(cfg), cfg, 3)
+    r = splits.record
+    sets = {k: set(r[k]) for k in ("labeled", "validation", "unlabeled", "test")}
+    assert sum(len(v) for v in sets.values()) == len(set().union(*sets.values())) == 1797
+    assert np.bincount(splits.validation.labels).tolist() == [10] * 10  # as many as labeled
+    assert r["counts"]["validation"] == 100 and list(splits.scored()) == ["val", "test"]
+    # the labeled set is the same with or without a validation set; the rest is unlabeled
+    off = replace(cfg, val_per_class=0)
+    without = make_splits(load_source(off), off, 3)
+    assert without.validation is None and list(without.scored()) == ["test"]
+    assert without.record["labeled"] == r["labeled"] and without.record["test"] == r["test"]
+    assert sorted(without.record["unlabeled"]) == sorted(r["unlabeled"] + r["validation"])
+    wide = replace(cfg, val_per_class=25)
+    assert len(make_splits(load_source(wide), wide, 3).validation) == 250
+    with pytest.raises(DataError, match="fewer than data.val_per_class = 200"):
+        make_splits(load_source(cfg), replace(cfg, val_per_class=200), 3)
+
+
+def test_unlabeled_copies_of_test_or_labeled_images_are_left_out(capsys):
+    from noisy_student.data.sources import ImageSet, Source
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 4, 4, 1), dtype=np.uint8)
+    images[20:40] = images[20]  # class 1: twenty copies of one image
+    labels = np.repeat(np.arange(3), 20)
+    test = ImageSet(images[:20].copy(), labels[:20].copy(), ["a", "b", "c"])  # class 0's images
+    source = Source(ImageSet(images, labels, ["a", "b", "c"]), test)
+    cfg = DataConfig(source="digits", labeled_per_class=2)
+    splits = make_splits(source, cfg, 0)
+    left_out = splits.record["leaks_excluded"]
+    # class 0: its 16 unlabeled images are test images; class 1: its 16 copy a labeled image
+    assert sorted(left_out["test"]) == sorted(set(range(20)) - set(splits.record["labeled"])
+                                              - set(splits.record["validation"]))
+    assert len(left_out["test"]) == 16 and len(left_out["labeled"]) == 16
+    assert all(20 <= i < 40 for i in left_out["labeled"])
+    assert sorted(splits.record["unlabeled"]) == sorted(
+        set(range(40, 60)) - set(splits.record["labeled"]) - set(splits.record["validation"]))
+    assert "16 identical to test images" in capsys.readouterr().out
 
 
 def test_noised_dataset_is_a_function_of_seed_pass_and_index():

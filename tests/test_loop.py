@@ -15,6 +15,8 @@ from noisy_student.loop import SUMMARY_COLUMNS, Loop, run
 from noisy_student.run_dir import Start
 from noisy_student.pseudo_label import PseudoLabels
 
+from conftest import make_tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,37 @@ def test_two_round_run_writes_every_documented_file(tiny_config, capsys):
     epochs = [r for r in lines if r["event"] == "epoch" and r["phase"] == "round 0 student"]
     assert epochs and {"labeled_ce", "pseudo_soft_ce", "total", "lr"} <= set(epochs[0])
     assert any(r["event"] == "step" for r in lines)
-    assert "student top1" in capsys.readouterr().out  # the table is printed
+    assert "student test" in capsys.readouterr().out  # the table is printed
+    # every phase is scored on validation beside test, in metrics.json and the summary
+    assert on_disk["teacher"]["val_top1"] == json.loads(
+        (out / "teacher" / "metrics.json").read_text())["val"]["top1"]
+    for k, entry in enumerate(on_disk["rounds"]):
+        metrics = json.loads((out / f"round_{k}" / "metrics.json").read_text())
+        assert metrics["val"]["n"] == 50 and metrics["test"]["n"] == 100
+        assert entry["student_val_top1"] == metrics["val"]["top1"]
+        assert entry["student_top1"] == metrics["test"]["top1"]
+    assert {"val_top1", "val_ece"} <= set(epochs[-1]) and "test_top1" not in epochs[-1]
+
+
+def test_the_hidden_labels_of_the_unlabeled_pool_never_reach_the_weights(tmp_path, monkeypatch):
+    """Permuting the unlabeled images' hidden labels changes what they measure (pseudo-label
+    accuracy), never the trained student."""
+    import noisy_student.loop as loop_module
+
+    def permuted(source, cfg, seed):
+        splits = make_splits(source, cfg, seed)
+        splits.unlabeled.labels = np.random.default_rng(5).permutation(splits.unlabeled.labels)
+        return splits
+
+    config = make_tiny_config(tmp_path / "plain").replace(rounds=1)
+    plain = run(config)
+    monkeypatch.setattr(loop_module, "make_splits", permuted)
+    shuffled = run(config.replace(out=str(tmp_path / "shuffled")))
+    sha = [json.loads((tmp_path / o / "round_0" / "metrics.json").read_text())["student_sha256"]
+           for o in ("plain", "shuffled")]
+    assert sha[0] == sha[1]
+    assert (plain["rounds"][0]["pseudo_label_accuracy"]
+            != shuffled["rounds"][0]["pseudo_label_accuracy"])
 
 
 def test_splits_are_reproducible_and_disjoint(tiny_config):

@@ -4,6 +4,7 @@ import errno
 import hashlib
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +122,46 @@ def test_class_and_set_problems_are_listed_together(tmp_path):
     assert "no usable unlabeled images" in message
 
 
-def test_files_shared_between_sets_are_reported_as_leaks(tmp_path, capsys):
+def test_files_shared_between_sets_are_reported_and_unlabeled_copies_left_out(tmp_path,
+                                                                              capsys):
     cfg = _tree(tmp_path)
+    unlabeled_before = len(load_source(cfg).unlabeled)
     leaked = (tmp_path / "test" / "dog" / "1.png").read_bytes()
     (tmp_path / "unlabeled" / "copy.png").write_bytes(leaked)
+    (tmp_path / "unlabeled" / "test-copy.png").write_bytes(
+        (tmp_path / "test" / "cat" / "0.png").read_bytes())
     (tmp_path / "labeled" / "dog" / "copy.png").write_bytes(leaked)
+    capsys.readouterr()
     source = load_source(cfg)
     warnings = " ".join(source.report["warnings"])
     assert "files of the test set are byte-identical to files of the labeled set" in warnings
-    assert "files of the test set are byte-identical to files of the unlabeled set" in warnings
-    assert "copy.png" in capsys.readouterr().out
+    # refused, not warned about: neither copy is in the unlabeled set, each is named
+    assert len(source.unlabeled) == unlabeled_before
+    assert source.report["counts"]["unlabeled"] == unlabeled_before
+    assert sorted(source.report["excluded_copies"]) == [
+        f"{tmp_path / 'unlabeled' / 'copy.png'} = {tmp_path / 'labeled' / 'dog' / 'copy.png'}",
+        f"{tmp_path / 'unlabeled' / 'test-copy.png'} = {tmp_path / 'test' / 'cat' / '0.png'}"]
+    out = capsys.readouterr().out
+    assert "2 unlabeled files left out as copies of labeled, validation or test files" in out
+
+
+def test_a_validation_folder_is_read_and_scored_apart_from_test(tmp_path):
+    cfg = _tree(tmp_path)
+    rng = np.random.default_rng(1)
+    for cls, n in (("cat", 2), ("dog", 1)):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "val" / cls / f"{i}.png").write_bytes(
+                _png(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)))
+    (tmp_path / "unlabeled" / "val-copy.png").write_bytes(
+        (tmp_path / "val" / "dog" / "0.png").read_bytes())
+    source = load_source(replace(cfg, val_dir=str(tmp_path / "val")))
+    assert source.validation.labels.tolist() == [0, 0, 1]  # classes in the labeled order
+    assert source.report["counts"] == {"labeled": 8, "validation": 3, "test": 6, "unlabeled": 6}
+    assert [c.split(" = ")[1] for c in source.report["excluded_copies"]] == [
+        str(tmp_path / "val" / "dog" / "0.png")]
+    with pytest.raises(DataError, match="data.val_dir = .*not a directory"):
+        load_source(replace(cfg, val_dir=str(tmp_path / "missing")))
 
 
 def test_labels_outside_the_class_list_are_refused(tmp_path):

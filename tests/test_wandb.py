@@ -75,7 +75,7 @@ def test_offline_run_holds_one_wandb_run_per_round_with_round_axis_and_table(off
         assert steps and {"train/labeled_ce", "train/pseudo_soft_ce", "train/total",
                           "train/lr", "train/images_per_second"} <= set(steps[0])
         (epoch,) = [r for r in rows if "epoch/labeled_train_accuracy" in r]  # epochs = 1
-        assert 0 <= epoch["epoch/labeled_train_accuracy"] <= 1 and "epoch/test_top1" in epoch
+        assert 0 <= epoch["epoch/labeled_train_accuracy"] <= 1 and "epoch/val_top1" in epoch
         metrics = {m.get("glob_name"): m.get("step_metric") for m in of_type(recs[rid], "metric")}
         assert metrics["round/*"] == "round" and metrics["train/*"] == "train/step"
         # the sample table: 2 most + 2 least confident per predicted class

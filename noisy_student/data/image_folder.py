@@ -9,8 +9,10 @@ once; the pass collects, before deciding anything:
   to data.channels at 8 bits (alpha is dropped, 16-bit values are scaled by 1/256); images more
   than 2x smaller than data.image_size are upscaled and reported;
   per class and set: empty class folders, test classes missing from the labeled set, no
-  unlabeled images, files of another extension (ignored, reported), and byte-identical files
-  shared between the labeled, unlabeled and test sets (reported: they leak).
+  unlabeled images, files of another extension (ignored, reported); byte-identical files shared
+  between the labeled, validation and test sets are reported (they leak), and unlabeled files
+  byte-identical to one of theirs are left out of the unlabeled set (named in the report): the
+  run never trains on a test image.
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ class FolderReport:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     hashes: dict[str, dict[str, str]] = field(default_factory=dict)  # set -> sha1 -> path
+    excluded: list[str] = field(default_factory=list)  # "unlabeled path = path it copies"
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts, "bad": self.bad, "converted": dict(self.converted),
                 "upscaled": self.upscaled, "ignored": self.ignored, "warnings": self.warnings,
-                "errors": self.errors}
+                "errors": self.errors, "excluded_copies": self.excluded}
 
     def summary(self) -> str:
         parts = [", ".join(f"{k} {v:,}" for k, v in self.counts.items()) + " images"]
@@ -62,7 +65,14 @@ class FolderReport:
             parts.append(f"{len(self.upscaled)} upscaled more than 2x")
         if self.ignored:
             parts.append(f"{len(self.ignored)} non-image files ignored")
+        if self.excluded:
+            parts.append(f"{len(self.excluded)} unlabeled {_files(len(self.excluded))} left out "
+                         "as copies of labeled, validation or test files")
         return "data check: " + "; ".join(parts)
+
+
+def _files(n: int) -> str:
+    return "file" if n == 1 else "files"
 
 
 def _listing(items: list[str]) -> str:
@@ -138,13 +148,19 @@ class FolderReader:
                 self._bad("unreadable files", f"{path}: {e.strerror}")
                 out.append(None)
                 continue
+            digest = hashlib.sha1(data).hexdigest()
+            copied = self._copy_of(digest) if where == "unlabeled" else None
+            if copied is not None:
+                self.report.excluded.append(f"{path} = {copied}")
+                out.append(None)
+                continue
             try:
                 array, note, small = read_image(data, self.size, self.channels)
             except BadFile as e:
                 self._bad(e.kind, f"{path}: {e.detail}")
                 out.append(None)
                 continue
-            hashes.setdefault(hashlib.sha1(data).hexdigest(), str(path))
+            hashes.setdefault(digest, str(path))
             if note:
                 self.report.converted[note] += 1
             if small:
@@ -152,13 +168,22 @@ class FolderReader:
             out.append(array)
         return out
 
+    def _copy_of(self, digest: str) -> str | None:
+        """The labeled, validation or test file with these bytes (read before the unlabeled)."""
+        for where in ("labeled", "validation", "test"):
+            path = self.report.hashes.get(where, {}).get(digest)
+            if path is not None:
+                return path
+        return None
+
     def _bad(self, kind: str, line: str) -> None:
         self.report.bad.setdefault(kind, []).append(line)
 
     def check_leaks(self) -> None:
-        """Byte-identical files shared between sets: reported, since they inflate accuracy."""
+        """Byte-identical files shared between labeled and scored sets: reported, since they
+        inflate accuracy (unlabeled copies are left out as they are read)."""
         h = self.report.hashes
-        for a, b in (("labeled", "test"), ("unlabeled", "test"), ("labeled", "unlabeled")):
+        for a, b in (("labeled", "test"), ("labeled", "validation"), ("validation", "test")):
             shared = sorted(set(h.get(a, {})) & set(h.get(b, {})))
             if shared:
                 pairs = [f"{h[a][s]} = {h[b][s]}" for s in shared]
@@ -170,6 +195,11 @@ class FolderReader:
         """Turn what was found into warnings or one error listing everything."""
         r = self.report
         self.check_leaks()
+        if r.excluded:
+            n = len(r.excluded)
+            r.warnings.append(f"{n} unlabeled {_files(n)} byte-identical to labeled, validation "
+                              f"or test files {'was' if n == 1 else 'were'} left out of the "
+                              f"unlabeled set (a leak):{_listing(r.excluded)}")
         if r.ignored:
             r.warnings.append(f"{len(r.ignored)} files without an image extension were ignored:"
                               f"{_listing(r.ignored)}")

@@ -48,12 +48,14 @@ class Source:
     """A training pool (labeled and unlabeled images are drawn from it) and a test set.
 
     `test` is None when the source has no official test split (a share of the pool is then held
-    out). image_folder sources come pre-split: `unlabeled` is given and `pool` is the labeled set.
+    out). image_folder sources come pre-split: `unlabeled` is given, `pool` is the labeled set
+    and `validation` the user's validation folder (None without one).
     """
 
     pool: ImageSet
     test: ImageSet | None
     unlabeled: ImageSet | None = None
+    validation: ImageSet | None = None
     report: dict | None = None  # image_folder: what the checking pass found
 
 
@@ -178,11 +180,15 @@ def _image_folder(cfg: DataConfig) -> Source:
     report, errors = reader.report, reader.report.errors
     dirs = {"labeled": Path(cfg.labeled_dir or ""), "test": Path(cfg.test_dir or ""),
             "unlabeled": Path(cfg.unlabeled_dir or cfg.unlabeled_list or "")}
+    if cfg.val_dir:
+        dirs["validation"] = Path(cfg.val_dir)
+    scored = [name for name in ("validation", "test") if name in dirs]
     for name, d in dirs.items():
         if name == "unlabeled" and cfg.unlabeled_list:
             continue
         if not d.is_dir():
-            raise DataError(f"data.{name}_dir = {str(d)!r}: not a directory")
+            key = "val_dir" if name == "validation" else f"{name}_dir"
+            raise DataError(f"data.{key} = {str(d)!r}: not a directory")
     classes = sorted(p.name for p in dirs["labeled"].iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{dirs['labeled']}: no class sub-folders (expected labeled/<class>/...)")
@@ -190,13 +196,15 @@ def _image_folder(cfg: DataConfig) -> Source:
     if stray:
         report.warnings.append(f"{len(stray)} files directly in {dirs['labeled']} (not in a class "
                                f"folder) were ignored, e.g. {stray[0]}")
-    test_classes = sorted(p.name for p in dirs["test"].iterdir() if p.is_dir())
-    unknown = sorted(set(test_classes) - set(classes))
-    if unknown:
-        errors.append(f"{dirs['test']}: classes {unknown} are not in the labeled set {classes} "
-                      "(add labeled images for them, or remove them from the test set)")
+    for name in scored:
+        folder_classes = sorted(p.name for p in dirs[name].iterdir() if p.is_dir())
+        unknown = sorted(set(folder_classes) - set(classes))
+        if unknown:
+            errors.append(f"{dirs[name]}: classes {unknown} are not in the labeled set "
+                          f"{classes} (add labeled images for them, or remove them from the "
+                          f"{name} set)")
     sets: dict[str, ImageSet] = {}
-    for name in ("labeled", "test"):
+    for name in ("labeled", *scored):
         images, labels = [], []
         for label, cls in enumerate(classes):
             folder = dirs[name] / cls
@@ -208,8 +216,8 @@ def _image_folder(cfg: DataConfig) -> Source:
                 errors.append(f"{folder}: class {cls!r} has no usable labeled images (add some, "
                               "or remove the folder)")
             elif not good:
-                report.warnings.append(f"{folder}: class {cls!r} has no test images; its "
-                                       "accuracy is not measured")
+                report.warnings.append(f"{folder}: class {cls!r} has no {name} images; its "
+                                       f"{name} accuracy is not measured")
         reader.report.counts[name] = len(images)
         sets[name] = ImageSet(_stack(images, cfg), np.asarray(labels, np.int64), classes)
     if cfg.unlabeled_list:
@@ -245,7 +253,8 @@ def _image_folder(cfg: DataConfig) -> Source:
         raise DataError(f"{len(errors)} problems in the image folders:\n  - "
                         + "\n  - ".join(errors))
     print(report.summary(), flush=True)
-    return Source(sets["labeled"], sets["test"], unlabeled_set, report=report.to_dict())
+    return Source(sets["labeled"], sets["test"], unlabeled_set, sets.get("validation"),
+                  report=report.to_dict())
 
 
 def _stack(images: list[np.ndarray], cfg: DataConfig) -> np.ndarray:
