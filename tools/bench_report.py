@@ -10,15 +10,23 @@ TARGETS = {"train_step": 1.10, "inference": 1.10}  # framework / bare at most
 WAIT_TARGET = 0.10  # share of a training run spent waiting for noised batches
 # the recipe's final student against labels-only: (gain in top-1, share of the gap closed)
 QUALITY_TARGETS = {"fashion_mnist": (0.05, 0.60)}
+CONVERGED = 0.002  # a ceiling trained twice as long moves less than this: converged
 
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def baseline(b: dict[str, Any]) -> str:
-    """A baseline's top-1, marked when an earlier run made it (the same experiment)."""
-    return pct(b["top1"]) + (" (kept)" if b.get("kept") else "")
+def made_by(result: dict[str, Any], current: str | None) -> str:
+    """The commit that made a figure, marked when the package has changed since (`current`: the
+    package code now) or when the tree was dirty."""
+    p = result.get("provenance")
+    if p is None:
+        return "unrecorded (older code)"
+    text = (p.get("commit") or "unknown")[:8] + (" (dirty)" if p.get("dirty") else "")
+    if current is not None and p.get("package_code") != current:
+        text += " (older code)"
+    return text
 
 
 def mean_std(s: dict[str, float], scale: float = 100.0) -> str:
@@ -32,15 +40,19 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
-def quality_section(name: str, q: dict[str, Any]) -> list[str]:
+def quality_section(name: str, q: dict[str, Any], current: str | None = None) -> list[str]:
     s, seeds = q["summary"], q["seeds"]
     first = seeds[0]
+    used = q.get("summary_seeds", [x["seed"] for x in seeds])
     lines = [f"### {name}", "",
-             f"{first['labeled']:,} labeled, {first['unlabeled']:,} unlabeled, {first['test']:,} "
-             f"test images; final architecture `{first['model']}`; "
-             + (f"seed {first['seed']}." if len(seeds) == 1 else
-                f"seeds {', '.join(str(x['seed']) for x in seeds)} "
-                "(mean ± standard deviation)."), ""]
+             f"{first['labeled']:,} labeled, {first.get('validation', 0):,} validation, "
+             f"{first['unlabeled']:,} unlabeled, {first['test']:,} test images; final "
+             f"architecture `{first['model']}`; "
+             + (f"seed {used[0]}." if len(used) == 1 else
+                f"seeds {', '.join(map(str, used))} (mean ± standard deviation).")
+             + (" Report seeds: never used for a choice." if all(
+                 x["role"] == "report" for x in seeds if x["seed"] in used) else
+                " **Tuning seeds only: no untouched seed yet.**"), ""]
     header = ["labels-only", "round 0 teacher",
               *(f"round {r['round']} student" for r in s["rounds"]), "fully supervised",
               "gain", "gap closed"]
@@ -49,33 +61,53 @@ def quality_section(name: str, q: dict[str, Any]) -> list[str]:
            mean_std(s["gain"]) + " pts",
            mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"]
     lines += ["Test top-1 (%):", "", *table(header, [row])]
-    if name in QUALITY_TARGETS and "gap_closed" in s:
-        gain, closed = QUALITY_TARGETS[name]
-        met = s["gain"]["mean"] >= gain and s["gap_closed"]["mean"] >= closed
-        gap = s["supervised"]["mean"] - s["labels_only"]["mean"]
-        lines += [f"Target: a gain of at least {100 * gain:.0f} points and at least "
-                  f"{100 * closed:.0f}% of the gap closed (mean over seeds): "
-                  f"{_ok(met)}.", ""]
-        if gap > 0:
-            lines += [f"The gap to full supervision is {100 * gap:.2f} points, so the gain asked "
-                      f"for is {100 * gain / gap:.0f}% of it and the share asked for is "
-                      f"{100 * closed * gap:.2f} points.", ""]
+    lines += _target(name, s)
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    per = [[str(x["seed"]), baseline(x["labels_only"]),
+    per = [[f"{x['seed']} ({x['role']})", pct(x["labels_only"]["top1"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
-            baseline(x["supervised"]), f"{x['labels_only']['steps']} x "
-            f"{x['labels_only']['batch']}", f"{x['supervised']['steps']} x "
-            f"{x['supervised']['batch']}",
-            f"{x['noisy_student']['seconds'] / 60:.1f}"] for x in seeds]
-    lines += table(["seed", "labels-only", "teacher", "students by round", "supervised",
-                    "labels-only steps x batch", "supervised steps x batch", "NS minutes"], per)
-    if any(x[b].get("kept") for x in seeds for b in ("labels_only", "supervised")):
-        lines += ["(kept): a baseline an earlier run made, the same experiment (same final "
-                  "architecture, noise, training settings, seed and steps); see "
-                  "`tools/bench_reuse.py`.", ""]
+            pct(x["noisy_student"].get("final_val_top1")), pct(x["supervised"]["top1"]),
+            f"{x['labels_only']['steps']} x {x['labels_only']['batch']}",
+            f"{x['supervised']['steps']} x {x['supervised']['batch']}",
+            f"{x['noisy_student']['seconds'] / 60:.1f}",
+            made_by(x["noisy_student"], current)] for x in seeds]
+    lines += table(["seed", "labels-only", "teacher", "students by round (test)",
+                    "final student (validation)", "supervised", "labels-only steps x batch",
+                    "supervised steps x batch", "NS minutes", "commit"], per)
+    return lines + _ceiling(seeds)
+
+
+def _target(name: str, s: dict[str, Any]) -> list[str]:
+    if name not in QUALITY_TARGETS or "gap_closed" not in s:
+        return []
+    gain, closed = QUALITY_TARGETS[name]
+    met = s["gain"]["mean"] >= gain and s["gap_closed"]["mean"] >= closed
+    gap = s["supervised"]["mean"] - s["labels_only"]["mean"]
+    lines = [f"Target: a gain of at least {100 * gain:.0f} points and at least "
+             f"{100 * closed:.0f}% of the gap closed (mean over seeds): {_ok(met)}.", ""]
+    if gap > 0:
+        lines += [f"The gap to full supervision is {100 * gap:.2f} points, so the gain asked "
+                  f"for is {100 * gain / gap:.0f}% of it and the share asked for is "
+                  f"{100 * closed * gap:.2f} points.", ""]
     return lines
+
+
+def _ceiling(seeds: list[dict[str, Any]]) -> list[str]:
+    """Whether the fully supervised ceiling has converged: trained twice as long, it moves less
+    than CONVERGED."""
+    lines = []
+    for x in seeds:
+        longer = x.get("supervised_longer")
+        if not longer:
+            continue
+        move = longer["top1"] - x["supervised"]["top1"]
+        lines.append(f"Ceiling, seed {x['seed']}: fully supervised {pct(x['supervised']['top1'])}"
+                     f"% after {x['supervised']['epochs']} epochs, {pct(longer['top1'])}% after "
+                     f"{longer['epochs']} ({100 * move:+.2f} points): "
+                     + ("converged" if abs(move) < CONVERGED else
+                        f"**not converged** (moves {100 * CONVERGED:.1f} points or more)") + ".")
+    return lines + [""] if lines else ["No convergence check of the ceiling yet.", ""]
 
 
 def _verdict(points: float, spread: float | None) -> str:
@@ -89,27 +121,33 @@ def _verdict(points: float, spread: float | None) -> str:
     return "hurts"
 
 
-def ablation_section(name: str, a: dict[str, Any], spread: float | None = None) -> list[str]:
+def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
+                     current: str | None = None) -> list[str]:
     """The variants against the recipe, and whether the paper's finding (removing noise hurts)
-    holds here. `spread`: the final student's standard deviation over the quality seeds, the
-    scale against which one seed's differences are read."""
-    base = a["recipe"]["final_top1"]
+    holds here, read on validation (test when a run has none). `spread`: the final student's
+    standard deviation over the quality seeds on the same set, the scale against which one
+    seed's differences are read."""
+    key = "final_val_top1" if a["recipe"].get("final_val_top1") is not None else "final_top1"
+    base = a["recipe"][key]
     rows = []
     for variant, r in sorted(a.items(), key=lambda item: item[0] != "recipe"):
         label = "the recipe" if variant == "recipe" else variant
         same = " (= the recipe)" if r.get("same_as_recipe") else ""
-        rows.append([label + same, " / ".join(pct(x["student_top1"]) for x in r["rounds"]),
-                     pct(r["final_top1"]),
-                     "" if variant == "recipe" else f"{100 * (r['final_top1'] - base):+.2f}",
-                     " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"])])
-    lines = [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)})", "",
-             *table(["variant", "students by round", "final", "vs recipe (pts)",
-                     "pseudo-label accuracy by round"], rows)]
-    noise = {v: 100 * (a[v]["final_top1"] - base)
-             for v in ("no input noise", "no model noise") if v in a}
+        rows.append([label + same, pct(r.get("final_val_top1")),
+                     "" if variant == "recipe" else f"{100 * (r[key] - base):+.2f}",
+                     " / ".join(pct(x["student_top1"]) for x in r["rounds"]),
+                     " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"]),
+                     f"{r['seconds'] / 60:.1f}", made_by(r, current)])
+    on = "validation" if key == "final_val_top1" else "test (a run without validation)"
+    lines = [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)}, read on {on})", "",
+             *table(["variant", "final student (validation)", "vs recipe (pts)",
+                     "students by round (test)", "pseudo-label accuracy by round", "minutes",
+                     "commit"], rows)]
+    noise = {v: 100 * (a[v][key] - base) for v in ("no input noise", "no model noise") if v in a}
     if noise:
         parts = [f"{v} {d:+.2f} pts ({_verdict(d, spread)})" for v, d in noise.items()]
-        lines += [f"The paper's finding, that removing noise hurts: {'; '.join(parts)}."
+        lines += [f"The paper's finding, that removing noise hurts, on {on.split()[0]}: "
+                  f"{'; '.join(parts)}."
                   + (f" One seed each; the final student's standard deviation over the quality "
                      f"seeds is {100 * spread:.2f} points." if spread is not None else ""), ""]
     return lines
@@ -193,39 +231,58 @@ def _ok(passed: bool) -> str:
     return "met" if passed else "**missed**"
 
 
-def write(data: dict[str, Any], markdown: Path, plot: Path) -> None:
-    """Regenerate the report (and the plot, when there are quality results) from `data`."""
+RULE = ("The rule: every choice made from a measured figure (recipe defaults, thresholds, "
+        "epochs, ablation verdicts) is made on validation, a class-balanced set carved from the "
+        "training pool; test is read only for this report. Seeds 0, 1, 2 are tuning seeds; seeds "
+        "100, 101, 102 are report seeds, never used for a choice. A row marked (older code) was "
+        "made before the last change to `noisy_student/`.")
+
+
+def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None = None) -> None:
+    """Regenerate the report (and the plot, when there are quality results) from `data`;
+    `current`: the package code now (`bench_runs.package_code`), against which rows are marked."""
     lines = ["# Benchmarks", "",
              "Written by `tools/benchmark.py` from its results JSON; do not edit by hand. "
              "How each figure is made: see the docstrings of `tools/benchmark.py` and "
-             "`tools/bench_speed.py`.", "",
+             "`tools/bench_speed.py`.", "", RULE, "",
              "The latest run of each section (a section keeps the seeds and variants of "
              "earlier runs that the latest did not redo):", ""]
     for section, info in data.get("runs", {}).items():
-        m = info["machine"]
-        lines.append(f"- **{section}**: `{info['command']}` on {info['date']}; {m['cpu']}, "
-                     f"{m['cores']} cores, {m['torch_threads']} torch threads, GPU "
-                     f"{m['gpu'] or 'none'}; Python {m['python']}, torch {m['torch']}, "
-                     f"albumentations {m['albumentations']}, numpy {m['numpy']}")
+        lines.append(_run_line(section, info))
     lines.append("")
     if "quality" in data:
         lines += ["## Quality: what the unlabeled images buy", ""]
         for name, q in data["quality"].items():
-            lines += quality_section(name, q)
+            lines += quality_section(name, q, current)
         if _plot(data["quality"], plot):
             lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
     if "ablations" in data:
         lines += ["## Ablations", ""]
         for name, a in data["ablations"].items():
             final = data.get("quality", {}).get(name, {}).get("summary", {}).get(
-                "noisy_student", {})
-            lines += ablation_section(name, a, final["std"] if final.get("n", 0) > 1 else None)
+                "noisy_student_val", {})
+            lines += ablation_section(name, a, final["std"] if final.get("n", 0) > 1 else None,
+                                      current)
     if "speed" in data:
         lines += ["## Speed: what the framework costs", "", *speed_section(data["speed"])]
     if "memory" in data:
         lines += memory_section(data["memory"])
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def _run_line(section: str, info: dict[str, Any]) -> str:
+    if "provenance" not in info and "machine" in info and "python" in info["machine"]:
+        m = info["machine"]  # recorded before commits were
+        return (f"- **{section}**: `{info['command']}` on {info['date']}, commit unrecorded; "
+                f"{m['cpu']}, {m['cores']} cores; torch {m['torch']}")
+    p = info.get("provenance", info)
+    m, v = p["machine"], p["versions"]
+    return (f"- **{section}**: `{info['command']}` on {p['date']} at commit "
+            f"{made_by({'provenance': p}, None)}; {m['cpu']}, {m['cores']} cores, "
+            f"{m['torch_threads']} torch threads, GPU {m['gpu'] or 'none'}; Python "
+            f"{v['python']}, torch {v['torch']}, albumentations {v['albumentations']}, numpy "
+            f"{v['numpy']}")
 
 
 def _relative(path: Path, markdown: Path) -> str:

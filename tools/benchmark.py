@@ -1,6 +1,6 @@
 """Benchmarks: what unlabeled images buy (quality) and what the framework costs (speed).
 
-    python tools/benchmark.py quality [--dataset fashion_mnist|digits|both] [--seeds 0 1 2]
+    python tools/benchmark.py quality [--dataset fashion_mnist|digits|both] [--seeds 100 101 102]
     python tools/benchmark.py ablations [--dataset ...] [--variants NAME ...]
     python tools/benchmark.py speed
     python tools/benchmark.py all            # quality + ablations + speed, then the report
@@ -8,26 +8,29 @@
     ... --quick                              # minutes: small data, few epochs (a smoke test)
 
 Results are merged into `benchmarks/results.json` (with `--quick`: `runs/benchmarks/quick.json`),
-then `BENCHMARKS.md` and `benchmarks/rounds.png` are regenerated from it. Run directories go to
-`runs/benchmarks/` (not committed).
+then `BENCHMARKS.md` and `benchmarks/rounds.png` are regenerated from it. Runs go to
+`runs/benchmarks/` (not committed), one directory per job named by its fingerprint
+(`tools/bench_runs.py`): a finished job is reused, an unfinished one resumed.
+
+The rule: every choice made from a measured figure is made on validation; test is read only for
+the report. Seeds 0, 1, 2 are tuning seeds (ablations, recipe choices, read on validation);
+seeds 100, 101, 102 are report seeds, never used for a choice: the headline figures are theirs.
 
 Quality, per data set and seed, from the data set's recipe (same seed, same splits):
-  noisy_student   the recipe's loop: test top-1 of round 0's teacher and of each round's student,
-                  pseudo-label accuracy per round
+  noisy_student   the recipe's loop: validation and test top-1 of round 0's teacher and of each
+                  round's student, pseudo-label accuracy per round
   labels_only     the final student architecture on the labeled images only, same noise, as
                   many optimizer steps as one Noisy Student round
   supervised      the same architecture on every training label (labeled + the hidden labels
                   of the unlabeled pool), same noise, each step as many images as a Noisy
                   Student step, for one round's steps or SUPERVISED_EPOCHS passes over the
-                  data, whichever is more (a ceiling should be trained to convergence)
+                  data, whichever is more; on the first report seed (every seed with --quick)
+                  also twice as long (`supervised_longer`), to show the ceiling has converged
   gap_closed      (noisy_student - labels_only) / (supervised - labels_only)
 
-A data set's seeds accumulate in the results across invocations (`--seeds 1` adds seed 1) as
-long as the recipe's config, seed aside, is the same; a changed recipe starts the list afresh.
-A seed goes on where it stopped (its run directory is resumed when it holds the same config),
-and keeps its earlier baselines while they are the same experiment (`earlier_baseline`).
-Ablation variants accumulate the same way (saved one by one, kept while the recipe and its
-round 0 teacher are the same), so long ablations can be spread over several invocations.
+A data set's seeds accumulate in the results across invocations (`--seeds 101` adds seed 101)
+while the recipe (its config, seed aside) is the same; a changed recipe starts the list afresh
+(git keeps the old one). Every result carries the commit, versions and machine that made it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import runpy
 import shlex
 import statistics
@@ -53,7 +55,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from noisy_student.checkpoint import file_sha256, load_json, save_json  # noqa: E402
+from noisy_student.checkpoint import TrainCheckpoints, load_json, save_json  # noqa: E402
 from noisy_student.config import Config  # noqa: E402
 from noisy_student.data import NoisedDataset, load_source, make_splits  # noqa: E402
 from noisy_student.evaluate import classification_metrics  # noqa: E402
@@ -62,18 +64,18 @@ from noisy_student.ladder import build_model  # noqa: E402
 from noisy_student.loop import run  # noqa: E402
 from noisy_student.losses import build_student_loss  # noqa: E402
 from noisy_student.noise_batch import build_student_noise  # noqa: E402
-from noisy_student.run_dir import config_diff  # noqa: E402
 from noisy_student.tracking import Tracker  # noqa: E402
 from noisy_student.train import resolve_device, train_model  # noqa: E402
 
 import bench_speed  # noqa: E402
 import bench_report  # noqa: E402
-from bench_reuse import (earlier_baseline, normalized, plan, quality_run,  # noqa: E402
-                         same_recipe, same_run)
+from bench_runs import Job, fingerprint, identity, package_code, provenance  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 QUICK_RESULTS = ROOT / "runs" / "benchmarks" / "quick.json"
 WORK = ROOT / "runs" / "benchmarks"
+TUNING_SEEDS = (0, 1, 2)  # choices, read on validation
+REPORT_SEEDS = (100, 101, 102)  # the report, never used for a choice
 
 # --quick: the same comparisons on a slice, in about a minute per data set
 QUICK = {
@@ -83,7 +85,6 @@ QUICK = {
                       "train.teacher_epochs=5", "train.epochs=1", "rounds=2"],
 }
 SUPERVISED_EPOCHS = 15  # full mode; --quick uses one round's steps
-EARLIER_RECIPES = 12  # seeds of replaced recipes kept in the results, newest first
 ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing noise hurts)
     "no input noise": ["noise.enabled=false"],
     "no model noise": ["model.drop_rate=0", "model.drop_path_rate=0"],
@@ -99,6 +100,10 @@ ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing n
 LARGER_STUDENT = {"fashion_mnist": "cnn_medium(depth=3, stem_stride=2)", "digits": "cnn_small"}
 
 
+def role(seed: int) -> str:
+    return "report" if seed in REPORT_SEEDS else "tuning"
+
+
 def recipe_config(dataset: str, quick: bool, extra: list[str] = ()) -> Config:
     config: Config = runpy.run_path(str(ROOT / "recipes" / f"{dataset}.py"))["make_config"]()
     overrides = ['tracking.mode="disabled"', "checkpoint.every_minutes=0",
@@ -106,94 +111,148 @@ def recipe_config(dataset: str, quick: bool, extra: list[str] = ()) -> Config:
     return config.with_overrides(overrides)
 
 
-def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, steps: int,
-                     batch: int, splits: Any, tag: str) -> dict[str, Any]:
-    """The final student architecture trained on (images, labels) alone, with the config's noise,
-    for about `steps` steps of `batch`; its test metrics."""
+def recipe_fingerprint(config: Config) -> str:
+    """The recipe a seed was made with: its config without seed and out."""
+    return fingerprint({**identity(config), "seed": None})
+
+
+def plan(images: int, steps: int, batch: int) -> tuple[int, int]:
+    """(batch, epochs) of a baseline of about `steps` steps of `batch` over `images`."""
+    batch = min(batch, images)
+    return batch, max(1, round(steps / math.ceil(images / batch)))
+
+
+def baseline_settings(config: Config) -> dict[str, Any]:
+    """What a baseline depends on besides its images and steps: the recipe's config without the
+    teacher's side (earlier rungs of the ladder, pseudo-labels, epochs of the loop)."""
+    c = identity(config)
+    c["model"]["ladder"] = [config.model_for(config.rounds)]
+    train = {k: v for k, v in c["train"].items() if k not in ("teacher_epochs", "epochs")}
+    return {"model": c["model"], "noise": c["noise"], "data": c["data"], "loss": c["loss"],
+            "train": train, "seed": c["seed"]}
+
+
+def scores(model: torch.nn.Module, splits: Any, config: Config,
+           device: torch.device) -> dict[str, float]:
+    """Test top-1, top-5 and ECE, and validation top-1 and ECE when there is a validation set."""
+    out: dict[str, float] = {}
+    for name, images in splits.scored().items():
+        logits = predict_logits(model, images.images, splits.mean, splits.std,
+                                config.train.eval_batch_size, device)
+        m = classification_metrics(logits, torch.from_numpy(images.labels), splits.num_classes)
+        prefix = "" if name == "test" else f"{name}_"
+        out.update({f"{prefix}top1": m["top1"], f"{prefix}ece": m["ece"]})
+        if name == "test":
+            out["top5"] = m["top5"]
+    return out
+
+
+def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, epochs: int,
+                     batch: int, splits: Any, job: Job) -> dict[str, Any]:
+    """The final student architecture trained on (images, labels) alone, with the config's
+    noise, for `epochs` passes of `batch`; its scores. Checkpointed in the job's folder, so an
+    interrupted baseline goes on where it stopped."""
     c = config
     model = build_model(c, c.rounds, splits)
     noise, batch_noise = build_student_noise(c.noise, splits.channels)  # as the loop's students
     data = NoisedDataset(images, labels, noise, splits.mean, splits.std, c.seed)
-    batch, epochs = plan(len(data), steps, batch)
     loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
                               1.0, 0.0, with_pseudo=False)
     device = resolve_device(c.train.device)
+    checkpoints = TrainCheckpoints(job.folder / "checkpoints", {"phase": job.kind}, keep=1,
+                                   every_minutes=10.0, resume=True)
     start = time.perf_counter()
     result = train_model(model, loss, data, None, dataclasses.replace(c.train, batch_size=batch),
                          epochs, seed=c.seed * 1000 + 99, device=device, tracker=Tracker(None),
-                         tag=tag, num_workers=c.data.num_workers, eval_times=0,
-                         batch_noise=batch_noise)
-    logits = predict_logits(result.model, splits.test.images, splits.mean, splits.std,
-                            c.train.eval_batch_size, device)
-    metrics = classification_metrics(logits, torch.from_numpy(splits.test.labels),
-                                     splits.num_classes)
-    print(f"{tag}: {len(data)} images, {result.steps} steps of {batch}: test top-1 "
-          f"{100 * metrics['top1']:.2f}%", flush=True)
-    return {"top1": metrics["top1"], "top5": metrics["top5"], "ece": metrics["ece"],
-            "steps": result.steps, "batch": batch, "images": len(data),
-            "seconds": round(time.perf_counter() - start, 1)}
+                         tag=job.kind, num_workers=c.data.num_workers, eval_times=0,
+                         checkpoints=checkpoints, batch_noise=batch_noise)
+    figures = scores(result.model, splits, c, device)
+    print(f"{job.kind}: {len(data)} images, {result.steps} steps of {batch}: test top-1 "
+          f"{100 * figures['top1']:.2f}%", flush=True)
+    for path in checkpoints.paths():  # finished: result.json holds what is kept
+        path.unlink()
+    return {**figures, "steps": result.steps, "batch": batch, "epochs": epochs,
+            "images": len(data),
+            "seconds": round(time.perf_counter() - start + result.seconds_before, 1)}
 
 
-def noisy_student(config: Config, out: Path, resume: bool = True) -> dict[str, Any]:
-    """The recipe's loop; per-round test top-1, pseudo-label accuracy, steps and timing. With
-    `resume`, a run of the same config already in `out` is continued: finished rounds are
-    loaded, so an interrupted benchmark goes on where it stopped. Seconds: the loop's own,
-    teacher and rounds (those of a finished run as they were measured)."""
+def baseline(work: Path, dataset: str, kind: str, config: Config, images: np.ndarray,
+             labels: np.ndarray, steps: int, batch: int, splits: Any) -> dict[str, Any]:
+    """A baseline of about `steps` steps of `batch`: its earlier result when the same job has
+    finished (same settings, images, batch, epochs and package code), else trained now."""
+    batch, epochs = plan(len(images), steps, batch)
+    job = Job.of(work, dataset, kind, config.seed, settings=baseline_settings(config),
+                 images=len(images), batch=batch, epochs=epochs)
+    done = job.result()
+    if done is not None:
+        print(f"{kind}: finished earlier, reused from {done['run_dir']}", flush=True)
+        return done
+    return job.finish(train_supervised(config, images, labels, epochs, batch, splits, job))
+
+
+def noisy_student(config: Config, job: Job) -> dict[str, Any]:
+    """The recipe's loop in `job.folder / "run"`, its earlier result when finished; per-round
+    validation and test top-1, pseudo-label accuracy, steps and timing. An interrupted loop
+    goes on where it stopped (finished rounds are loaded). Seconds: the loop's own, teacher and
+    rounds (as they were measured, over every process of a resumed run)."""
+    done = job.result()
+    if done is not None:
+        print(f"{job.kind} seed {job.seed}: finished earlier, reused from {done['run_dir']}",
+              flush=True)
+        return done
+    out = job.folder / "run"
     config = config.with_overrides([f'out="{out}"'])
-    saved = load_json(out / "config.json") if resume and (out / "config.json").is_file() else None
-    same = saved is not None and same_run(saved, config.to_dict())
-    changed = tuple(config_diff(saved, config.to_dict())) if same else ()
-    summary = run(config, overwrite=not same, resume=same, allow_config_change=changed)
+    again = (out / "config.json").is_file()
+    summary = run(config, resume=again, allow_config_change=("out",) if again else ())
     rounds = []
     for r in summary["rounds"]:
         metrics = load_json(out / f"round_{r['round']}" / "metrics.json")
         rounds.append({"round": r["round"], "student": r["student"],
                        "student_top1": r["student_top1"],
+                       "student_val_top1": r.get("student_val_top1"),
                        "pseudo_label_accuracy": r["pseudo_label_accuracy"],
                        "pseudo_labels_kept": r["pseudo_labels_kept"],
                        "steps": metrics["train"][-1]["step"], "timing": metrics["timing"]})
-    seconds = summary["teacher"]["seconds"] + sum(r["seconds"] for r in summary["rounds"])
-    return {"teacher_top1": summary["teacher"]["top1"], "teacher": summary["teacher"]["model"],
-            "final_top1": rounds[-1]["student_top1"], "rounds": rounds,
-            "seconds": round(seconds, 1), "run_dir": str(out)}
+    t = summary["teacher"]
+    seconds = t["seconds"] + sum(r["seconds"] for r in summary["rounds"])
+    return job.finish({
+        "teacher": t["model"], "teacher_top1": t["top1"], "teacher_val_top1": t.get("val_top1"),
+        "final_top1": rounds[-1]["student_top1"],
+        "final_val_top1": rounds[-1]["student_val_top1"], "rounds": rounds,
+        "seconds": round(seconds, 1)})
 
 
-def ns_dir(work: Path, dataset: str, seed: int, quick: bool) -> Path:
-    return work / f"{'quick-' if quick else ''}{dataset}-seed{seed}" / "noisy_student"
+def loop_job(work: Path, dataset: str, config: Config, kind: str = "noisy_student") -> Job:
+    return Job.of(work, dataset, kind, config.seed, config=identity(config))
 
 
-def quality_one(work: Path, dataset: str, seed: int, quick: bool,
-                old: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """One seed: the loop, then labels-only and fully supervised on the same splits (kept from
-    `old`, this seed's earlier results, when they are the same experiment)."""
+def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, Any]:
+    """One seed: the loop, then labels-only and fully supervised on the same splits."""
     config = recipe_config(dataset, quick, [f"seed={seed}"])
-    ns = noisy_student(config, ns_dir(work, dataset, seed, quick))
+    ns = noisy_student(config, loop_job(work, dataset, config))
     splits = make_splits(load_source(config.data), config.data, seed)
+    if splits.unlabeled.labels is None:
+        raise SystemExit(f"{dataset}: the unlabeled pool has no hidden labels to supervise with")
     b_lab = config.train.batch_size
     b_step = b_lab * (1 + config.train.unlabeled_ratio)
     steps = ns["rounds"][-1]["steps"]
-    labels_only = earlier_baseline(old, "labels_only", config, len(splits.labeled), steps,
-                                   b_lab) or train_supervised(
-        config, splits.labeled.images, splits.labeled.labels, steps, b_lab, splits,
-        "labels-only")
-    if splits.unlabeled.labels is None:
-        raise SystemExit(f"{dataset}: the unlabeled pool has no hidden labels to supervise with")
-    everything = len(splits.labeled) + len(splits.unlabeled)
+    labels_only = baseline(work, dataset, "labels_only", config, splits.labeled.images,
+                           splits.labeled.labels, steps, b_lab, splits)
+    images = np.concatenate([splits.labeled.images, splits.unlabeled.images])
+    labels = np.concatenate([splits.labeled.labels, splits.unlabeled.labels])
     if not quick:
-        steps = max(steps, SUPERVISED_EPOCHS * math.ceil(everything / b_step))
-    supervised = earlier_baseline(old, "supervised", config, everything, steps,
-                                  b_step) or train_supervised(
-        config, np.concatenate([splits.labeled.images, splits.unlabeled.images]),
-        np.concatenate([splits.labeled.labels, splits.unlabeled.labels]),
-        steps, b_step, splits, "supervised")
+        steps = max(steps, SUPERVISED_EPOCHS * math.ceil(len(images) / b_step))
+    supervised = baseline(work, dataset, "supervised", config, images, labels, steps, b_step,
+                          splits)
+    longer = (baseline(work, dataset, "supervised", config, images, labels, 2 * steps, b_step,
+                       splits) if quick or seed == REPORT_SEEDS[0] else None)
     gap = supervised["top1"] - labels_only["top1"]
-    return {"seed": seed, "model": config.model_for(config.rounds),
-            "labeled": len(splits.labeled), "unlabeled": len(splits.unlabeled),
-            "test": len(splits.test), "noisy_student": ns, "labels_only": labels_only,
-            "supervised": supervised,
-            "gain": ns["final_top1"] - labels_only["top1"],
+    return {"seed": seed, "role": role(seed), "model": config.model_for(config.rounds),
+            "recipe": recipe_fingerprint(config), **splits.record["counts"],
+            "noisy_student": ns, "labels_only": labels_only, "supervised": supervised,
+            "supervised_longer": longer, "gain": ns["final_top1"] - labels_only["top1"],
             "gap_closed": (ns["final_top1"] - labels_only["top1"]) / gap if gap > 0 else None,
-            "command": config.to_dict()}
+            "config": identity(config)}
 
 
 def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -205,6 +264,7 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     pick = {"labels_only": lambda s: s["labels_only"]["top1"],
             "teacher": lambda s: s["noisy_student"]["teacher_top1"],
             "noisy_student": lambda s: s["noisy_student"]["final_top1"],
+            "noisy_student_val": lambda s: s["noisy_student"].get("final_val_top1"),
             "supervised": lambda s: s["supervised"]["top1"], "gain": lambda s: s["gain"],
             "gap_closed": lambda s: s["gap_closed"]}
     out = {k: stat([f(s) for s in per_seed]) for k, f in pick.items()
@@ -219,46 +279,24 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
             earlier: dict[str, Any]) -> dict[str, Any]:
-    """Per data set: the new seeds, plus `earlier` results' seeds made with the same recipe.
-    Seeds of an earlier recipe move to `earlier_recipes` (the last EARLIER_RECIPES of them): a
-    record of what it measured, and baselines that a later recipe may keep."""
+    """Per data set: the new seeds, plus `earlier` results' seeds of the same recipe. The
+    summary is over the report seeds (over all seeds when none is a report seed)."""
     results = {}
     for dataset in datasets:
-        before = earlier.get(dataset, {})
-        history = before.get("seeds", []) + before.get("earlier_recipes", [])
-        per_seed = [quality_one(work, dataset, seed, quick,
-                                [s for s in history if s["seed"] == seed]) for seed in seeds]
-        recipe = per_seed[0]["command"]
-        kept = [s for s in before.get("seeds", [])
-                if s["seed"] not in seeds and same_recipe(s["command"], recipe)]
-        replaced = [s for s in before.get("seeds", []) if not same_recipe(s["command"], recipe)]
+        per_seed = [quality_one(work, dataset, seed, quick) for seed in seeds]
+        recipe = per_seed[0]["recipe"]
+        kept = [s for s in earlier.get(dataset, {}).get("seeds", [])
+                if s["seed"] not in seeds and s.get("recipe") == recipe]
         per_seed = sorted(kept + per_seed, key=lambda s: s["seed"])
-        results[dataset] = {"seeds": per_seed, "summary": summarize(per_seed),
-                            "earlier_recipes": (replaced + before.get("earlier_recipes", []))
-                            [:EARLIER_RECIPES]}
+        report = [s for s in per_seed if s["role"] == "report"] or per_seed
+        results[dataset] = {"recipe": recipe, "seeds": per_seed, "summary": summarize(report),
+                            "summary_seeds": [s["seed"] for s in report]}
     return results
 
 
-def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | None = None,
-              seed: int = 0, only: list[str] | None = None,
-              earlier: dict[str, Any] | None = None,
-              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The recipe against one change at a time. Every variant's students learn from the recipe
-    run's round 0 teacher (loaded, not retrained), so only the student side differs.
-
-    `recipe`: that run's results when the quality benchmark made it (same config and seed), so
-    that `ablations` after `quality` trains only the variants. A variant in `earlier` (this data
-    set's ablation results) made from the same recipe config, overrides and teacher weights is
-    kept, not run again; `only` runs just the variants named. `save` gets the results after
-    every variant, so that an interrupted run loses one variant at most and the next run goes
-    on from there."""
-    base = recipe_config(dataset, quick, [f"seed={seed}"])
-    if recipe is None:
-        folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / "recipe"
-        recipe = noisy_student(base, folder)
-    recipe = {**recipe, "seed": seed}
-    teacher = Path(recipe["run_dir"]) / "teacher" / "model.safetensors"
-    made_from = {"recipe": normalized(base.to_dict()), "teacher_sha256": file_sha256(teacher)}
+def variants_of(base: Config, dataset: str) -> dict[str, list[str]]:
+    """The ablation variants' overrides; the student-size one is the other choice than the
+    recipe's (students equal to the teacher, or larger)."""
     variants = dict(ABLATIONS)
     first, ladder = base.model.ladder[0], base.model.ladder
     if all(rung == first for rung in ladder):
@@ -268,57 +306,44 @@ def ablations(work: Path, dataset: str, quick: bool, recipe: dict[str, Any] | No
     else:
         del variants["students larger than teacher"]
         variants["student equal to teacher"] = [f"model.ladder={json.dumps([first])}"]
-    results = {"recipe": recipe}
-    for name, overrides in variants.items():
+    return variants
+
+
+def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0],
+              only: list[str] | None = None,
+              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The recipe against one change at a time, on a tuning seed, read on validation. Every
+    variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
+    only the student side differs. The recipe's loop is the quality benchmark's job of the same
+    seed (reused when finished); each variant is a job of its own (reused when finished).
+    `only` runs just the variants named; the others are listed when finished earlier. `save`
+    gets the results after every variant."""
+    base = recipe_config(dataset, quick, [f"seed={seed}"])
+    recipe_job = loop_job(work, dataset, base)
+    recipe = noisy_student(base, recipe_job)
+    teacher = recipe_job.folder / "run" / "teacher" / "model.safetensors"
+    results: dict[str, Any] = {"recipe": {**recipe, "seed": seed}}
+    for name, overrides in variants_of(base, dataset).items():
         config = base.with_overrides(overrides)
         if config.to_dict() == base.to_dict():
-            results[name] = {"same_as_recipe": True, **recipe}
+            results[name] = {"same_as_recipe": True, **results["recipe"]}
             continue
-        key = {**made_from, "overrides": overrides}
-        old = (earlier or {}).get(name, {}).get("made_from")
-        if old and {**old, "recipe": normalized(old["recipe"])} == key:
-            results[name] = earlier[name]
-            continue
-        if only is not None and name not in only:
-            continue
-        print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
         config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
                                         "train.teacher_epochs=0"])
-        folder = work / f"{'quick-' if quick else ''}ablate-{dataset}" / name.replace(" ", "_")
-        # the config names the teacher's file, not its weights: an interrupted variant is
-        # continued only if it was made from the same (recorded beside its folder)
-        marker = folder.with_name(folder.name + ".made_from.json")
-        again = marker.is_file() and load_json(marker) == json.loads(json.dumps(key))
-        save_json(marker, key)
-        results[name] = {"overrides": overrides, "made_from": key,
-                         **noisy_student(config, folder, resume=again)}
+        job = loop_job(work, dataset, config, kind=f"ablation {name}")
+        if (only is not None and name not in only) and job.result() is None:
+            continue
+        print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
+        results[name] = {"overrides": overrides, **noisy_student(config, job)}
         if save is not None:
             save({dataset: results})
     return {dataset: results}
 
 
-def machine() -> dict[str, Any]:
-    import albumentations
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "albumentations": albumentations.__version__, "numpy": np.__version__,
-            "platform": platform.platform()}
-
-
 def merge(path: Path, section: str, value: dict[str, Any], command: str) -> dict[str, Any]:
     data = load_json(path) if path.is_file() else {}
     data.setdefault(section, {}).update(value)
-    data.setdefault("runs", {})[section] = {"command": command, "machine": machine(),
-                                            "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                  time.gmtime())}
+    data.setdefault("runs", {})[section] = {"command": command, **provenance()}
     save_json(path, data)
     return data
 
@@ -327,11 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["quality", "ablations", "speed", "all", "report"])
     p.add_argument("--dataset", choices=["digits", "fashion_mnist", "both"], default="both")
-    p.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 (one with --quick)")
+    p.add_argument("--seeds", type=int, nargs="+",
+                   help=f"quality: default the report seeds {' '.join(map(str, REPORT_SEEDS))} "
+                        f"(one with --quick); ablations: one tuning seed (default "
+                        f"{TUNING_SEEDS[0]})")
     p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
     p.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), metavar="NAME",
-                   help="ablations: run only these (others are kept from earlier results "
-                        "while the recipe and its teacher are the same)")
+                   help="ablations: run only these (the others are listed when they have "
+                        "finished earlier with the same recipe, teacher and code)")
     p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
     p.add_argument("--work", type=Path, default=WORK,
                    help="where the runs go (default: %(default)s)")
@@ -342,35 +370,28 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["python", "tools/benchmark.py",
                           *(argv if argv is not None else sys.argv[1:])])
     datasets = ["digits", "fashion_mnist"] if args.dataset == "both" else [args.dataset]
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    made: dict[str, Any] = {}
     if args.what in ("quality", "all"):
+        seeds = args.seeds or ([TUNING_SEEDS[0]] if args.quick else list(REPORT_SEEDS))
         earlier = load_json(path).get("quality", {}) if path.is_file() else {}
-        made = quality(args.work, datasets, seeds, args.quick, earlier)
-        merge(path, "quality", made, command)
+        merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier), command)
     if args.what in ("ablations", "all"):
-        done = load_json(path) if path.is_file() else {}
-        for dataset in datasets:  # the recipe row: a quality run's loop, else trained anew
-            earlier = done.get("ablations", {}).get(dataset, {})
-            seed = earlier.get("recipe", {}).get("seed")
-            recipe = quality_run(done.get("quality", {}).get(dataset, {}),
-                                 recipe_config(dataset, args.quick), prefer=seed)
-            seed = recipe["seed"] if recipe else seed or 0
+        seed = (args.seeds or [TUNING_SEEDS[0]])[0]
+        for dataset in datasets:
             merge(path, "ablations", ablations(
-                args.work, dataset, args.quick, recipe, seed=seed, only=args.variants,
-                earlier=earlier,
+                args.work, dataset, args.quick, seed, only=args.variants,
                 save=lambda part: merge(path, "ablations", part, command)), command)
     if args.what in ("speed", "all"):
-        digits_run = ns_dir(args.work, "digits", 0, args.quick)
+        digits = recipe_config("digits", args.quick, [f"seed={TUNING_SEEDS[0]}"])
+        digits_job = loop_job(args.work, "digits", digits)
         merge(path, "speed", bench_speed.measure(
-            recipe_config("digits", args.quick), args.work, args.quick,
-            digits_run if "digits" in made else None), command)
+            digits, args.work, args.quick,
+            digits_job.folder / "run" if digits_job.result() is not None else None), command)
     data = load_json(path) if path.is_file() else {}
     if args.quick:
         markdown, plot = args.markdown or path.with_suffix(".md"), path.with_suffix(".png")
     else:
         markdown, plot = args.markdown or ROOT / "BENCHMARKS.md", RESULTS.with_name("rounds.png")
-    bench_report.write(data, markdown, plot)
+    bench_report.write(data, markdown, plot, package_code())
     print(f"results: {path}\nreport: {markdown}\nplot: {plot}")
     return 0
 

@@ -149,7 +149,8 @@ def main() -> int:
                                                         "classes": args.classes}, command)
         official = args.results.resolve() == benchmark.RESULTS.resolve()
         bench_report.write(data, ROOT / "BENCHMARKS.md" if official else
-                           args.results.with_suffix(".md"), args.results.with_name("rounds.png"))
+                           args.results.with_suffix(".md"), args.results.with_name("rounds.png"),
+                           benchmark.package_code())
     return 0
 
 
