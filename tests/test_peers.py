@@ -1,0 +1,184 @@
+"""tools/peers.py without USB: the split, the budget arithmetic, the CPU shims, the exits, the
+table rows. The one test that needs `.peers-venv` is skipped where it is missing."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from noisy_student.data import load_source, make_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("peers", ROOT / "tools" / "peers.py")
+peers = importlib.util.module_from_spec(_spec)
+sys.modules["peers"] = peers  # dataclasses look their module up
+_spec.loader.exec_module(peers)
+
+
+def test_split_is_the_recipe_split_and_hashes_its_indices():
+    cfg, splits = peers.recipe_splits("digits", 0)
+    ours = make_splits(load_source(cfg.data), cfg.data, 0)  # what the recipe's run writes
+    for name in ("labeled", "unlabeled", "test"):
+        assert splits.record[name] == ours.record[name]
+        np.testing.assert_array_equal(getattr(splits, name).images, getattr(ours, name).images)
+    assert len(splits.labeled) == 100 and len(splits.test) == 539
+    record = peers.split_record(splits)
+    assert record["labeled"]["sha256"] == peers.index_sha256(ours.record["labeled"])
+    assert record["unlabeled"]["count"] == len(ours.record["unlabeled"])
+    _, other = peers.recipe_splits("digits", 1)
+    assert peers.split_record(other)["labeled"]["sha256"] != record["labeled"]["sha256"]
+    pool = set(splits.record["unlabeled"])
+    assert not pool & set(splits.record["labeled"])
+
+
+def test_index_hash_is_sha256_of_compact_json():
+    import hashlib
+
+    assert peers.index_sha256([3, 1, 2]) == hashlib.sha256(b"[3,1,2]").hexdigest()
+    assert peers.index_sha256(np.array([3, 1, 2])) == peers.index_sha256([3, 1, 2])
+
+
+def test_iteration_budget_on_hand_computed_numbers():
+    # 120 s less 5% = 114; less 20 s spent and 10 s of evaluation = 84 s; at 0.5 s a step: 168
+    assert peers.iteration_budget(120, 20, 0.5, 10) == 168
+    assert peers.iteration_budget(120, 20, 0.7, 10) == 120  # 84 / 0.7 = 120.000...
+    assert peers.iteration_budget(3300, 60, 2.5, 30, margin=0.0) == 1284  # 3210 / 2.5
+    assert peers.iteration_budget(60, 70, 0.5, 0) == 0  # over budget already
+    with pytest.raises(ValueError):
+        peers.iteration_budget(60, 0, 0.0, 0)
+
+
+def test_epoch_plan_cuts_whole_epochs_of_about_two_minutes():
+    assert peers.epoch_plan(168, 0.5) == (1, 168)  # 84 s: one epoch
+    assert peers.epoch_plan(1000, 0.5) == (4, 240)  # 240 steps = 120 s; 960 of 1000 kept
+    assert peers.epoch_plan(1284, 2.5) == (26, 48)
+    assert peers.epoch_plan(5, 100.0) == (5, 1)  # slow steps: a checkpoint after each
+
+
+def test_ema_momentum_keeps_usbs_value_on_long_runs_and_shortens_it_on_short_ones():
+    assert peers.ema_momentum(1_048_576) == 0.999  # USB's published run
+    assert peers.ema_momentum(10_000) == pytest.approx(0.999)  # horizon 1,000 = a tenth
+    assert peers.ema_momentum(1300) == pytest.approx(1 - 10 / 1300)  # horizon 130 steps
+    assert peers.ema_momentum(5) == 0.0  # no averaging at all
+
+
+def test_cpu_shims_neutralise_cuda_and_restore_it():
+    event, sync, tensor_cuda = torch.cuda.Event, torch.cuda.synchronize, torch.Tensor.cuda
+    with peers.cpu_shims() as shims:
+        x, layer = torch.zeros(3), torch.nn.Linear(2, 2)
+        assert x.cuda(0) is x and layer.cuda() is layer
+        assert torch.cuda.synchronize() is None and torch.cuda.set_device(0) is None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        end.record()
+        assert 0.0 <= start.elapsed_time(end) < 1000.0 and isinstance(start, peers.CpuEvent)
+        assert shims == peers.SHIMS
+        if importlib.util.find_spec("torchaudio") is None:
+            import torchaudio
+
+            with pytest.raises(ImportError, match="stub of tools/peers.py"):
+                torchaudio.load
+    assert torch.cuda.Event is event and torch.cuda.synchronize is sync
+    assert torch.Tensor.cuda is tensor_cuda
+    assert "cuda" not in torch.Tensor.__dict__ and "cuda" in torch.nn.Module.__dict__
+    assert not isinstance(sys.modules.get("torchaudio"), peers.StubModule)
+
+
+def test_missing_venv_exits_2_with_the_setup_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(peers, "VENV", tmp_path / "absent")
+    code = peers.main(["run", "--dataset", "digits", "--method", "fixmatch", "--seed", "0",
+                       "--minutes", "1"])
+    assert code == 2
+    assert "run `python tools/peers.py setup` first" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2():
+    for argv in (["run", "--dataset", "cifar", "--method", "fixmatch", "--seed", "0",
+                  "--minutes", "1"], ["run", "--dataset", "digits", "--method", "mixmatch",
+                                      "--seed", "0", "--minutes", "1"]):
+        with pytest.raises(SystemExit) as e:
+            peers.main(argv)
+        assert e.value.code == 2
+    with pytest.raises(peers.UsageError, match="mixmatch"):
+        peers.hyperparameters("mixmatch")
+
+
+def _result(method, seed, top1, minutes, dataset="fashion_mnist", val=None):
+    return {"method": method, "framework": "USB (semilearn)", "framework_version": "0.3.2",
+            "dataset": dataset, "seed": seed, "test_top1": top1, "validation_top1": val,
+            "minutes": {"total": minutes}}
+
+
+def test_peers_rows_mean_and_sample_sd():
+    rows = peers.peers_rows([_result("fixmatch", 101, 0.84, 14.0, val=0.80),
+                             _result("pseudolabel", 100, 0.70, 50.0),
+                             _result("fixmatch", 100, 0.80, 10.0, val=0.78)],
+                            recipe_minutes={"fashion_mnist": 48.0})
+    assert [r["method"] for r in rows] == ["fixmatch", "pseudolabel"]
+    fix, pl = rows
+    assert fix["seeds"] == [100, 101] and fix["test_top1"]["n"] == 2
+    assert fix["test_top1"]["mean"] == pytest.approx(0.82)
+    assert fix["test_top1"]["std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))  # 0.028284
+    assert fix["minutes"]["mean"] == pytest.approx(12.0)
+    assert fix["minutes"]["std"] == pytest.approx(math.sqrt(8.0))
+    assert fix["validation_top1"]["mean"] == pytest.approx(0.79)
+    assert fix["minutes_ratio"] == pytest.approx(0.25)
+    assert pl["test_top1"] == {"mean": 0.70, "std": 0.0, "n": 1}
+    assert pl["validation_top1"] is None
+    with pytest.raises(ValueError, match="lacks"):
+        peers.peers_rows([{"method": "fixmatch"}])
+
+
+def test_table_rejects_a_file_that_is_not_a_result(tmp_path, capsys):
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_result("fixmatch", 0, 0.9, 2.0, dataset="digits")))
+    bad.write_text(json.dumps({"accuracy": 1}))
+    assert peers.main(["table", str(good), str(bad)]) == 2
+    assert "bad.json: not a peer result" in capsys.readouterr().err
+    assert peers.main(["table", str(good)]) == 0
+    assert "| digits | fixmatch | USB (semilearn) 0.3.2 | 0 | 90.00 | - | 2.00 |" in \
+        capsys.readouterr().out
+
+
+def test_resume_refuses_another_runs_folder(tmp_path):
+    spec = peers.RunSpec("digits", "fixmatch", 0, 2.0, tmp_path)
+    plan = peers.Plan(10, 1, 10, 0.1, 1.0, 1.0, 2.0, 12, peers.spec_record(spec))
+    peers._write_json(tmp_path / "plan.json", peers.dataclasses.asdict(plan))
+    assert peers.load_plan(spec) == (plan, 0.0)  # a plan, no checkpoint: train from the start
+    other = peers.RunSpec("digits", "meanteacher", 0, 2.0, tmp_path)
+    with pytest.raises(peers.UsageError, match="choose another --out"):
+        peers.load_plan(other)
+    (tmp_path / "plan.json").write_text("{not json")
+    with pytest.raises(peers.UsageError, match="unreadable plan.json"):
+        peers.load_plan(spec)
+
+
+def test_the_network_is_the_recipes_last_rung_without_model_noise():
+    from noisy_student.models import count_params
+
+    cfg, splits = peers.recipe_splits("digits", 0)
+    assert cfg.model.drop_rate > 0  # the recipe's student noise, which peers do not get
+    plain = peers.plain_config(cfg)
+    assert plain.model.drop_rate == 0.0 and plain.model.drop_path_rate == 0.0
+    assert plain.model_for(plain.rounds) == "cnn_small"
+    net = peers.net_builder(cfg, splits)(num_classes=10)
+    out = net(torch.zeros(4, 1, 8, 8))
+    assert out["logits"].shape == (4, 10) and out["feat"].shape == (4, net.net.num_features)
+    assert count_params(net) == count_params(net.net)
+    with pytest.raises(ValueError, match="classes"):
+        peers.net_builder(cfg, splits)(num_classes=3)
+
+
+@pytest.mark.skipif(not (peers.VENV / "bin" / "python").exists(),
+                    reason="needs .peers-venv (python tools/peers.py setup)")
+def test_peers_venv_imports_usb_under_the_shims():
+    out = subprocess.run([str(peers.VENV / "bin" / "python"), str(ROOT / "tools" / "peers.py"),
+                          "versions"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch 2.14.1" in out.stdout and "semilearn 0.3.2" in out.stdout
