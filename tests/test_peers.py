@@ -159,6 +159,16 @@ def test_resume_refuses_another_runs_folder(tmp_path):
         peers.load_plan(spec)
 
 
+def test_a_finished_run_is_kept_and_another_runs_result_refused(tmp_path):
+    spec = peers.RunSpec("digits", "fixmatch", 0, 2.0, tmp_path)
+    result = {**_result("fixmatch", 0, 0.5, 1.9, dataset="digits"), "budget_minutes": 2.0}
+    peers._write_json(tmp_path / "result.json", result)
+    assert peers.run(spec) == result  # nothing imported, nothing trained
+    longer = peers.RunSpec("digits", "fixmatch", 0, 55.0, tmp_path)
+    with pytest.raises(peers.UsageError, match="choose another --out"):
+        peers.run(longer)
+
+
 def test_the_network_is_the_recipes_last_rung_without_model_noise():
     from noisy_student.models import count_params
 

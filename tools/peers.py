@@ -556,13 +556,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def finished(spec: RunSpec, done: Path) -> dict[str, Any]:
+    """The result already in `--out`, when it is this run's; another run's is an error."""
+    try:
+        result = json.loads(done.read_text())
+        ran = {k: result[k] for k in ("dataset", "method", "seed")}
+        ran["minutes"] = result["budget_minutes"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"{done}: not a readable peer result ({e}); delete it to run "
+                         "again") from e
+    if ran != spec_record(spec):
+        raise UsageError(f"{done} is the result of {ran}, not {spec_record(spec)}; choose "
+                         "another --out")
+    print(f"[peers] {done} exists: this run is done (delete it to run again)")
+    return result
+
+
 def run(spec: RunSpec) -> dict[str, Any]:
     """One peer run: the split, USB's algorithm on our network, the budget, the result."""
     t0 = time.perf_counter()
     done = spec.out / "result.json"
     if done.exists():
-        print(f"[peers] {done} exists: this run is done (delete it to run again)")
-        return json.loads(done.read_text())
+        return finished(spec, done)
     spec.out.mkdir(parents=True, exist_ok=True)
     with cpu_shims() as shims:
         seed_everything(spec.seed)
