@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -43,15 +44,32 @@ def test_class_head_learns_the_labels_and_distillation_head_the_teacher():
     assert {"labeled_ce", "labeled_dist_ce", "heads_cosine", "total"} == set(parts)
 
 
-def test_a_round_with_a_distillation_token_student(tiny_config):
+def test_a_round_with_a_distillation_token_student(tiny_config, monkeypatch):
+    """The logged `heads_cosine` of the student's epoch is the mean over its steps of the
+    cosine of the two heads' logits, recomputed here from the logits each step produced."""
     import json
 
     from noisy_student.loop import run
+    from noisy_student.losses import StudentLoss
 
+    heads = []  # per training step of a two-head model: (class head, distillation head) logits
+    forward = StudentLoss.forward
+
+    def spy(self, labeled_logits, labels, pseudo_logits=None, pseudo_targets=None):
+        if isinstance(labeled_logits, tuple):
+            rows = [labeled_logits] + ([pseudo_logits] if pseudo_logits is not None else [])
+            heads.append([torch.cat([r[h] for r in rows]).detach().clone() for h in (0, 1)])
+        return forward(self, labeled_logits, labels, pseudo_logits, pseudo_targets)
+
+    monkeypatch.setattr(StudentLoss, "forward", spy)
     config = tiny_config.with_overrides([
         'model.ladder=["cnn_tiny", "deit_tiny_distilled(patch_size=2)"]', "rounds=1",
         'pseudo_label.kind="hard"', 'loss.distillation="hard"', "loss.distill_smoothing=0.1"])
     summary = run(config)
     assert summary["rounds"][0]["student"] == "deit_tiny_distilled(patch_size=2)"
     history = json.loads((config.out_dir / "round_0" / "metrics.json").read_text())["train"]
-    assert -1 <= history[-1]["heads_cosine"] <= 1 and "pseudo_hard_distill" in history[-1]
+    assert len(history) == 1 and history[0]["skipped_steps"] == 0  # train.epochs = 1
+    assert len(heads) == history[0]["step"] > 0  # the cnn_tiny teacher has one head
+    by_hand = [((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean().item() for a, b in heads]
+    assert history[0]["heads_cosine"] == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-5)
+    assert "pseudo_hard_distill" in history[0]

@@ -146,10 +146,47 @@ def test_top_k_soft_labels_are_compact_and_densify_to_the_renormalized_top_k(tmp
 
 
 def test_a_run_with_top_k_soft_labels(tiny_config):
+    """Round 0's labels, recomputed from its saved teacher: threshold 0 keeps every image, the
+    balance rule gives each predicted class round(mean count) items, its most confident first,
+    and each item's soft label is the teacher's top 3 probabilities renormalized."""
+    from noisy_student.checkpoint import load_weights
+    from noisy_student.data import load_source, make_splits
+    from noisy_student.ladder import build_model
     from noisy_student.loop import run
 
-    summary = run(tiny_config.with_overrides(["rounds=1", "pseudo_label.top_k=3"]))
-    assert summary["rounds"][0]["pseudo_labels_kept"] > 0
+    config = tiny_config.with_overrides(["rounds=1", "pseudo_label.top_k=3"])
+    summary = run(config)
+    splits = make_splits(load_source(config.data), config.data, config.seed)
+    teacher = load_weights(build_model(config, 0, splits),
+                           config.out_dir / "teacher" / "model.safetensors").eval()
+    mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std).view(1, -1, 1, 1)
+    x = (torch.from_numpy(splits.unlabeled.images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        probs = teacher(x).softmax(1).numpy()  # temperature 1
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    counts = np.bincount(predicted, minlength=splits.num_classes)
+    target = round(counts.sum() / (counts > 0).sum())  # threshold 0.0: every image passes
+    labels = PseudoLabels.load(config.out_dir / "round_0" / "pseudo_labels.npz")
+    assert np.array_equal(labels.predicted, predicted)
+    np.testing.assert_allclose(labels.confidence_all, confidence, rtol=1e-5)
+    assert summary["rounds"][0]["pseudo_labels_kept"] == len(labels) == target * (counts > 0).sum()
+    kept = np.bincount(predicted[labels.indices], minlength=splits.num_classes)
+    assert kept.tolist() == [target if n else 0 for n in counts]
+    for c in np.flatnonzero(counts):
+        members = np.flatnonzero(predicted == c)
+        chosen = np.unique(labels.indices[predicted[labels.indices] == c])
+        if counts[c] >= target:  # capped: its `target` most confident images, once each
+            left = np.setdiff1d(members, chosen)
+            assert len(chosen) == target
+            assert not len(left) or confidence[chosen].min() >= confidence[left].max()
+        else:  # short: every image, duplicated
+            assert chosen.tolist() == members.tolist()
+    top = np.sort(probs, 1)[:, -3:].sum(1, keepdims=True)
+    dense = np.where(probs >= np.sort(probs, 1)[:, -3:-2], probs / top, 0.0)
+    targets = labels.training_targets()
+    rows = np.stack([targets[i].numpy() for i in range(len(labels))])
+    np.testing.assert_allclose(rows, dense[labels.indices], atol=2e-3)  # stored as float16
 
 
 def _teacher_and_images(n=50, classes=6, seed=0):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from noisy_student.specialists import combine, confusable_groups, kmeans, specialist_dataset
@@ -71,16 +72,38 @@ def test_specialist_data_maps_other_classes_to_the_dustbin_and_balances(tiny_con
     assert 0.4 <= inside <= 0.6  # about half of every epoch is the group's classes
 
 
-def test_a_round_with_specialists_reports_them(tiny_config):
+def test_a_round_with_specialists_reports_them(tiny_config, monkeypatch):
+    """The report's top-1s are those of the generalist and of the teacher the loop made from
+    it, recomputed here on the test images."""
+    from noisy_student import teachers
+    from noisy_student.data import load_source, make_splits
     from noisy_student.loop import run
 
+    made = []  # the teacher with specialists the loop built (its weights are not saved)
+    make = teachers.make_specialists
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(teachers, "make_specialists", keep)
     config = tiny_config.with_overrides(["rounds=1", "pseudo_label.specialists=3",
                                          "pseudo_label.specialist_epochs=2"])
     summary = run(config)
     metrics = json.loads((config.out_dir / "round_0" / "metrics.json").read_text())
     report = metrics["specialists"]
     assert report["specialists"] == len(report["groups"]) > 0
-    assert 0 <= report["combined_top1"] <= 1
-    assert report["generalist_top1"] == summary["teacher"]["top1"]
+    (teacher, _), = made
+    assert teacher.groups == report["groups"] and len(teacher.specialists) == len(teacher.groups)
+    splits = make_splits(load_source(config.data), config.data, config.seed)
+    mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std).view(1, -1, 1, 1)
+    x = (torch.from_numpy(splits.test.images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    labels = torch.from_numpy(splits.test.labels)
+    with torch.no_grad():
+        combined = (teacher(x).argmax(1) == labels).float().mean().item()
+        alone = (teacher.generalist(x).argmax(1) == labels).float().mean().item()
+    assert report["combined_top1"] == pytest.approx(combined)
+    assert report["generalist_top1"] == pytest.approx(alone) == summary["teacher"]["top1"]
     assert summary["rounds"][0]["teacher"].endswith("specialists")
     assert summary["rounds"][0]["teacher_top1"] == report["combined_top1"]
