@@ -27,6 +27,7 @@ from noisy_student.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "noisy_student"
+FIGURE_CODE = (PACKAGE, "tools", "recipes", "pyproject.toml")  # what a figure depends on
 
 
 def _git(*args: str) -> str:
@@ -52,8 +53,8 @@ def package_code() -> str:
 
 
 def provenance() -> dict[str, Any]:
-    """What made a figure: commit, whether the tree was dirty, the package code, versions and
-    machine. No path of the machine."""
+    """What made a figure: commit, whether the code that makes figures (FIGURE_CODE) had
+    uncommitted changes, the package code, versions and machine. No path of the machine."""
     import albumentations
     import numpy
     import torch
@@ -66,7 +67,9 @@ def provenance() -> dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"commit": _git("rev-parse", "HEAD") or None,
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            # uncommitted changes to what makes figures (tests and docs do not)
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                               *FIGURE_CODE)),
             "package_code": package_code(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "numpy": numpy.__version__,
