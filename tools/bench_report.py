@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,48 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
     return lines
 
 
+def peers_section(data: dict[str, Any]) -> list[str]:
+    """Our recipe against the established frameworks, per data set: test top-1 over the same
+    seeds, minutes, and the ratio of each peer's minutes to the recipe's."""
+    import runpy
+
+    rows_of = runpy.run_path(str(Path(__file__).with_name("peers.py")))["peers_rows"]
+    quality = data.get("quality", {})
+    ours = {name: q["summary"] for name, q in quality.items()}
+    minutes = {name: statistics.fmean(s["noisy_student"]["seconds"] / 60 for s in q["seeds"]
+                                      if s["seed"] in q.get("summary_seeds", [s["seed"]]))
+               for name, q in quality.items()}
+    lines = ["## Peers: the established frameworks on the same split, network and budget", "",
+             "Each peer trains the recipe's final network on the same labeled, unlabeled, "
+             "validation and test images (the indices of `splits.json`), on this machine, for "
+             "the wall-clock minutes our recipe took on that seed, with its own published "
+             "hyperparameters scaled to the budget (`tools/peers.py`, docs/peers.md).", ""]
+    for name, group in _by_dataset(rows_of(data["peers"]["results"], minutes)).items():
+        head = []
+        if name in ours:
+            s = ours[name]
+            head = [["Noisy Student (this project)", "noisy-student", mean_std(s["noisy_student"]),
+                     mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
+                     ", ".join(map(str, quality[name].get("summary_seeds", []))),
+                     f"{minutes[name]:.1f}", "1.00"]]
+        rows = [[r["method"], f"{r['framework']} {r['framework_version']}",
+                 mean_std(r["test_top1"]),
+                 mean_std(r["validation_top1"]) if r["validation_top1"] else "-",
+                 ", ".join(map(str, r["seeds"])), f"{r['minutes']['mean']:.1f}",
+                 f"{r['minutes_ratio']:.2f}" if "minutes_ratio" in r else "-"] for r in group]
+        lines += [f"### {name}", "", *table(["method", "framework", "test top-1 (%)",
+                                             "validation top-1 (%)", "seeds", "minutes",
+                                             "minutes / recipe's"], head + rows)]
+    return lines
+
+
+def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["dataset"], []).append(r)
+    return out
+
+
 def speed_section(sp: dict[str, Any]) -> list[str]:
     lines = []
     for device in ("cpu", "cuda"):
@@ -256,6 +299,8 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
             lines += quality_section(name, q, current)
         if _plot(data["quality"], plot):
             lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
+    if data.get("peers", {}).get("results"):
+        lines += peers_section(data)
     if "ablations" in data:
         lines += ["## Ablations", ""]
         for name, a in data["ablations"].items():

@@ -3,6 +3,7 @@
     python tools/benchmark.py quality [--dataset fashion_mnist|digits|both] [--seeds 100 101 102]
     python tools/benchmark.py ablations [--dataset ...] [--variants NAME ...]
     python tools/benchmark.py speed
+    python tools/benchmark.py peers [--methods fixmatch flexmatch ...]  # USB, same split & budget
     python tools/benchmark.py all            # quality + ablations + speed, then the report
     python tools/benchmark.py report         # BENCHMARKS.md and the plot from the results
     ... --quick                              # minutes: small data, few epochs (a smoke test)
@@ -43,6 +44,7 @@ import os
 import runpy
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,6 +76,8 @@ from bench_runs import Job, fingerprint, identity, package_code, provenance  # n
 RESULTS = ROOT / "benchmarks" / "results.json"
 QUICK_RESULTS = ROOT / "runs" / "benchmarks" / "quick.json"
 WORK = ROOT / "runs" / "benchmarks"
+PEER_RUNS = ROOT / "runs" / "peers"  # tools/peers.py's default output
+PEERS = runpy.run_path(str(ROOT / "tools" / "peers.py"))
 TUNING_SEEDS = (0, 1, 2)  # choices, read on validation
 REPORT_SEEDS = (100, 101, 102)  # the report, never used for a choice
 
@@ -340,6 +344,26 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
     return {dataset: results}
 
 
+def peers(datasets: list[str], methods: list[str], seeds: list[int],
+          quality_results: dict[str, Any]) -> dict[str, Any]:
+    """Each peer method on each seed, given our recipe's measured minutes on that seed as its
+    wall-clock budget (`tools/peers.py`, in its own venv; a finished run is reused); then every
+    result under runs/peers/ is collected."""
+    for dataset in datasets:
+        ours = {s["seed"]: s for s in quality_results.get(dataset, {}).get("seeds", [])}
+        for seed in seeds:
+            if seed not in ours:
+                raise SystemExit(f"peers: no quality result for {dataset} seed {seed}, whose "
+                                 f"minutes are the budget: run `tools/benchmark.py quality "
+                                 f"--dataset {dataset} --seeds {seed}` first")
+            minutes = f"{ours[seed]['noisy_student']['seconds'] / 60:.2f}"
+            for method in methods:
+                subprocess.run([sys.executable, str(ROOT / "tools" / "peers.py"), "run",
+                                "--dataset", dataset, "--method", method, "--seed", str(seed),
+                                "--minutes", minutes], check=True)
+    return {"results": PEERS.read_results(sorted(map(str, PEER_RUNS.glob("*/result.json"))))}
+
+
 def merge(path: Path, section: str, value: dict[str, Any], command: str) -> dict[str, Any]:
     data = load_json(path) if path.is_file() else {}
     data.setdefault(section, {}).update(value)
@@ -350,12 +374,14 @@ def merge(path: Path, section: str, value: dict[str, Any], command: str) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["quality", "ablations", "speed", "all", "report"])
+    p.add_argument("what", choices=["quality", "ablations", "speed", "peers", "all", "report"])
     p.add_argument("--dataset", choices=["digits", "fashion_mnist", "both"], default="both")
     p.add_argument("--seeds", type=int, nargs="+",
                    help=f"quality: default the report seeds {' '.join(map(str, REPORT_SEEDS))} "
                         f"(one with --quick); ablations: one tuning seed (default "
                         f"{TUNING_SEEDS[0]})")
+    p.add_argument("--methods", nargs="+", choices=PEERS["METHODS"],
+                   default=list(PEERS["METHODS"]), help="peers: the USB methods to run")
     p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
     p.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), metavar="NAME",
                    help="ablations: run only these (the others are listed when they have "
@@ -386,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         merge(path, "speed", bench_speed.measure(
             digits, args.work, args.quick,
             digits_job.folder / "run" if digits_job.result() is not None else None), command)
+    if args.what == "peers":
+        quality_results = load_json(path).get("quality", {}) if path.is_file() else {}
+        merge(path, "peers", peers(datasets, args.methods, args.seeds or list(REPORT_SEEDS),
+                                   quality_results), command)
     data = load_json(path) if path.is_file() else {}
     if args.quick:
         markdown, plot = args.markdown or path.with_suffix(".md"), path.with_suffix(".png")
