@@ -5,9 +5,11 @@ import math
 import runpy
 import shlex
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,12 +25,52 @@ def _finite_numbers(node, where=""):
         yield where, node
 
 
+def _student_top1(run: Path, splits) -> dict[str, float]:
+    """Top-1 of a run's last student on each scored set ("test", "val"), from its saved weights
+    and the images."""
+    from noisy_student.checkpoint import load_weights
+    from noisy_student.config import Config
+    from noisy_student.ladder import build_model
+
+    config = Config.load(run / "config.json")
+    model = load_weights(build_model(config, config.rounds, splits),
+                         run / f"round_{config.rounds - 1}" / "student.safetensors").eval()
+    mean = torch.tensor(splits.mean).view(1, -1, 1, 1)
+    std = torch.tensor(splits.std).view(1, -1, 1, 1)
+    top1 = {}
+    for name, images in splits.scored().items():
+        x = (torch.from_numpy(images.images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        with torch.no_grad():
+            predicted = model(x).argmax(1).numpy()
+        top1[name] = float((predicted == images.labels).mean())
+    return top1
+
+
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def speed_training():
+    """(tag, TrainResult) of each `train_model` call the speed benchmark made in `quick`."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, speed_training):
+    import inspect
+
     tmp = tmp_path_factory.mktemp("bench")
     main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
-    assert main(["all", "--quick", "--dataset", "digits", "--results", str(tmp / "r.json"),
-                 "--markdown", str(tmp / "B.md"), "--work", str(tmp / "work")]) == 0
+    speed = main.__globals__["bench_speed"]
+    train_model = speed.train_model
+
+    def recorded(*args, **kwargs):
+        result = train_model(*args, **kwargs)
+        tag = inspect.signature(train_model).bind(*args, **kwargs).arguments["tag"]
+        speed_training.append((tag, result))
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(speed, "train_model", recorded)
+        assert main(["all", "--quick", "--dataset", "digits", "--results", str(tmp / "r.json"),
+                     "--markdown", str(tmp / "B.md"), "--work", str(tmp / "work")]) == 0
     return tmp, json.loads((tmp / "r.json").read_text())
 
 
@@ -36,36 +78,78 @@ def test_every_figure_is_present_and_finite(quick):
     tmp, data = quick
     bad = [(k, v) for k, v in _finite_numbers(data) if not math.isfinite(v)]
     assert not bad
-    s = data["quality"]["digits"]["summary"]
-    for key in ("labels_only", "teacher", "noisy_student", "supervised", "gain", "gap_closed"):
-        assert s[key]["n"] == 1 and 0 <= abs(s[key]["mean"]) < 10
-    seed = data["quality"]["digits"]["seeds"][0]
-    assert seed["gain"] == pytest.approx(seed["noisy_student"]["final_top1"]
-                                         - seed["labels_only"]["top1"])
-    gap = seed["supervised"]["top1"] - seed["labels_only"]["top1"]
-    assert seed["gap_closed"] == pytest.approx(seed["gain"] / gap)
-    assert seed["labels_only"]["steps"] > 0 and seed["labels_only"]["images"] == seed["labeled"]
-    assert seed["supervised"]["images"] == seed["labeled"] + seed["unlabeled"]
+    s, seeds = data["quality"]["digits"]["summary"], data["quality"]["digits"]["seeds"]
+    ns = [x["noisy_student"]["final_top1"] for x in seeds]
+    lo = [x["labels_only"]["top1"] for x in seeds]
+    sup = [x["supervised"]["top1"] for x in seeds]
+    per_seed = {"labels_only": lo, "noisy_student": ns, "supervised": sup,
+                "noisy_student_val": [x["noisy_student"]["final_val_top1"] for x in seeds],
+                "teacher": [x["noisy_student"]["teacher_top1"] for x in seeds],
+                "gain": [n - b for n, b in zip(ns, lo)],
+                "gap_closed": [(n - b) / (f - b) for n, b, f in zip(ns, lo, sup)]}
+    for k, r in enumerate(s["rounds"]):
+        for key in ("student_top1", "pseudo_label_accuracy"):
+            per_seed[k, key] = [x["noisy_student"]["rounds"][k][key] for x in seeds]
+    for key, values in per_seed.items():
+        stat = s[key] if isinstance(key, str) else s["rounds"][key[0]][key[1]]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        assert stat == {"mean": pytest.approx(statistics.fmean(values)),
+                        "std": pytest.approx(spread), "n": len(seeds)}, key
+    seed = seeds[0]
+    assert seed["gain"] == pytest.approx(per_seed["gain"][0])
+    assert seed["gap_closed"] == pytest.approx(per_seed["gap_closed"][0])
+    # the baselines train for as many steps as the round's student: whole epochs of theirs
+    steps = seed["noisy_student"]["rounds"][-1]["steps"]
+    for key, images in (("labels_only", seed["labeled"]),
+                        ("supervised", seed["labeled"] + seed["unlabeled"])):
+        per_epoch = math.ceil(images / seed[key]["batch"])
+        assert seed[key]["images"] == images
+        assert seed[key]["steps"] == max(1, round(steps / per_epoch)) * per_epoch, key
     ablations = data["ablations"]["digits"]
     assert {"recipe", "no input noise", "no model noise", "soft pseudo-labels",
             "hard pseudo-labels", "no filtering or balancing",
             "student equal to teacher"} <= set(ablations)
-    assert all(0 <= a["final_top1"] <= 1 for a in ablations.values())
     assert ablations["recipe"]["run_dir"] == seed["noisy_student"]["run_dir"]  # not trained twice
+    from noisy_student.data import load_source, make_splits
+
+    config = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["recipe_config"]("digits", True)
+    splits = make_splits(load_source(config.data), config.data, ablations["recipe"]["seed"])
+    assert len(splits.test) == seed["test"]
+    for name, a in ablations.items():  # each final student's top-1, from its saved weights
+        top1 = _student_top1(tmp / "work" / a["run_dir"] / "run", splits)
+        assert a["final_top1"] == pytest.approx(top1["test"]), name
+        assert a["final_val_top1"] == pytest.approx(top1["val"]), name
+    assert seed["noisy_student"]["final_top1"] == ablations["recipe"]["final_top1"]
     assert ablations["recipe"]["seed"] == 0
-    split = data["speed"]["round_split"]
-    assert set(split["seconds"]) == {"pseudo_label", "train", "evaluate", "checkpoint"}
-    assert sum(split["share"].values()) == pytest.approx(1.0)
+    split = data["speed"]["round_split"]  # of the quality seed's round 0
+    t = seed["noisy_student"]["rounds"][0]["timing"]
+    seconds = {"pseudo_label": t["pseudo_label"],
+               "train": t["train"] - t["train_evaluate"] - t["train_checkpoint"],
+               "evaluate": t["train_evaluate"] + t["final_evaluate"],
+               "checkpoint": t["train_checkpoint"]}
+    assert split["seconds"] == pytest.approx(seconds)
+    assert split["share"] == pytest.approx({k: v / sum(seconds.values())
+                                            for k, v in seconds.items()})
+    assert split["data_wait_share_of_train"] == pytest.approx(t["train_data_wait"] / t["train"])
     text = (tmp / "B.md").read_text()
     assert "gap closed" in text and "Speed on cpu" in text and "Ablations: digits (seed 0)" in text
     assert (tmp / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ratios_come_from_measured_times(quick):
+def test_ratios_come_from_measured_times(quick, speed_training):
     _, data = quick
     cpu = data["speed"]["cpu"]
     step = cpu["train_step"]
-    assert step["framework_s_per_step"] > 0 and step["bare_s_per_step"] > 0
+    # the first timed run and the first two noised runs are the CPU's (then CUDA's, if any)
+    framework = next(r for tag, r in speed_training if tag == "speed")
+    noised = [r for tag, r in speed_training if tag == "noised"][:2]
+    fashion = runpy.run_path(str(ROOT / "recipes" / "fashion_mnist.py"))["make_config"]().train
+    assert step["batch"] == fashion.batch_size * (1 + fashion.unlabeled_ratio)
+    assert step["steps"] == framework.steps
+    assert step["framework_s_per_step"] == pytest.approx(framework.seconds / framework.steps)
+    for kind in ("framework", "bare"):
+        assert step[f"{kind}_images_per_second"] == pytest.approx(
+            step["batch"] / step[f"{kind}_s_per_step"])
     assert step["ratio"] == pytest.approx(step["framework_s_per_step"] / step["bare_s_per_step"])
     assert step["framework_s_per_step"] != step["bare_s_per_step"]  # two measurements, not one
     inf = cpu["inference"]
@@ -76,10 +160,13 @@ def test_ratios_come_from_measured_times(quick):
         noise["noise_images_per_second_per_worker"] / noise["train_consumes_images_per_second"])
     assert noise["train_consumes_images_per_second"] == pytest.approx(
         step["bare_images_per_second"])
-    assert 0 <= noise["data_wait_fraction"] < 1
     torch_backend = noise["torch_backend"]
-    assert torch_backend["noise_images_per_second"] > 0
-    assert 0 <= torch_backend["data_wait_fraction"] < 1 and torch_backend["images_per_second"] > 0
+    for figures, run in ((noise, noised[0]), (torch_backend, noised[1])):
+        assert figures["data_wait_fraction"] == pytest.approx(
+            run.timing["data_wait"] / run.seconds)
+    assert noise["noised_train_images_per_second"] == pytest.approx(noised[0].images_per_second)
+    assert torch_backend["images_per_second"] == pytest.approx(noised[1].images_per_second)
+    assert torch_backend["noise_images_per_second"] > 0  # timed inside bench_speed alone
 
 
 def test_ablations_reuse_the_quality_run_of_the_same_recipe(tmp_path):
