@@ -1,11 +1,14 @@
 """tools/benchmark.py --quick on digits: every figure present and finite, ratios from times."""
 
+import hashlib
 import json
 import math
 import runpy
 import shlex
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,7 +135,7 @@ def test_every_figure_is_present_and_finite(quick):
                                             for k, v in seconds.items()})
     assert split["data_wait_share_of_train"] == pytest.approx(t["train_data_wait"] / t["train"])
     text = (tmp / "B.md").read_text()
-    assert "gap closed" in text and "Speed on cpu" in text and "Ablations: digits (seed 0)" in text
+    assert "gap closed" in text and "Speed on cpu" in text and "Ablations: digits (seed 0, read on validation)" in text
     assert (tmp / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -169,63 +172,30 @@ def test_ratios_come_from_measured_times(quick, speed_training):
     assert torch_backend["noise_images_per_second"] > 0  # timed inside bench_speed alone
 
 
-def test_ablations_reuse_the_quality_run_of_the_same_recipe(tmp_path):
-    """`ablations` after `quality` takes a seed's loop (and its teacher) instead of training the
-    recipe again, but only for the same config, while its run directory still holds that run;
-    the seed earlier variants used comes first, then the lowest."""
-    bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
-    config = bench["recipe_config"]("digits", True)
-    seeds = {}
-    for seed in (2, 0, 1):
-        run_dir, made = tmp_path / f"ns{seed}", config.with_overrides([f"seed={seed}"])
-        command = json.loads(json.dumps(made.to_dict()))
-        del command["noise"]["backend"]  # stored before the key existed: its default applies
-        seeds[seed] = {"seed": seed, "command": command,
-                       "noisy_student": {"run_dir": str(run_dir), "final_top1": seed / 10}}
-        (run_dir / "teacher").mkdir(parents=True)
-        (run_dir / "config.json").write_text(made.with_overrides([f'out="{run_dir}"']).to_json())
-    earlier = {"seeds": list(seeds.values())}
-
-    def found(**kw):
-        row = bench["quality_run"](earlier, config, **kw)
-        return None if row is None else (row["seed"], row["final_top1"])
-
-    assert found() is None  # no teacher on disk: train it again
-    for seed in (2, 1):
-        (tmp_path / f"ns{seed}" / "teacher" / "model.safetensors").write_bytes(b"weights")
-    assert found() == (1, 0.1)
-    assert found(prefer=2) == (2, 0.2)
-    assert found(prefer=0) == (1, 0.1)  # seed 0's teacher is gone
-    # seed 1's folder was overwritten by a run of another recipe: its teacher is not this one
-    (tmp_path / "ns1" / "config.json").write_text(
-        config.with_overrides(["seed=1", "train.epochs=3"]).to_json())
-    assert found() == (2, 0.2)
-    (tmp_path / "ns2" / "config.json").write_text(  # or by another seed of this recipe
-        config.with_overrides(["seed=0", f'out="{tmp_path / "ns2"}"']).to_json())
-    assert found() is None
-    (tmp_path / "ns2" / "config.json").write_text(
-        config.with_overrides(["seed=2", f'out="{tmp_path / "ns2"}"']).to_json())
-    assert found() == (2, 0.2)
-    changed = config.with_overrides(["train.epochs=3"])
-    assert bench["quality_run"](earlier, changed) is None  # another recipe: not comparable
-    assert bench["quality_run"]({}, config) is None
+def _bench():
+    """benchmark.py's module namespace (run_path returns a copy of it; main's globals are it)."""
+    return runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"].__globals__
 
 
-def _one_seed_quality(labels_only, final, supervised):
+def _one_seed_quality(labels_only, final, supervised, longer=None):
     def stat(x):
         return {"mean": x, "std": 0.0, "n": 1}
     gain = final - labels_only
-    seed = {"seed": 0, "labeled": 1000, "unlabeled": 59000, "test": 10000, "model": "m",
+    seed = {"seed": 100, "role": "report", "labeled": 1000, "validation": 1000,
+            "unlabeled": 58000, "test": 10000, "model": "m",
             "labels_only": {"top1": labels_only, "steps": 10, "batch": 64},
-            "supervised": {"top1": supervised, "steps": 20, "batch": 256},
-            "noisy_student": {"teacher_top1": 0.8, "seconds": 60.0,
-                              "rounds": [{"student_top1": final}]}}
+            "supervised": {"top1": supervised, "steps": 20, "batch": 256, "epochs": 15},
+            "supervised_longer": longer and {"top1": longer, "epochs": 30},
+            "noisy_student": {"teacher_top1": 0.8, "seconds": 60.0, "final_val_top1": 0.85,
+                              "rounds": [{"student_top1": final}],
+                              "provenance": {"commit": "abcdef0123", "dirty": False,
+                                             "package_code": "tree1"}}}
     summary = {"labels_only": stat(labels_only), "teacher": stat(0.8),
                "supervised": stat(supervised), "gain": stat(gain),
                "gap_closed": stat(gain / (supervised - labels_only)),
                "rounds": [{"round": 0, "student_top1": stat(final),
                            "pseudo_label_accuracy": stat(0.9)}]}
-    return {"seeds": [seed], "summary": summary}
+    return {"seeds": [seed], "summary": summary, "summary_seeds": [100]}
 
 
 @pytest.mark.parametrize("final, verdict", [(0.90, "met"), (0.88, "**missed**")])
@@ -240,20 +210,36 @@ def test_the_report_judges_the_quality_target(final, verdict):
                                                                   _one_seed_quality(0.9, 0.95, 1)))
 
 
-def test_the_report_says_whether_removing_noise_hurts():
-    """Each noise ablation is judged against the recipe's final student, on the scale of the
-    quality seeds' spread when there is one."""
+def test_the_report_marks_older_code_and_judges_the_ceiling():
+    """A row made by other package code than today's is marked; the ceiling trained twice as
+    long is converged when it moves less than 0.2 points."""
+    section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["quality_section"]
+    text = "\n".join(section("d", _one_seed_quality(0.85, 0.88, 0.91, longer=0.9115), "tree1"))
+    assert "| 100 (report) |" in text and "| abcdef01 |" in text and "older code" not in text
+    assert "Report seeds: never used for a choice." in text
+    assert ("Ceiling, seed 100: fully supervised 91.00% after 15 epochs, 91.15% after 30 "
+            "(+0.15 points): converged.") in text
+    text = "\n".join(section("d", _one_seed_quality(0.85, 0.88, 0.91, longer=0.913), "tree2"))
+    assert "| abcdef01 (older code) |" in text
+    assert "91.30% after 30 (+0.30 points): **not converged**" in text
+    assert "No convergence check of the ceiling yet." in "\n".join(
+        section("d", _one_seed_quality(0.85, 0.88, 0.91)))
+
+
+def test_the_report_says_whether_removing_noise_hurts_on_validation():
+    """Each noise ablation is judged on validation against the recipe's final student, on the
+    scale of the quality seeds' spread when there is one; test figures are only shown."""
     section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["ablation_section"]
 
-    def variant(final):
-        return {"final_top1": final, "rounds": [{"student_top1": final,
-                                                 "pseudo_label_accuracy": 0.9}]}
-    a = {"recipe": {**variant(0.87), "seed": 2}, "no input noise": variant(0.855),
+    def variant(val, test=0.5):
+        return {"final_val_top1": val, "final_top1": test, "seconds": 120.0,
+                "rounds": [{"student_top1": test, "pseudo_label_accuracy": 0.9}]}
+    a = {"recipe": {**variant(0.87, 0.1), "seed": 2}, "no input noise": variant(0.855, 0.99),
          "no model noise": variant(0.8725)}
     text = "\n".join(section("fashion_mnist", a, 0.0019))
-    assert "Ablations: fashion_mnist (seed 2)" in text
-    assert "| no input noise | 85.50 | 85.50 | -1.50 |" in text
-    assert ("removing noise hurts: no input noise -1.50 pts (hurts); "
+    assert "Ablations: fashion_mnist (seed 2, read on validation)" in text
+    assert "| no input noise | 85.50 | -1.50 | 99.00 | 90.00 | 2.0 |" in text
+    assert ("removing noise hurts, on validation: no input noise -1.50 pts (hurts); "
             "no model noise +0.25 pts (does not hurt). One seed each; the final student's "
             "standard deviation over the quality seeds is 0.19 points.") in text
     a["no model noise"] = variant(0.8665)  # 0.35 points lower: less than two sd (0.38)
@@ -263,156 +249,149 @@ def test_the_report_says_whether_removing_noise_hurts():
     assert "removing noise" not in "\n".join(section("d", {"recipe": variant(0.9)}))
 
 
-def test_ablations_go_on_from_earlier_results(quick, tmp_path):
-    """Variants made from the same recipe and teacher are kept; `--variants` runs just those
-    named; each finished variant is saved at once."""
-    tmp, data = quick
-    results = tmp_path / "r.json"
-    data = json.loads(json.dumps(data))  # the fixture's copy stays whole
-    del data["ablations"]["digits"]["no input noise"]
-    results.write_text(json.dumps(data))
-    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
-    bench = main.__globals__  # the module's namespace (run_path returns a copy of it)
-    ran, cut = [], []
+def test_the_peers_table_puts_the_recipe_first_with_minutes_ratios():
+    report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
 
-    def fake_run(config, folder, resume=True):
-        ran.append(folder.name)
-        if cut and folder.name in cut:
-            raise KeyboardInterrupt
-        return {"run_dir": str(folder), "final_top1": 0.5, "teacher_top1": 0.4,
-                "rounds": [{"student_top1": 0.5, "pseudo_label_accuracy": 0.6}]}
+    def peer(method, seed, top1, minutes):
+        return {"method": method, "framework": "usb", "framework_version": "0.3.2",
+                "dataset": "d", "seed": seed, "test_top1": top1, "validation_top1": None,
+                "minutes": {"total": minutes}}
+    quality = _one_seed_quality(0.85, 0.88, 0.91)
+    quality["summary"]["noisy_student"] = {"mean": 0.88, "std": 0.0, "n": 1}
+    data = {"quality": {"d": quality},
+            "peers": {"results": [peer("fixmatch", 100, 0.80, 1.0), peer("fixmatch", 101, 0.84,
+                                                                         1.4)]}}
+    text = "\n".join(report["peers_section"](data))
+    assert "| Noisy Student (this project) | noisy-student | 88.00 | - | 100 | 1.0 | 1.00 |" in text
+    assert "| fixmatch | usb 0.3.2 | 82.00 ± 2.83 | - | 100, 101 | 1.2 | 1.20 |" in text
 
-    bench["noisy_student"] = fake_run
-    args = ["ablations", "--quick", "--dataset", "digits", "--results", str(results),
-            "--markdown", str(tmp_path / "B.md"), "--work", str(tmp / "work")]
-    assert bench["main"](args + ["--variants", "no model noise"]) == 0
-    assert ran == []  # kept from the earlier run; the missing variant was not asked for
-    assert "no input noise" not in json.loads(results.read_text())["ablations"]["digits"]
-    assert bench["main"](args + ["--variants", "no input noise"]) == 0
-    assert ran == ["no_input_noise"]
-    after = json.loads(results.read_text())["ablations"]["digits"]
-    assert after["no input noise"]["final_top1"] == 0.5
-    assert after["no model noise"] == data["ablations"]["digits"]["no model noise"]
-    command = json.loads(results.read_text())["runs"]["ablations"]["command"]
-    assert shlex.split(command)[-2:] == ["--variants", "no input noise"]  # quoted, as typed
-    # a changed teacher invalidates every variant: the run starts over, and is cut off in its
-    # second variant after the first was saved
-    teacher = Path(after["recipe"]["run_dir"]) / "teacher" / "model.safetensors"
-    saved, cut[:] = teacher.read_bytes(), ["no_model_noise"]
+
+def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path):
+    """The loop's job changes with any setting, never with `out`; a baseline's only with what it
+    trains; both with the package code."""
+    bench = _bench()
+    config = bench["recipe_config"]("fashion_mnist", False, ["seed=100"])
+
+    def folders(c):
+        return (bench["loop_job"](tmp_path, "f", c).folder,
+                bench["Job"].of(tmp_path, "f", "labels_only", c.seed,
+                                settings=bench["baseline_settings"](c)).folder)
+
+    loop, base = folders(config)
+    assert loop.parent == tmp_path / "f" and loop.name.startswith("noisy_student-seed100-")
+    assert folders(config.with_overrides(['out="elsewhere"'])) == (loop, base)
+    for teacher_side in ("pseudo_label.threshold=0.5", "train.teacher_epochs=10",
+                         "train.epochs=9"):
+        other = folders(config.with_overrides([teacher_side]))
+        assert other[0] != loop and other[1] == base, teacher_side
+    for trained in ("noise.magnitude=5", "model.drop_rate=0.3", "seed=101", "train.lr=0.1"):
+        other = folders(config.with_overrides([trained]))
+        assert other[0] != loop and other[1] != base, trained
+    monkeypatch.setattr(sys.modules["bench_runs"], "package_code", lambda: "another tree")
+    assert set(folders(config)).isdisjoint({loop, base})
+
+
+def test_package_code_names_an_uncommitted_change(monkeypatch):
+    import bench_runs  # on sys.path once benchmark.py has run
+
+    answers = {"rev-parse": "tree0", "diff": "", "ls-files": ""}
+    monkeypatch.setattr(bench_runs, "_git", lambda *args: answers[args[0]])
+    bench_runs.package_code.cache_clear()
     try:
-        teacher.write_bytes(saved + b"changed")
-        with pytest.raises(KeyboardInterrupt):
-            bench["main"](args)
+        assert bench_runs.package_code() == "tree0"
+        bench_runs.package_code.cache_clear()
+        answers["diff"] = "-a\n+b\n"
+        expected = hashlib.sha256(b"-a\n+b\n").hexdigest()[:12]
+        assert bench_runs.package_code() == f"tree0+dirty-{expected}"
     finally:
-        teacher.write_bytes(saved)
-    assert ran == ["no_input_noise", "no_input_noise", "no_model_noise"]
-    after = json.loads(results.read_text())["ablations"]["digits"]
-    assert set(after) == {"recipe", "no input noise"}
-    old_sha = data["ablations"]["digits"]["no model noise"]["made_from"]["teacher_sha256"]
-    assert after["no input noise"]["made_from"]["teacher_sha256"] != old_sha
+        bench_runs.package_code.cache_clear()
 
 
-def test_quality_again_resumes_the_loop_and_keeps_the_baselines(quick, tmp_path):
-    """A second `quality` continues the finished loop (nothing is trained again), even from a
-    run directory moved elsewhere, and keeps the baselines, which are the same experiment."""
+def test_every_result_carries_its_commit_and_no_path_of_the_machine(quick):
     tmp, data = quick
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    seed = data["quality"]["digits"]["seeds"][0]
+    assert seed["role"] == "tuning" and data["quality"]["digits"]["summary_seeds"] == [0]
+    jobs = [seed["noisy_student"], seed["labels_only"], seed["supervised"],
+            seed["supervised_longer"], *data["ablations"]["digits"].values()]
+    for job in jobs:
+        assert job["provenance"]["commit"] == head
+        assert (tmp / "work" / job["run_dir"] / "result.json").is_file()
+    assert seed["supervised_longer"]["epochs"] == 2 * seed["supervised"]["epochs"]
+    text = json.dumps({k: v for k, v in data.items() if k != "runs"})  # runs: the command typed
+    assert str(tmp) not in text and str(ROOT) not in text
+
+
+def test_quality_again_reuses_every_finished_job(quick, tmp_path):
+    """A second `quality` trains nothing: the loop and the baselines are finished jobs of the
+    same config and code, reused from their folders (here copied elsewhere)."""
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    bench = _bench()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished job was trained again")
+
+    bench["run"] = bench["train_supervised"] = no_training
     results = tmp_path / "r.json"
-    results.write_text(json.dumps(data))
-    old = data["quality"]["digits"]["seeds"][0]
-    moved = tmp_path / "work" / Path(old["noisy_student"]["run_dir"]).parent.name
-    shutil.copytree(Path(old["noisy_student"]["run_dir"]).parent, moved)
-    before = {f: f.stat().st_mtime_ns for f in (moved / "noisy_student").rglob("*.safetensors")}
-    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
-    assert main(["quality", "--quick", "--dataset", "digits", "--results", str(results),
-                 "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]) == 0
-    assert before and {f: f.stat().st_mtime_ns for f in before} == before
-    new = json.loads(results.read_text())["quality"]["digits"]["seeds"][0]
-    assert new["noisy_student"] == {**old["noisy_student"],
-                                    "run_dir": str(moved / "noisy_student")}
-    for key in ("labels_only", "supervised"):
-        assert new[key] == {**old[key], "kept": True}
+    assert bench["main"](["quality", "--quick", "--dataset", "digits", "--results",
+                          str(results), "--markdown", str(tmp_path / "B.md"), "--work",
+                          str(tmp_path / "work")]) == 0
+    assert json.loads(results.read_text())["quality"] == data["quality"]
 
 
-def test_a_baseline_is_kept_only_for_the_same_experiment():
-    """Labels-only and supervised do not use the teacher's side of the recipe: a change there
-    keeps them; a change in what they train (noise, architecture, steps, seed) does not."""
-    bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
-    keep = bench["earlier_baseline"]
-    config = bench["recipe_config"]("fashion_mnist", False, ["seed=1"])
-    command = json.loads(json.dumps(config.to_dict()))
-    del command["noise"]["backend"]  # stored before the key existed: its default applies
-    old = {"command": command,
-           "labels_only": {"top1": 0.85, "images": 1000, "batch": 64, "steps": 2464}}
-    other = {"command": config.with_overrides(["noise.magnitude=5"]).to_dict(),
-             "labels_only": {"top1": 0.84, "images": 1000, "batch": 64, "steps": 2464}}
-    assert keep([other, old], "labels_only", config, 1000, 2464, 64) == {
-        **old["labels_only"], "kept": True}  # the first of the same experiment
-    assert keep([old], "labels_only", config, 1000, 2460, 64)  # the same 154 epochs
-    ladder = json.dumps(["cnn_medium(stem_stride=2)"] * 3)
-    for teacher_side in (f"model.ladder={ladder}", "train.teacher_epochs=150",
-                         "pseudo_label.threshold=0.5", "train.epochs=9"):
-        assert keep([old], "labels_only", config.with_overrides([teacher_side]), 1000, 2464, 64)
-    for trained in ("noise.magnitude=5", "model.drop_rate=0.3", "seed=2", "train.lr=0.1",
-                    'model.ladder=["cnn_small", "cnn_medium(stem_stride=2)", "cnn_small"]'):
-        assert keep([old], "labels_only", config.with_overrides([trained]), 1000, 2464, 64) is None
-    assert keep([old], "labels_only", config, 1000, 2480, 64) is None  # 155 epochs
-    assert keep([old], "labels_only", config, 1000, 2464, 32) is None
-    assert keep([], "labels_only", config, 1000, 2464, 64) is None
+def test_ablations_list_finished_variants_and_run_only_those_named(quick, tmp_path):
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    variant = data["ablations"]["digits"]["no input noise"]
+    (tmp_path / "work" / variant["run_dir"] / "result.json").unlink()  # as if cut off
+    bench = _bench()
+    ran = []
+
+    def fake_run(config, **kwargs):
+        ran.append(config.noise.enabled)
+        raise KeyboardInterrupt
+
+    bench["run"] = fake_run
+    results = tmp_path / "r.json"
+    args = ["ablations", "--quick", "--dataset", "digits", "--results", str(results),
+            "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
+    assert bench["main"](args + ["--variants", "no model noise"]) == 0
+    assert ran == []  # every other variant had finished; the unfinished one was not asked for
+    after = json.loads(results.read_text())["ablations"]["digits"]
+    assert "no input noise" not in after
+    assert after["no model noise"] == data["ablations"]["digits"]["no model noise"]
+    with pytest.raises(KeyboardInterrupt):
+        bench["main"](args + ["--variants", "no input noise"])
+    assert ran == [False]  # the variant without input noise, resumed in its own folder
+    command = json.loads(results.read_text())["runs"]["ablations"]["command"]
+    assert shlex.split(command)[-2:] == ["--variants", "no model noise"]  # quoted, as typed
 
 
-def test_configs_compare_as_today_reads_them_and_an_unreadable_one_is_never_the_same():
-    bench = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))
-    config = bench["recipe_config"]("digits", False, ["seed=1"]).to_dict()
-    moved, reseeded = {**config, "out": "elsewhere"}, {**config, "seed": 2}
-    unreadable = {**config, "no_such_key": 1}
-    assert bench["same_run"](config, moved) and not bench["same_run"](config, reseeded)
-    assert bench["same_recipe"](config, reseeded) and not bench["same_recipe"](config, moved)
-    for a, b in ((config, unreadable), (unreadable, config), (unreadable, unreadable)):
-        assert not bench["same_run"](a, b) and not bench["same_recipe"](a, b)
-
-
-def test_the_student_size_ablation_is_the_other_choice_than_the_recipe(tmp_path):
+def test_the_student_size_ablation_is_the_other_choice_than_the_recipe():
     """A recipe with larger students is ablated with students equal to the teacher, and one
     with equal students with larger ones."""
-    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
-    bench = main.__globals__
-    teacher = tmp_path / "recipe" / "teacher" / "model.safetensors"
-    teacher.parent.mkdir(parents=True)
-    teacher.write_bytes(b"weights")
-    recipe = {"run_dir": str(tmp_path / "recipe"), "final_top1": 0.5}
-    ladders = {}
-
-    def fake_run(config, folder, resume=True):
-        ladders[folder.name] = [config.model_for(k) for k in range(config.rounds + 1)]
-        return {"run_dir": str(folder), "final_top1": 0.5}
-
-    bench["noisy_student"] = fake_run
-    size = ["student equal to teacher", "students larger than teacher"]
-    out = bench["ablations"](tmp_path, "digits", True, recipe, only=size)["digits"]
-    assert {k for k, v in out.items() if "overrides" in v} == {"student equal to teacher"}
-    assert ladders == {"student_equal_to_teacher": ["cnn_tiny", "cnn_tiny"]}
-    recipe_config = bench["recipe_config"]
-    bench["recipe_config"] = lambda dataset, quick, extra=(): recipe_config(
-        dataset, quick, [*extra, 'model.ladder=["cnn_tiny", "cnn_tiny"]'])
-    ladders.clear()
-    out = bench["ablations"](tmp_path, "digits", True, recipe, only=size)["digits"]
-    assert {k for k, v in out.items() if "overrides" in v} == {"students larger than teacher"}
-    assert ladders == {"students_larger_than_teacher": ["cnn_tiny", "cnn_small"]}
-    assert out["students larger than teacher"]["overrides"] == [
-        'model.ladder=["cnn_tiny", "cnn_small"]']
+    bench = _bench()
+    variants = bench["variants_of"](bench["recipe_config"]("digits", True), "digits")
+    assert variants["student equal to teacher"] == ['model.ladder=["cnn_tiny"]']
+    assert "students larger than teacher" not in variants
+    equal = bench["recipe_config"]("digits", True, ['model.ladder=["cnn_tiny", "cnn_tiny"]'])
+    variants = bench["variants_of"](equal, "digits")
+    assert variants["students larger than teacher"] == ['model.ladder=["cnn_tiny", "cnn_small"]']
+    assert "student equal to teacher" not in variants
 
 
-def test_a_new_recipe_moves_the_old_seeds_aside_and_keeps_their_baselines(quick, tmp_path):
-    """A change on the teacher's side starts the seeds afresh; the old ones are kept under
-    earlier_recipes, and their baselines serve the new recipe without training."""
+def test_a_new_recipe_starts_the_seeds_afresh_and_reuses_the_baselines(quick, tmp_path):
+    """A change on the teacher's side is a new recipe: its seeds replace the old recipe's in
+    the results (git keeps those), and the baselines, the same jobs, are reused untrained."""
     tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
     results = tmp_path / "r.json"
     results.write_text(json.dumps(data))
-    main = runpy.run_path(str(ROOT / "tools" / "benchmark.py"))["main"]
-    bench = main.__globals__
+    bench = _bench()
     old = data["quality"]["digits"]["seeds"][0]
-    bench["noisy_student"] = lambda config, out, resume=True: {**old["noisy_student"],
-                                                               "final_top1": 0.99}
+    bench["noisy_student"] = lambda config, job: {**old["noisy_student"], "final_top1": 0.99}
 
     def no_training(*args, **kwargs):
         raise AssertionError("a baseline was trained again")
@@ -421,14 +400,13 @@ def test_a_new_recipe_moves_the_old_seeds_aside_and_keeps_their_baselines(quick,
     recipe_config = bench["recipe_config"]
     bench["recipe_config"] = lambda dataset, quick, extra=(): recipe_config(
         dataset, quick, [*extra, "pseudo_label.threshold=0.2"])
-    assert main(["quality", "--quick", "--dataset", "digits", "--results", str(results),
-                 "--markdown", str(tmp_path / "B.md"), "--work", str(tmp / "work")]) == 0
+    assert bench["main"](["quality", "--quick", "--dataset", "digits", "--results",
+                          str(results), "--markdown", str(tmp_path / "B.md"), "--work",
+                          str(tmp_path / "work")]) == 0
     q = json.loads(results.read_text())["quality"]["digits"]
-    assert q["earlier_recipes"] == [old]
+    assert [s["seed"] for s in q["seeds"]] == [0] and q["recipe"] != old["recipe"]
     new = q["seeds"][0]
-    assert new["command"]["pseudo_label"]["threshold"] == 0.2
-    for key in ("labels_only", "supervised"):
-        assert new[key] == {**old[key], "kept": True}
+    assert new["config"]["pseudo_label"]["threshold"] == 0.2
+    for key in ("labels_only", "supervised", "supervised_longer"):
+        assert new[key] == old[key]
     assert new["gain"] == pytest.approx(0.99 - old["labels_only"]["top1"])
-    report = (tmp_path / "B.md").read_text()
-    assert report.count(" (kept)") == 2 and "(kept): a baseline an earlier run made" in report
