@@ -411,3 +411,21 @@ def test_a_new_recipe_starts_the_seeds_afresh_and_reuses_the_baselines(quick, tm
     for key in ("labels_only", "supervised", "supervised_longer"):
         assert new[key] == old[key]
     assert new["gain"] == pytest.approx(0.99 - old["labels_only"]["top1"])
+
+
+def test_peers_get_the_recipe_minutes_of_their_seed_and_are_collected(monkeypatch, tmp_path):
+    bench = _bench()
+    calls = []
+    monkeypatch.setattr(bench["subprocess"], "run", lambda args, check: calls.append(args))
+    monkeypatch.setitem(bench, "PEER_RUNS", tmp_path)
+    result = {"method": "fixmatch", "framework": "usb", "framework_version": "0.3.2",
+              "dataset": "digits", "seed": 100, "test_top1": 0.9, "minutes": {"total": 1.5}}
+    (tmp_path / "digits-fixmatch-seed100").mkdir()
+    (tmp_path / "digits-fixmatch-seed100" / "result.json").write_text(json.dumps(result))
+    quality = {"digits": {"seeds": [{"seed": 100, "noisy_student": {"seconds": 93.0}}]}}
+    out = bench["peers"](["digits"], ["fixmatch", "flexmatch"], [100], quality)
+    assert [c[c.index("--method") + 1] for c in calls] == ["fixmatch", "flexmatch"]
+    assert {c[c.index("--minutes") + 1] for c in calls} == {"1.55"}  # 93 s of the recipe
+    assert out == {"results": [result]}
+    with pytest.raises(SystemExit, match="no quality result for digits seed 101"):
+        bench["peers"](["digits"], ["fixmatch"], [101], quality)

@@ -361,7 +361,7 @@ def peers(datasets: list[str], methods: list[str], seeds: list[int],
                 subprocess.run([sys.executable, str(ROOT / "tools" / "peers.py"), "run",
                                 "--dataset", dataset, "--method", method, "--seed", str(seed),
                                 "--minutes", minutes], check=True)
-    return {"results": PEERS.read_results(sorted(map(str, PEER_RUNS.glob("*/result.json"))))}
+    return {"results": PEERS["read_results"](sorted(map(str, PEER_RUNS.glob("*/result.json"))))}
 
 
 def merge(path: Path, section: str, value: dict[str, Any], command: str) -> dict[str, Any]:
