@@ -52,9 +52,21 @@ def package_code() -> str:
     return f"{tree}+dirty-{hashlib.sha256(extra.encode()).hexdigest()[:12]}"
 
 
+@lru_cache(maxsize=1)
+def code_state() -> dict[str, Any]:
+    """The code this process runs, as it was when first asked (benchmark.py asks at start):
+    commit, whether the code that makes figures (FIGURE_CODE) had uncommitted changes, and the
+    package code."""
+    return {"commit": _git("rev-parse", "HEAD") or None,
+            # uncommitted changes to what makes figures (tests and docs do not)
+            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--",
+                               *FIGURE_CODE)),
+            "package_code": package_code()}
+
+
 def provenance() -> dict[str, Any]:
-    """What made a figure: commit, whether the code that makes figures (FIGURE_CODE) had
-    uncommitted changes, the package code, versions and machine. No path of the machine."""
+    """What made a figure: the code (`code_state`), versions and machine. No path of the
+    machine."""
     import albumentations
     import numpy
     import torch
@@ -66,11 +78,7 @@ def provenance() -> dict[str, Any]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"commit": _git("rev-parse", "HEAD") or None,
-            # uncommitted changes to what makes figures (tests and docs do not)
-            "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--",
-                               *FIGURE_CODE)),
-            "package_code": package_code(),
+    return {**code_state(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
                          "torchvision": torchvision.__version__, "numpy": numpy.__version__,
                          "albumentations": albumentations.__version__},

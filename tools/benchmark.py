@@ -71,7 +71,8 @@ from noisy_student.train import resolve_device, train_model  # noqa: E402
 
 import bench_speed  # noqa: E402
 import bench_report  # noqa: E402
-from bench_runs import Job, fingerprint, identity, package_code, provenance  # noqa: E402
+from bench_runs import (Job, code_state, fingerprint, identity, package_code,  # noqa: E402
+                        provenance)
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 QUICK_RESULTS = ROOT / "runs" / "benchmarks" / "quick.json"
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path,
                    help="report to write (default: BENCHMARKS.md; with --quick, next to the JSON)")
     args = p.parse_args(argv)
+    code_state()  # the commit this run starts from, whatever is committed while it runs
     path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     command = shlex.join(["python", "tools/benchmark.py",
                           *(argv if argv is not None else sys.argv[1:])])
