@@ -129,7 +129,7 @@ def test_noised_dataset_is_a_function_of_seed_pass_and_index():
 
 def _image_tree(root: Path) -> None:
     rng = np.random.default_rng(0)
-    for split, per_class in (("labeled", 4), ("test", 3)):
+    for split, per_class in (("labeled", 4), ("test", 3), ("val", 2)):
         for c, name in enumerate(["cat", "dog"]):
             (root / split / name).mkdir(parents=True)
             for i in range(per_class):
@@ -147,7 +147,8 @@ def test_image_folder_recipe_runs(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "recipes" / "image_folder.py"),
            "--labeled", str(tmp_path / "labeled"), "--unlabeled", str(tmp_path / "unlabeled"),
-           "--test", str(tmp_path / "test"), "--image-size", "16", "--rounds", "1",
+           "--test", str(tmp_path / "test"), "--val", str(tmp_path / "val"),
+           "--image-size", "16", "--rounds", "1",
            "--out", str(out), "--set", 'model.ladder=["cnn_tiny"]',
            "--set", "train.teacher_epochs=1", "--set", "train.epochs=1",
            "--set", "train.batch_size=4", "--set", "pseudo_label.threshold=0",
@@ -157,8 +158,10 @@ def test_image_folder_recipe_runs(tmp_path):
     assert (out / "round_0" / "DONE").is_file()
     import json
     splits = json.loads((out / "splits.json").read_text())
-    assert splits["counts"] == {"labeled": 8, "unlabeled": 12, "test": 6}
+    assert splits["counts"] == {"labeled": 8, "unlabeled": 12, "test": 6, "validation": 4}
     assert splits["classes"] == ["cat", "dog"]
+    metrics = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 4 and metrics["test"]["n"] == 6
 
 
 def test_image_folder_errors_name_the_cause(tmp_path):
