@@ -139,6 +139,14 @@ class Job:
         path = self.folder / "result.json"
         return load_json(path) if path.is_file() else None
 
+    def reused(self) -> dict[str, Any] | None:
+        """`result()`, saying so when there is one."""
+        done = self.result()
+        if done is not None:
+            print(f"{self.kind} seed {self.seed}: finished earlier, reused from "
+                  f"{done['run_dir']}", flush=True)
+        return done
+
     def finish(self, figures: dict[str, Any]) -> dict[str, Any]:
         """Save the job's figures with their provenance; returns what was saved."""
         result = {**figures, "fingerprint": self.fingerprint,  # run_dir: under the work folder

@@ -188,11 +188,8 @@ def baseline(work: Path, dataset: str, kind: str, config: Config, images: np.nda
     batch, epochs = plan(len(images), steps, batch)
     job = Job.of(work, dataset, kind, config.seed, settings=baseline_settings(config),
                  images=len(images), batch=batch, epochs=epochs)
-    done = job.result()
-    if done is not None:
-        print(f"{kind}: finished earlier, reused from {done['run_dir']}", flush=True)
-        return done
-    return job.finish(train_supervised(config, images, labels, epochs, batch, splits, job))
+    return job.reused() or job.finish(train_supervised(config, images, labels, epochs, batch,
+                                                       splits, job))
 
 
 def noisy_student(config: Config, job: Job) -> dict[str, Any]:
@@ -200,10 +197,8 @@ def noisy_student(config: Config, job: Job) -> dict[str, Any]:
     validation and test top-1, pseudo-label accuracy, steps and timing. An interrupted loop
     goes on where it stopped (finished rounds are loaded). Seconds: the loop's own, teacher and
     rounds (as they were measured, over every process of a resumed run)."""
-    done = job.result()
+    done = job.reused()
     if done is not None:
-        print(f"{job.kind} seed {job.seed}: finished earlier, reused from {done['run_dir']}",
-              flush=True)
         return done
     out = job.folder / "run"
     config = config.with_overrides([f'out="{out}"'])

@@ -624,13 +624,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
+    """The commit, dirty flag and package code, as every benchmark result names them."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from bench_runs import code_state
 
-    commit = git("rev-parse", "HEAD")
-    return {"commit": commit or None,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
+    return code_state()
 
 
 def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
