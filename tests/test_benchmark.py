@@ -111,7 +111,13 @@ def test_every_figure_is_present_and_finite(quick):
     ablations = data["ablations"]["digits"]
     assert {"recipe", "no input noise", "no model noise", "soft pseudo-labels",
             "hard pseudo-labels", "no filtering or balancing",
-            "student equal to teacher"} <= set(ablations)
+            "student equal to teacher", "one more round", "three quarters of the epochs"
+            } <= set(ablations)
+    recipe_rounds = ablations["recipe"]["rounds"]
+    assert len(ablations["one more round"]["rounds"]) == len(recipe_rounds) + 1
+    assert ablations["three quarters of the epochs"]["overrides"] == ["train.epochs=9"]  # of 12
+    assert (ablations["three quarters of the epochs"]["rounds"][0]["steps"]
+            < recipe_rounds[0]["steps"])
     assert ablations["recipe"]["run_dir"] == seed["noisy_student"]["run_dir"]  # not trained twice
     from noisy_student.data import load_source, make_splits
 
@@ -229,17 +235,19 @@ def test_the_report_marks_older_code_and_judges_the_ceiling():
 
 def test_the_report_says_whether_removing_noise_hurts_on_validation():
     """Each noise ablation is judged on validation against the recipe's final student, on the
-    scale of the quality seeds' spread when there is one; test figures are only shown."""
+    scale of the quality seeds' spread when there is one; per round, validation is shown too."""
     section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["ablation_section"]
 
     def variant(val, test=0.5):
         return {"final_val_top1": val, "final_top1": test, "seconds": 120.0,
-                "rounds": [{"student_top1": test, "pseudo_label_accuracy": 0.9}]}
+                "rounds": [{"student_top1": test, "student_val_top1": val,
+                            "pseudo_label_accuracy": 0.9}]}
     a = {"recipe": {**variant(0.87, 0.1), "seed": 2}, "no input noise": variant(0.855, 0.99),
          "no model noise": variant(0.8725)}
     text = "\n".join(section("fashion_mnist", a, 0.0019))
     assert "Ablations: fashion_mnist (seed 2, read on validation)" in text
-    assert "| no input noise | 85.50 | -1.50 | 99.00 | 90.00 | 2.0 |" in text
+    assert "| no input noise | 85.50 | -1.50 | 85.50 | 90.00 | 2.0 |" in text
+    assert "students by round (validation)" in text
     assert ("removing noise hurts, on validation: no input noise -1.50 pts (hurts); "
             "no model noise +0.25 pts (does not hurt). One seed each; the final student's "
             "standard deviation over the quality seeds is 0.19 points.") in text

@@ -130,20 +130,21 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
     seed's differences are read."""
     key = "final_val_top1" if a["recipe"].get("final_val_top1") is not None else "final_top1"
     base = a["recipe"][key]
+    round_key = "student_val_top1" if key == "final_val_top1" else "student_top1"
     rows = []
     for variant, r in sorted(a.items(), key=lambda item: item[0] != "recipe"):
         label = "the recipe" if variant == "recipe" else variant
         same = " (= the recipe)" if r.get("same_as_recipe") else ""
         rows.append([label + same, pct(r.get("final_val_top1")),
                      "" if variant == "recipe" else f"{100 * (r[key] - base):+.2f}",
-                     " / ".join(pct(x["student_top1"]) for x in r["rounds"]),
+                     " / ".join(pct(x.get(round_key)) for x in r["rounds"]),
                      " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"]),
                      f"{r['seconds'] / 60:.1f}", made_by(r, current)])
     on = "validation" if key == "final_val_top1" else "test (a run without validation)"
     lines = [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)}, read on {on})", "",
              *table(["variant", "final student (validation)", "vs recipe (pts)",
-                     "students by round (test)", "pseudo-label accuracy by round", "minutes",
-                     "commit"], rows)]
+                     f"students by round ({on.split()[0]})", "pseudo-label accuracy by round",
+                     "minutes", "commit"], rows)]
     noise = {v: 100 * (a[v][key] - base) for v in ("no input noise", "no model noise") if v in a}
     if noise:
         parts = [f"{v} {d:+.2f} pts ({_verdict(d, spread)})" for v, d in noise.items()]

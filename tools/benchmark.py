@@ -99,6 +99,9 @@ ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing n
     # one of these two, filled in from the recipe's ladder: the other choice than the recipe's
     "student equal to teacher": [],
     "students larger than teacher": [],
+    # filled in from the recipe's length: is another round worth it, are shorter rounds enough
+    "one more round": [],
+    "three quarters of the epochs": [],
 }
 # a larger student for a recipe whose students equal its teacher: cnn_medium one block deeper
 # per stage (1.5x the compute; the registry's cnn_large is about 6x, hours on 2 CPU cores)
@@ -296,8 +299,11 @@ def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
 
 def variants_of(base: Config, dataset: str) -> dict[str, list[str]]:
     """The ablation variants' overrides; the student-size one is the other choice than the
-    recipe's (students equal to the teacher, or larger)."""
+    recipe's (students equal to the teacher, or larger), the length ones are relative to the
+    recipe's rounds and epochs."""
     variants = dict(ABLATIONS)
+    variants["one more round"] = [f"rounds={base.rounds + 1}"]
+    variants["three quarters of the epochs"] = [f"train.epochs={max(1, base.train.epochs * 3 // 4)}"]
     first, ladder = base.model.ladder[0], base.model.ladder
     if all(rung == first for rung in ladder):
         del variants["student equal to teacher"]
