@@ -271,6 +271,90 @@ def memory_section(mem: dict[str, Any]) -> list[str]:
                     "anonymous RSS: loaded / labeled / items read (MB)", "seconds"], rows)]
 
 
+TINY_NOTE = " --tiny (toy sizes on the CPU: the code paths, not their speed)"
+
+
+def gpu_section(g: dict[str, Any]) -> list[str]:
+    """tools/gpu_check.py's figures: the part statuses, then one table per part measured."""
+    gpu, parts = g.get("gpu") or {}, g["parts"]
+    where = (f"{gpu['name']} ({gpu['memory_gib']:.0f} GiB), driver {gpu['driver']}, CUDA "
+             f"{gpu['cuda']}" if gpu else f"no GPU ({g['device']})")
+    lines = ["## GPU: the CUDA path", "",
+             f"`tools/gpu_check.py`{TINY_NOTE if g['tiny'] else ''} on {where}, torch {g['versions']['torch']}, {g['machine']['cores']} CPU cores, "
+             f"{g['date']}. Each part ran in a process of its own with its own time limit.", "",
+             *table(["part", "status", "seconds"],
+                    [[n, p["status"], f"{p.get('seconds', 0):.1f}"] for n, p in parts.items()])]
+    for name, render in (("train_step", _gpu_train_step), ("noise", _gpu_noise),
+                         ("pseudo_label", _gpu_pseudo_label), ("compile", _gpu_compile),
+                         ("torchrun", _gpu_phases), ("end_to_end", _gpu_phases)):
+        if parts.get(name, {}).get("status") == "ok" or parts.get(name, {}).get("phases"):
+            lines += render(name, parts[name])
+    return lines
+
+
+def _mib(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def _gpu_train_step(name: str, p: dict[str, Any]) -> list[str]:
+    rows = [[f"`{r['model']}`", "x".join(map(str, r["shape"])), str(r["batch"]),
+             f"{r['framework_images_per_second']:.0f}", f"{r['bare_images_per_second']:.0f}",
+             f"{r['ratio']:.3f}", f"<= {r['target']}", _ok(r["ratio"] <= r["target"]),
+             _mib(r["peak_gpu_mib"])] for r in p["settings"]]
+    return ["### Training step: `train_model` against a bare loop (bf16 autocast on CUDA, "
+            "channels_last)", "",
+            *table(["model", "image", "batch", "framework img/s", "bare img/s", "ratio",
+                    "target", "", "peak GPU MiB"], rows)]
+
+
+def _gpu_noise(name: str, p: dict[str, Any]) -> list[str]:
+    tb = p["torch_backend"]
+    rows = [["torch (whole batches on the device)", "0", f"{tb['images_per_second']:.0f}",
+             f"{100 * tb['data_wait_fraction']:.1f}%", f"< {100 * p['target']:.0f}%",
+             _ok(tb["data_wait_fraction"] < p["target"])],
+            ["albumentations (DataLoader workers)", str(p["workers"]),
+             f"{p['noised_train_images_per_second']:.0f}",
+             f"{100 * p['data_wait_fraction']:.1f}%", "", ""]]
+    return [f"### Noised training: where the noise is made (`{p['model']}`, "
+            f"{'x'.join(map(str, p['shape']))}; peak GPU MiB {_mib(p['peak_gpu_mib'])})", "",
+            *table(["noise backend", "workers", "train img/s", "waiting for data", "target",
+                    ""], rows)]
+
+
+def _gpu_pseudo_label(name: str, p: dict[str, Any]) -> list[str]:
+    return [f"### Pseudo-labeling: `predict_logits` against a bare `model(x)` (`{p['model']}`, "
+            f"{p['images']} images)", "",
+            *table(["framework img/s", "bare img/s", "speed ratio", "target", "",
+                    "peak GPU MiB"],
+                   [[f"{p['framework_images_per_second']:.0f}",
+                     f"{p['bare_images_per_second']:.0f}", f"{p['speed_ratio']:.3f}",
+                     f">= {p['target']}", _ok(p["speed_ratio"] >= p["target"]),
+                     _mib(p["peak_gpu_mib"])]])]
+
+
+def _gpu_compile(name: str, p: dict[str, Any]) -> list[str]:
+    e, c = p["eager"]["epoch_seconds"], p["compiled"]["epoch_seconds"]
+    return [f"### `train.compile` ({p['backend']}; `{p['model']}`, {p['steps_per_epoch']} "
+            "steps an epoch)", "",
+            *table(["compiling (s)", "epoch 2 eager (s)", "epoch 2 compiled (s)",
+                    "steady speed-up", "peak GPU MiB (compiled)"],
+                   [[f"{p['compile_seconds']:.1f}", f"{e[1]:.2f}", f"{c[1]:.2f}",
+                     f"{p['speedup']:.2f}", _mib(p["compiled"]["peak_gpu_mib"])]])]
+
+
+def _gpu_phases(name: str, p: dict[str, Any]) -> list[str]:
+    if name == "torchrun":
+        title = (f"### torchrun: {p['processes']} process, {p['backend']}, the digits recipe cut "
+                 f"short ({p['seconds']:.0f} s all told)")
+    else:
+        title = (f"### End to end: the {p['recipe']} recipe, noise backend {p['noise_backend']}"
+                 f" ({p['minutes']:.1f} minutes{'' if p['finished'] else ', cut short'}; peak "
+                 f"GPU MiB {_mib(p.get('peak_gpu_mib'))})")
+    rows = [[x["phase"], f"{x['seconds'] / 60:.2f}", pct(x["val_top1"]), pct(x["test_top1"])]
+            for x in p["phases"]]
+    return [title, "", *table(["phase", "minutes", "validation top-1", "test top-1"], rows)]
+
+
 def _ok(passed: bool) -> str:
     return "met" if passed else "**missed**"
 
@@ -313,6 +397,8 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
         lines += ["## Speed: what the framework costs", "", *speed_section(data["speed"])]
     if "memory" in data:
         lines += memory_section(data["memory"])
+    if "gpu" in data:
+        lines += gpu_section(data["gpu"])
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n".join(lines).rstrip() + "\n")
 

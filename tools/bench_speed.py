@@ -33,16 +33,20 @@ def _recipe(name: str) -> Config:
     return runpy.run_path(str(ROOT / "recipes" / f"{name}.py"))["make_config"]()
 
 
-def _setup(config: Config, n_images: int, seed: int = 0):
-    """Random 28x28x1 images, their labels, pseudo-targets in the recipe's kind (hard classes or
-    one-hot soft rows), the recipe's final student and its loss."""
+Shape = tuple[int, int, int]  # height, width, channels
+MNIST_SHAPE: Shape = (28, 28, 1)
+
+
+def _setup(config: Config, n_images: int, seed: int = 0, shape: Shape = MNIST_SHAPE):
+    """Random images of `shape`, their labels, pseudo-targets in the recipe's kind (hard classes
+    or one-hot soft rows), the recipe's final student and its loss."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n_images, 28, 28, 1), dtype=np.uint8)
+    images = rng.integers(0, 256, (n_images, *shape), dtype=np.uint8)
     labels = rng.integers(0, 10, n_images)
     hard = config.pseudo_label.kind == "hard"
     targets = labels if hard else np.eye(10, dtype=np.float32)[labels]
     torch.manual_seed(seed)
-    model = create_model(config.model_for(config.rounds), num_classes=10, in_chans=1,
+    model = create_model(config.model_for(config.rounds), num_classes=10, in_chans=shape[2],
                          drop_rate=config.model.drop_rate,
                          drop_path_rate=config.model.drop_path_rate)
     c = config.loss
@@ -51,12 +55,14 @@ def _setup(config: Config, n_images: int, seed: int = 0):
     return images, labels, targets, model, loss
 
 
-def train_step(config: Config, steps: int, device: torch.device) -> dict[str, Any]:
-    """Seconds per step: `train_model` (DataLoader, loss parts, logging; noise off) versus a bare
-    loop of forward, loss, backward and SGD step on one in-memory batch of the same size."""
+def train_step(config: Config, steps: int, device: torch.device, shape: Shape = MNIST_SHAPE,
+               workers: int = 0) -> dict[str, Any]:
+    """Seconds per step: `train_model` (DataLoader with `workers`, loss parts, logging; noise
+    off) versus a bare loop of forward, loss, backward and SGD step on one in-memory batch of
+    the same size."""
     t = config.train
     b_lab, b_pse = t.batch_size, t.batch_size * t.unlabeled_ratio
-    images, labels, targets, model, loss = _setup(config, b_pse * steps)
+    images, labels, targets, model, loss = _setup(config, b_pse * steps, shape=shape)
     lab = NoisedDataset(images[:1000], labels[:1000], None, [0.5], [0.25], 0)
     pse = NoisedDataset(images, targets, None, [0.5], [0.25], 1)
     cfg = dataclasses.replace(t, device=device.type, log_every=10**9)
@@ -65,7 +71,7 @@ def train_step(config: Config, steps: int, device: torch.device) -> dict[str, An
     train_model(copy.deepcopy(model), loss, lab, warm, cfg, 1, 0, device, Tracker(None),
                 "warm-up", eval_times=0)  # first-call costs (allocator, kernels) paid here
     framework = train_model(model, loss, lab, pse, cfg, 1, 0, device, Tracker(None), "speed",
-                            eval_times=0)
+                            eval_times=0, num_workers=workers)
     x = to_tensor(images[:b_lab + b_pse], [0.5], [0.25]).to(device)
     if t.channels_last:
         x, bare_model = x.contiguous(memory_format=torch.channels_last), bare_model.to(
@@ -99,10 +105,11 @@ def train_step(config: Config, steps: int, device: torch.device) -> dict[str, An
             "model": config.model_for(config.rounds)}
 
 
-def inference(config: Config, n: int, device: torch.device) -> dict[str, Any]:
+def inference(config: Config, n: int, device: torch.device,
+              shape: Shape = MNIST_SHAPE) -> dict[str, Any]:
     """Images/s: `predict_logits` on uint8 images versus a bare `model(x)` loop over the same
     images already normalized as tensors, same batch size."""
-    images, _, _, model, _ = _setup(config, n)
+    images, _, _, model, _ = _setup(config, n, shape=shape)
     model.to(device).eval()
     batch = config.pseudo_label.batch_size
     channels_last = config.train.channels_last
@@ -128,14 +135,14 @@ def inference(config: Config, n: int, device: torch.device) -> dict[str, Any]:
 
 def noise_supply(config: Config, n: int, consume_images_per_second: float,
                  steps: int, device: torch.device,
-                 workers: tuple[int, ...] = ()) -> dict[str, Any]:
+                 workers: tuple[int, ...] = (), shape: Shape = MNIST_SHAPE) -> dict[str, Any]:
     """The noise pipeline's images/s in one process (one worker) against what training
     consumes, and the share of a real (noised) training run spent waiting for data with the
     recipe's workers (and with each count in `workers`); the same for the torch backend
     (`noise_batch.BatchNoise` on whole batches on `device`, no workers)."""
-    images, labels, targets, model, loss = _setup(config, n)
+    images, labels, targets, model, loss = _setup(config, n, shape=shape)
     nz = config.noise
-    noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
+    noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, shape[2])
     data = NoisedDataset(images, labels, noise, [0.5], [0.25], 0)
     start = time.perf_counter()
     for i in range(n):
@@ -159,7 +166,7 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
 
     default = noised_run(config.data.num_workers)
     # the torch backend: the same policy on whole batches, on the training device
-    batch_noise = BatchNoise(nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, 1)
+    batch_noise = BatchNoise(nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, shape[2])
     x = to_uint8(images[:t.batch_size + b_pse]).to(device)
     g = torch.Generator(device).manual_seed(0)
     batch_noise(x, g)
