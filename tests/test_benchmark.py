@@ -114,7 +114,19 @@ def test_every_figure_is_present_and_finite(quick):
             "student equal to teacher", "one more round", "three quarters of the epochs"
             } <= set(ablations)
     recipe_rounds = ablations["recipe"]["rounds"]
-    assert len(ablations["one more round"]["rounds"]) == len(recipe_rounds) + 1
+    more = ablations["one more round"]
+    assert len(more["rounds"]) == len(recipe_rounds) + 1
+    # the recipe's run continued: its rounds are the recipe's own (linked, not trained again)
+    assert [r["student_top1"] for r in more["rounds"][:-1]] == [
+        r["student_top1"] for r in recipe_rounds]
+    for k in range(len(recipe_rounds)):
+        theirs, ours = (json.loads((tmp / "work" / a["run_dir"] / "run" / f"round_{k}" /
+                                    "metrics.json").read_text())["student_sha256"]
+                        for a in (ablations["recipe"], more))
+        assert ours == theirs
+        linked = [tmp / "work" / a["run_dir"] / "run" / f"round_{k}" / "student.safetensors"
+                  for a in (ablations["recipe"], more)]
+        assert linked[0].stat().st_ino == linked[1].stat().st_ino  # one file, not retrained
     assert ablations["three quarters of the epochs"]["overrides"] == ["train.epochs=9"]  # of 12
     assert (ablations["three quarters of the epochs"]["rounds"][0]["steps"]
             < recipe_rounds[0]["steps"])

@@ -195,18 +195,24 @@ def baseline(work: Path, dataset: str, kind: str, config: Config, images: np.nda
                                                        splits, job))
 
 
-def noisy_student(config: Config, job: Job) -> dict[str, Any]:
+def noisy_student(config: Config, job: Job, continues: Path | None = None) -> dict[str, Any]:
     """The recipe's loop in `job.folder / "run"`, its earlier result when finished; per-round
     validation and test top-1, pseudo-label accuracy, steps and timing. An interrupted loop
-    goes on where it stopped (finished rounds are loaded). Seconds: the loop's own, teacher and
-    rounds (as they were measured, over every process of a resumed run)."""
+    goes on where it stopped (finished rounds are loaded). `continues`: a finished run with
+    fewer rounds of the same config, whose rounds are linked in, not trained again (the next
+    round learns from its last student). Seconds: the loop's own, teacher and rounds (as they
+    were measured, over every process of a resumed run)."""
     done = job.reused()
     if done is not None:
         return done
     out = job.folder / "run"
     config = config.with_overrides([f'out="{out}"'])
     again = (out / "config.json").is_file()
-    summary = run(config, resume=again, allow_config_change=("out",) if again else ())
+    if continues is not None and not again:
+        finished = len(load_json(continues / "summary.json")["rounds"])
+        summary = run(config, from_round=finished, from_run=str(continues))
+    else:
+        summary = run(config, resume=again, allow_config_change=("out",) if again else ())
     rounds = []
     for r in summary["rounds"]:
         metrics = load_json(out / f"round_{r['round']}" / "metrics.json")
@@ -320,7 +326,7 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
               save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The recipe against one change at a time, on a tuning seed, read on validation. Every
     variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
-    only the student side differs. The recipe's loop is the quality benchmark's job of the same
+    only the student side differs; a variant with more rounds continues the recipe's run. The recipe's loop is the quality benchmark's job of the same
     seed (reused when finished); each variant is a job of its own (reused when finished).
     `only` runs just the variants named; the others are listed when finished earlier. `save`
     gets the results after every variant."""
@@ -334,13 +340,16 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
         if config.to_dict() == base.to_dict():
             results[name] = {"same_as_recipe": True, **results["recipe"]}
             continue
-        config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
-                                        "train.teacher_epochs=0"])
+        longer = config.rounds > base.rounds and config.replace(rounds=base.rounds) == base
+        if not longer:  # more rounds continue the recipe's run; others retrain its students
+            config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
+                                            "train.teacher_epochs=0"])
         job = loop_job(work, dataset, config, kind=f"ablation {name}")
         if (only is not None and name not in only) and job.result() is None:
             continue
         print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
-        results[name] = {"overrides": overrides, **noisy_student(config, job)}
+        results[name] = {"overrides": overrides, **noisy_student(
+            config, job, continues=recipe_job.folder / "run" if longer else None)}
         if save is not None:
             save({dataset: results})
     return {dataset: results}
