@@ -449,3 +449,28 @@ def test_peers_get_the_recipe_minutes_of_their_seed_and_are_collected(monkeypatc
     assert out == {"results": [result]}
     with pytest.raises(SystemExit, match="no quality result for digits seed 101"):
         bench["peers"](["digits"], ["fixmatch"], [101], quality)
+
+
+def test_a_tried_variant_is_run_kept_in_the_results_and_listed_later(quick, tmp_path):
+    """`--try NAME KEY=VALUE` runs one more variant against the recipe; a later invocation
+    without it lists it (finished, from the results file) without training it again."""
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    results = tmp_path / "r.json"
+    shutil.copy(tmp / "r.json", results)
+    bench = _bench()
+    args = ["ablations", "--quick", "--dataset", "digits", "--results", str(results),
+            "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
+    assert bench["main"](args + ["--try", "no smoothing", "loss.label_smoothing=0"]) == 0
+    tried = json.loads(results.read_text())["ablations"]["digits"]["no smoothing"]
+    assert tried["overrides"] == ["loss.label_smoothing=0"]
+    config = json.loads((tmp_path / "work" / tried["run_dir"] / "run" / "config.json").read_text())
+    assert config["loss"]["label_smoothing"] == 0
+    assert config["model"]["teacher_checkpoint"]  # the recipe's teacher, loaded
+    ran = []
+    bench["run"] = lambda config, **kwargs: ran.append(config) or {}
+    assert bench["main"](args + ["--variants", "no model noise"]) == 0
+    assert ran == []
+    after = json.loads(results.read_text())["ablations"]["digits"]
+    assert after["no smoothing"] == tried
+    assert "| no smoothing |" in (tmp_path / "B.md").read_text()

@@ -280,7 +280,8 @@ def gpu_section(g: dict[str, Any]) -> list[str]:
     where = (f"{gpu['name']} ({gpu['memory_gib']:.0f} GiB), driver {gpu['driver']}, CUDA "
              f"{gpu['cuda']}" if gpu else f"no GPU ({g['device']})")
     lines = ["## GPU: the CUDA path", "",
-             f"`tools/gpu_check.py`{TINY_NOTE if g['tiny'] else ''} on {where}, torch {g['versions']['torch']}, {g['machine']['cores']} CPU cores, "
+             f"`tools/gpu_check.py`{TINY_NOTE if g['tiny'] else ''} on {where}, torch "
+             f"{g['versions']['torch']}, {g['machine']['cores']} CPU cores, "
              f"{g['date']}. Each part ran in a process of its own with its own time limit.", "",
              *table(["part", "status", "seconds"],
                     [[n, p["status"], f"{p.get('seconds', 0):.1f}"] for n, p in parts.items()])]

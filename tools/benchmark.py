@@ -2,6 +2,7 @@
 
     python tools/benchmark.py quality [--dataset fashion_mnist|digits|both] [--seeds 100 101 102]
     python tools/benchmark.py ablations [--dataset ...] [--variants NAME ...]
+    python tools/benchmark.py ablations --try "ema 0.999" train.ema_decay=0.999  # any change
     python tools/benchmark.py speed
     python tools/benchmark.py peers [--methods fixmatch flexmatch ...]  # USB, same split & budget
     python tools/benchmark.py all            # quality + ablations + speed, then the report
@@ -309,7 +310,8 @@ def variants_of(base: Config, dataset: str) -> dict[str, list[str]]:
     recipe's rounds and epochs."""
     variants = dict(ABLATIONS)
     variants["one more round"] = [f"rounds={base.rounds + 1}"]
-    variants["three quarters of the epochs"] = [f"train.epochs={max(1, base.train.epochs * 3 // 4)}"]
+    shorter = max(1, base.train.epochs * 3 // 4)
+    variants["three quarters of the epochs"] = [f"train.epochs={shorter}"]
     first, ladder = base.model.ladder[0], base.model.ladder
     if all(rung == first for rung in ladder):
         del variants["student equal to teacher"]
@@ -323,19 +325,22 @@ def variants_of(base: Config, dataset: str) -> dict[str, list[str]]:
 
 def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0],
               only: list[str] | None = None,
-              save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              save: Callable[[dict[str, Any]], None] | None = None,
+              tries: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The recipe against one change at a time, on a tuning seed, read on validation. Every
-    variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
-    only the student side differs; a variant with more rounds continues the recipe's run. The recipe's loop is the quality benchmark's job of the same
-    seed (reused when finished); each variant is a job of its own (reused when finished).
-    `only` runs just the variants named; the others are listed when finished earlier. `save`
-    gets the results after every variant."""
+    variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so only the
+    student side differs; a variant with more rounds continues the recipe's run. The recipe's
+    loop is the quality benchmark's job of the same seed (reused when finished); each variant is
+    a job of its own (reused when finished). `only` runs just the variants named; the others are
+    listed when finished earlier. `tries`: more variants, name -> overrides (`--try`; earlier
+    ones come back from the results file and are listed when finished). `save` gets the results
+    after every variant."""
     base = recipe_config(dataset, quick, [f"seed={seed}"])
     recipe_job = loop_job(work, dataset, base)
     recipe = noisy_student(base, recipe_job)
     teacher = recipe_job.folder / "run" / "teacher" / "model.safetensors"
     results: dict[str, Any] = {"recipe": {**recipe, "seed": seed}}
-    for name, overrides in variants_of(base, dataset).items():
+    for name, overrides in {**variants_of(base, dataset), **(tries or {})}.items():
         config = base.with_overrides(overrides)
         if config.to_dict() == base.to_dict():
             results[name] = {"same_as_recipe": True, **results["recipe"]}
@@ -353,6 +358,12 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
         if save is not None:
             save({dataset: results})
     return {dataset: results}
+
+
+def earlier_tries(results: dict[str, Any]) -> dict[str, list[str]]:
+    """The `--try` variants of earlier results (name -> overrides): those not in ABLATIONS."""
+    return {name: r["overrides"] for name, r in results.items()
+            if name != "recipe" and name not in ABLATIONS and "overrides" in r}
 
 
 def peers(datasets: list[str], methods: list[str], seeds: list[int],
@@ -397,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), metavar="NAME",
                    help="ablations: run only these (the others are listed when they have "
                         "finished earlier with the same recipe, teacher and code)")
+    p.add_argument("--try", dest="tries", nargs="+", action="append", default=[],
+                   metavar="NAME KEY=VALUE",
+                   help="ablations: one more variant, a name and its overrides (repeatable); "
+                        "it stays in the results and is listed as the named ones")
     p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
     p.add_argument("--work", type=Path, default=WORK,
                    help="where the runs go (default: %(default)s)")
@@ -414,9 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier), command)
     if args.what in ("ablations", "all"):
         seed = (args.seeds or [TUNING_SEEDS[0]])[0]
+        tries = {t[0]: t[1:] for t in args.tries}
+        only = None if args.variants is None and not tries else [*(args.variants or []), *tries]
+        earlier = load_json(path).get("ablations", {}) if path.is_file() else {}
         for dataset in datasets:
+            known = {**earlier_tries(earlier.get(dataset, {})), **tries}
             merge(path, "ablations", ablations(
-                args.work, dataset, args.quick, seed, only=args.variants,
+                args.work, dataset, args.quick, seed, only=only, tries=known,
                 save=lambda part: merge(path, "ablations", part, command)), command)
     if args.what in ("speed", "all"):
         digits = recipe_config("digits", args.quick, [f"seed={TUNING_SEEDS[0]}"])

@@ -412,7 +412,8 @@ def merge(file: Path, results: Path, markdown: Path) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"On the GPU machine, after `prepare`:\n  {device_command()}")
+                                epilog="On the GPU machine, after `prepare`:\n  "
+                                + device_command())
     p.add_argument("what", nargs="*", help="nothing (run the check), `prepare`, or `merge FILE`")
     p.add_argument("--out", default="runs/gpu_check.json", help="the figures (JSON)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
