@@ -474,3 +474,13 @@ def test_a_tried_variant_is_run_kept_in_the_results_and_listed_later(quick, tmp_
     after = json.loads(results.read_text())["ablations"]["digits"]
     assert after["no smoothing"] == tried
     assert "| no smoothing |" in (tmp_path / "B.md").read_text()
+
+
+def test_a_variant_that_would_change_the_loaded_teacher_is_refused(quick, tmp_path):
+    tmp, _ = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    bench = _bench()
+    args = ["ablations", "--quick", "--dataset", "digits", "--results", str(tmp_path / "r.json"),
+            "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
+    with pytest.raises(SystemExit, match="changes round 0's teacher"):
+        bench["main"](args + ["--try", "longer teacher", "train.teacher_epochs=40"])

@@ -346,6 +346,11 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
             results[name] = {"same_as_recipe": True, **results["recipe"]}
             continue
         longer = config.rounds > base.rounds and config.replace(rounds=base.rounds) == base
+        if (config.model.ladder[0], config.train.teacher_epochs) != (
+                base.model.ladder[0], base.train.teacher_epochs):
+            raise SystemExit(f"ablation {name!r}: {' '.join(overrides)} changes round 0's "
+                             "teacher, which every variant loads from the recipe's run; try it "
+                             "as a recipe of its own (quality) instead")
         if not longer:  # more rounds continue the recipe's run; others retrain its students
             config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
                                             "train.teacher_epochs=0"])
