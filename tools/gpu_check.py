@@ -9,7 +9,8 @@ time limit, its figures written as soon as it ends.
 Parts, in order (each records its peak GPU memory):
   train_step    `train_model` against a bare PyTorch loop, same model, batch and precision (bf16
                 autocast + channels_last on CUDA): wrn_28_2 at 32x32 (64 labeled + 448
-                pseudo-labeled images a step) and resnet50 at 224x224 (64 + 192); target <= 1.10
+                pseudo-labeled images a step) and tv_resnet50 (ImageNet stem) at 224x224
+                (64 + 192); target <= 1.10
   noise         noised training with noise.backend "torch" (whole batches on the device, no
                 worker) and "albumentations" (DataLoader workers: the machine's cores less one):
                 images/s and the share of the time spent waiting for data (target < 10%, torch)
@@ -79,12 +80,12 @@ class Setting:
 
 
 FULL = {"tiny": False, "train_step": [Setting("wrn_28_2", (32, 32, 3), 64, 7, 30),
-                       Setting("resnet50", (224, 224, 3), 64, 3, 15)],
+                       Setting("tv_resnet50", (224, 224, 3), 64, 3, 15)],
         "noise": Setting("wrn_28_2", (32, 32, 3), 64, 7, 20), "noise_images": 3000,
         "pseudo_label": Setting("wrn_28_2", (32, 32, 3), 0, 0, 0), "pseudo_images": 20_000,
         "compile": Setting("wrn_28_2", (32, 32, 3), 64, 7, 30)}
 TINY = {"tiny": True, "train_step": [Setting("wrn_28_2", (32, 32, 3), 4, 2, 2),
-                       Setting("resnet18", (32, 32, 3), 2, 1, 2)],
+                       Setting("tv_resnet18", (32, 32, 3), 2, 1, 2)],
         "noise": Setting("cnn_tiny", (32, 32, 3), 4, 2, 2), "noise_images": 32,
         "pseudo_label": Setting("cnn_tiny", (32, 32, 3), 0, 0, 0), "pseudo_images": 64,
         "compile": Setting("cnn_tiny", (32, 32, 3), 4, 2, 3)}
@@ -102,7 +103,9 @@ def _config(s: Setting, device: str, extra: tuple[str, ...] = ()):
     return make().with_overrides([
         f'model.ladder=["{s.model}"]', f"train.batch_size={max(1, s.batch)}",
         f"train.unlabeled_ratio={max(1, s.ratio)}", f'train.device="{device}"', "train.amp=true",
-        "train.channels_last=true", "pseudo_label.batch_size=1024", *extra])
+        "train.channels_last=true", "pseudo_label.batch_size=1024",
+        *(["model.drop_path_rate=0"] if s.model.startswith("tv_") else []),  # none in torchvision
+        *extra])
 
 
 def _peak(fn: Callable[[], dict[str, Any]], device: Any) -> dict[str, Any]:
