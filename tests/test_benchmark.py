@@ -484,3 +484,33 @@ def test_a_variant_that_would_change_the_loaded_teacher_is_refused(quick, tmp_pa
             "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
     with pytest.raises(SystemExit, match="changes round 0's teacher"):
         bench["main"](args + ["--try", "longer teacher", "train.teacher_epochs=40"])
+
+
+def test_variants_are_read_against_the_recipe_over_the_tuning_seeds():
+    """A variant on several tuning seeds: its paired differences with the recipe of each seed on
+    validation, their mean and sample sd; a variant on one seed only is not summarised."""
+    section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["tuning_section"]
+
+    def run(seed, recipe, **variants):
+        return {"recipe": {"seed": seed, "final_val_top1": recipe},
+                **{k.replace("_", " "): {"final_val_top1": v} for k, v in variants.items()}}
+    text = "\n".join(section({
+        "fm": run(0, 0.870, one_more=0.880, soft=0.874),
+        "fm, seed 1": run(1, 0.860, one_more=0.865),
+        "fm, seed 2": run(2, 0.850, one_more=0.849),
+        "digits": run(0, 0.9, soft=0.95)}))
+    diffs = [1.0, 0.5, -0.1]
+    assert "### Over the tuning seeds: fm" in text
+    assert (f"| one more | 0: +1.00, 1: +0.50, 2: -0.10 | {statistics.fmean(diffs):+.2f} ± "
+            f"{statistics.stdev(diffs):.2f} | mixed |") in text
+    assert "| soft |" not in text and "digits" not in text
+
+
+def test_ablations_refuse_report_seeds_and_file_other_tuning_seeds_apart(tmp_path):
+    bench = _bench()
+    with pytest.raises(SystemExit, match="tuning seeds, not on the report seeds"):
+        bench["main"](["ablations", "--quick", "--dataset", "digits", "--seeds", "1", "100",
+                       "--results", str(tmp_path / "r.json"), "--work", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()  # refused before any work
+    assert bench["ablation_key"]("fashion_mnist", 0) == "fashion_mnist"
+    assert bench["ablation_key"]("fashion_mnist", 2) == "fashion_mnist, seed 2"

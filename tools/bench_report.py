@@ -155,6 +155,41 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
     return lines
 
 
+def tuning_section(ablations: dict[str, dict[str, Any]]) -> list[str]:
+    """Per data set, each variant run on two or more tuning seeds against the recipe of the same
+    seed: the paired difference of the final student's validation top-1, seed by seed and as a
+    mean ± standard deviation."""
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for key, a in ablations.items():
+        by_dataset.setdefault(key.split(",")[0], []).append(a)
+    lines = []
+    for dataset, runs in by_dataset.items():
+        diffs: dict[str, dict[int, float]] = {}
+        for a in runs:
+            base = a["recipe"].get("final_val_top1")
+            for variant, r in a.items():
+                if variant != "recipe" and base is not None and r.get("final_val_top1") is not None:
+                    diffs.setdefault(variant, {})[a["recipe"]["seed"]] = 100 * (
+                        r["final_val_top1"] - base)
+        rows = [[v, ", ".join(f"{seed}: {d:+.2f}" for seed, d in sorted(by_seed.items())),
+                 f"{statistics.fmean(by_seed.values()):+.2f} ± "
+                 f"{statistics.stdev(by_seed.values()):.2f}", _agreement(list(by_seed.values()))]
+                for v, by_seed in sorted(diffs.items()) if len(by_seed) > 1]
+        if rows:
+            lines += [f"### Over the tuning seeds: {dataset} (variant - recipe, final student, "
+                      "validation, points)", "",
+                      *table(["variant", "by seed", "mean ± sd", "sign"], rows)]
+    return lines
+
+
+def _agreement(points: list[float]) -> str:
+    if all(p > 0 for p in points):
+        return "higher on every seed"
+    if all(p < 0 for p in points):
+        return "lower on every seed"
+    return "mixed"
+
+
 def peers_section(data: dict[str, Any]) -> list[str]:
     """Our recipe against the established frameworks, per data set: test top-1 over the same
     seeds, minutes, and the ratio of each peer's minutes to the recipe's."""
@@ -394,6 +429,7 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
                 "noisy_student_val", {})
             lines += ablation_section(name, a, final["std"] if final.get("n", 0) > 1 else None,
                                       current)
+        lines += tuning_section(data["ablations"])
     if "speed" in data:
         lines += ["## Speed: what the framework costs", "", *speed_section(data["speed"])]
     if "memory" in data:

@@ -361,8 +361,14 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
         results[name] = {"overrides": overrides, **noisy_student(
             config, job, continues=recipe_job.folder / "run" if longer else None)}
         if save is not None:
-            save({dataset: results})
-    return {dataset: results}
+            save({ablation_key(dataset, seed): results})
+    return {ablation_key(dataset, seed): results}
+
+
+def ablation_key(dataset: str, seed: int) -> str:
+    """Where a seed's ablations go in the results: the first tuning seed's under the data set's
+    name, another's under "<data set>, seed <N>"."""
+    return dataset if seed == TUNING_SEEDS[0] else f"{dataset}, seed {seed}"
 
 
 def earlier_tries(results: dict[str, Any]) -> dict[str, list[str]]:
@@ -405,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", choices=["digits", "fashion_mnist", "both"], default="both")
     p.add_argument("--seeds", type=int, nargs="+",
                    help=f"quality: default the report seeds {' '.join(map(str, REPORT_SEEDS))} "
-                        f"(one with --quick); ablations: one tuning seed (default "
-                        f"{TUNING_SEEDS[0]})")
+                        f"(one with --quick); ablations: tuning seeds (default "
+                        f"{TUNING_SEEDS[0]}), each read on its own and, variant against recipe, "
+                        f"over the seeds")
     p.add_argument("--methods", nargs="+", choices=PEERS["METHODS"],
                    default=list(PEERS["METHODS"]), help="peers: the USB methods to run")
     p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
@@ -433,15 +440,19 @@ def main(argv: list[str] | None = None) -> int:
         earlier = load_json(path).get("quality", {}) if path.is_file() else {}
         merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier), command)
     if args.what in ("ablations", "all"):
-        seed = (args.seeds or [TUNING_SEEDS[0]])[0]
+        seeds = args.seeds or [TUNING_SEEDS[0]]
+        if set(seeds) & set(REPORT_SEEDS):
+            raise SystemExit(f"ablations make choices: they run on tuning seeds, not on the "
+                             f"report seeds {', '.join(map(str, REPORT_SEEDS))}")
         tries = {t[0]: t[1:] for t in args.tries}
         only = None if args.variants is None and not tries else [*(args.variants or []), *tries]
         earlier = load_json(path).get("ablations", {}) if path.is_file() else {}
         for dataset in datasets:
-            known = {**earlier_tries(earlier.get(dataset, {})), **tries}
-            merge(path, "ablations", ablations(
-                args.work, dataset, args.quick, seed, only=only, tries=known,
-                save=lambda part: merge(path, "ablations", part, command)), command)
+            for seed in seeds:
+                known = {**earlier_tries(earlier.get(ablation_key(dataset, seed), {})), **tries}
+                merge(path, "ablations", ablations(
+                    args.work, dataset, args.quick, seed, only=only, tries=known,
+                    save=lambda part: merge(path, "ablations", part, command)), command)
     if args.what in ("speed", "all"):
         digits = recipe_config("digits", args.quick, [f"seed={TUNING_SEEDS[0]}"])
         digits_job = loop_job(args.work, "digits", digits)
