@@ -329,9 +329,9 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
               tries: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """The recipe against one change at a time, on a tuning seed, read on validation. Every
     variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
-    only the student side differs; a variant with more rounds continues the recipe's run. The recipe's
-    loop is the quality benchmark's job of the same seed (reused when finished); each variant is
-    a job of its own (reused when finished). `only` runs just the variants named; the others are
+    only the student side differs; a variant with more rounds continues the recipe's run. The
+    recipe's loop is the quality benchmark's job of the same seed (reused when finished); each
+    variant is a job of its own (reused when finished). `only` runs just the variants named; the others are
     listed when finished earlier. `tries`: more variants, name -> overrides (`--try`; earlier
     ones come back from the results file and are listed when finished). `save` gets the results
     after every variant."""
