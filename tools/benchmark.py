@@ -331,10 +331,10 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
     variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
     only the student side differs; a variant with more rounds continues the recipe's run. The
     recipe's loop is the quality benchmark's job of the same seed (reused when finished); each
-    variant is a job of its own (reused when finished). `only` runs just the variants named; the others are
-    listed when finished earlier. `tries`: more variants, name -> overrides (`--try`; earlier
-    ones come back from the results file and are listed when finished). `save` gets the results
-    after every variant."""
+    variant is a job of its own (reused when finished). `only` runs just the variants named; the
+    others are listed when finished earlier. `tries`: more variants, name -> overrides (`--try`;
+    earlier ones come back from the results file and are listed when finished). `save` gets the
+    results after every variant."""
     base = recipe_config(dataset, quick, [f"seed={seed}"])
     recipe_job = loop_job(work, dataset, base)
     recipe = noisy_student(base, recipe_job)
