@@ -144,7 +144,7 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
     lines = [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)}, read on {on})", "",
              *table(["variant", "final student (validation)", "vs recipe (pts)",
                      f"students by round ({on.split()[0]})", "pseudo-label accuracy by round",
-                     "minutes", "commit"], rows)]
+                     "minutes (a variant: its students; more rounds: all)", "commit"], rows)]
     noise = {v: 100 * (a[v][key] - base) for v in ("no input noise", "no model noise") if v in a}
     if noise:
         parts = [f"{v} {d:+.2f} pts ({_verdict(d, spread)})" for v, d in noise.items()]
