@@ -493,17 +493,22 @@ def test_variants_are_read_against_the_recipe_over_the_tuning_seeds():
 
     def run(seed, recipe, **variants):
         return {"recipe": {"seed": seed, "final_val_top1": recipe},
-                **{k.replace("_", " "): {"final_val_top1": v} for k, v in variants.items()}}
+                **{k.replace("_", " "): {"final_val_top1": v, "same_as_recipe": k == "same"}
+                   for k, v in variants.items()}}
     text = "\n".join(section({
         "fm": run(0, 0.870, one_more=0.880, soft=0.874),
         "fm, seed 1": run(1, 0.860, one_more=0.865),
-        "fm, seed 2": run(2, 0.850, one_more=0.849),
+        "fm, seed 2": run(2, 0.850, one_more=0.849, same=0.850),
+        "fm, seed 3": run(3, 0.850, flat=0.850),
+        "fm, seed 4": run(4, 0.860, flat=0.860),
         "digits": run(0, 0.9, soft=0.95)}))
     diffs = [1.0, 0.5, -0.1]
     assert "### Over the tuning seeds: fm" in text
     assert (f"| one more | 0: +1.00, 1: +0.50, 2: -0.10 | {statistics.fmean(diffs):+.2f} ± "
             f"{statistics.stdev(diffs):.2f} | mixed |") in text
     assert "| soft |" not in text and "digits" not in text
+    assert "| flat | 3: +0.00, 4: +0.00 | +0.00 ± 0.00 | no difference |" in text
+    assert "| same |" not in text  # a variant equal to the recipe is not a measurement
 
 
 def test_ablations_refuse_report_seeds_and_file_other_tuning_seeds_apart(tmp_path):

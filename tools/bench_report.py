@@ -168,7 +168,8 @@ def tuning_section(ablations: dict[str, dict[str, Any]]) -> list[str]:
         for a in runs:
             base = a["recipe"].get("final_val_top1")
             for variant, r in a.items():
-                if variant != "recipe" and base is not None and r.get("final_val_top1") is not None:
+                if (variant != "recipe" and not r.get("same_as_recipe") and base is not None
+                        and r.get("final_val_top1") is not None):
                     diffs.setdefault(variant, {})[a["recipe"]["seed"]] = 100 * (
                         r["final_val_top1"] - base)
         rows = [[v, ", ".join(f"{seed}: {d:+.2f}" for seed, d in sorted(by_seed.items())),
@@ -187,7 +188,7 @@ def _agreement(points: list[float]) -> str:
         return "higher on every seed"
     if all(p < 0 for p in points):
         return "lower on every seed"
-    return "mixed"
+    return "no difference" if all(p == 0 for p in points) else "mixed"
 
 
 def peers_section(data: dict[str, Any]) -> list[str]:
