@@ -519,3 +519,28 @@ def test_ablations_refuse_report_seeds_and_file_other_tuning_seeds_apart(tmp_pat
     assert not (tmp_path / "w").exists()  # refused before any work
     assert bench["ablation_key"]("fashion_mnist", 0) == "fashion_mnist"
     assert bench["ablation_key"]("fashion_mnist", 2) == "fashion_mnist, seed 2"
+
+
+def test_variants_whose_runs_are_gone_are_kept_while_the_recipe_figures_are_the_same(
+        quick, tmp_path, capsys):
+    """A machine without the earlier runs (runs/ is not committed) keeps the earlier variants
+    from the results file when the recipe's figures are the same, and drops them otherwise."""
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    results = tmp_path / "r.json"
+    shutil.copy(tmp / "r.json", results)
+    gone = data["ablations"]["digits"]["no input noise"]
+    shutil.rmtree(tmp_path / "work" / gone["run_dir"])
+    bench = _bench()
+    args = ["ablations", "--quick", "--dataset", "digits", "--results", str(results),
+            "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work"),
+            "--variants", "no model noise"]
+    assert bench["main"](args) == 0
+    assert json.loads(results.read_text())["ablations"]["digits"]["no input noise"] == gone
+    assert "kept from the results file" in capsys.readouterr().out
+    edited = json.loads(results.read_text())
+    edited["ablations"]["digits"]["recipe"]["final_val_top1"] += 0.01  # another recipe run
+    results.write_text(json.dumps(edited))
+    assert bench["main"](args) == 0
+    assert "no input noise" not in json.loads(results.read_text())["ablations"]["digits"]
+    assert "dropped from the results file" in capsys.readouterr().out

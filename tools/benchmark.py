@@ -326,7 +326,8 @@ def variants_of(base: Config, dataset: str) -> dict[str, list[str]]:
 def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0],
               only: list[str] | None = None,
               save: Callable[[dict[str, Any]], None] | None = None,
-              tries: dict[str, list[str]] | None = None) -> dict[str, Any]:
+              tries: dict[str, list[str]] | None = None,
+              earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """The recipe against one change at a time, on a tuning seed, read on validation. Every
     variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
     only the student side differs; a variant with more rounds continues the recipe's run. The
@@ -362,7 +363,23 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
             config, job, continues=recipe_job.folder / "run" if longer else None)}
         if save is not None:
             save({ablation_key(dataset, seed): results})
-    return {ablation_key(dataset, seed): results}
+    return {ablation_key(dataset, seed): {**carried(earlier or {}, results), **results}}
+
+
+def carried(earlier: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """The earlier results' variants that were not listed now (their runs are gone), kept when
+    they were measured against the same recipe figures as now; said either way."""
+    gone = {k: v for k, v in earlier.items() if k not in results}
+    if not gone:
+        return {}
+    same = [earlier.get("recipe", {}).get(k) == results["recipe"].get(k)
+            for k in ("final_top1", "final_val_top1", "rounds")]
+    names = ", ".join(sorted(gone))
+    if all(same):
+        print(f"kept from the results file (same recipe figures, runs not here): {names}")
+        return gone
+    print(f"dropped from the results file (measured against other recipe figures): {names}")
+    return {}
 
 
 def ablation_key(dataset: str, seed: int) -> str:
@@ -452,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 known = {**earlier_tries(earlier.get(ablation_key(dataset, seed), {})), **tries}
                 merge(path, "ablations", ablations(
                     args.work, dataset, args.quick, seed, only=only, tries=known,
-                    save=lambda part: merge(path, "ablations", part, command)), command)
+                    save=lambda part: merge(path, "ablations", part, command),
+                    earlier=earlier.get(ablation_key(dataset, seed))), command)
     if args.what in ("speed", "all"):
         digits = recipe_config("digits", args.quick, [f"seed={TUNING_SEEDS[0]}"])
         digits_job = loop_job(args.work, "digits", digits)
