@@ -361,25 +361,26 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
         print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
         results[name] = {"overrides": overrides, **noisy_student(
             config, job, continues=recipe_job.folder / "run" if longer else None)}
-        if save is not None:
-            save({ablation_key(dataset, seed): results})
-    return {ablation_key(dataset, seed): {**carried(earlier or {}, results), **results}}
+        if save is not None:  # the earlier variants too, should this process be stopped
+            save({ablation_key(dataset, seed): {**carried(earlier or {}, results), **results}})
+    return {ablation_key(dataset, seed): {**carried(earlier or {}, results, say=True),
+                                          **results}}
 
 
-def carried(earlier: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+def carried(earlier: dict[str, Any], results: dict[str, Any],
+            say: bool = False) -> dict[str, Any]:
     """The earlier results' variants that were not listed now (their runs are gone), kept when
-    they were measured against the same recipe figures as now; said either way."""
+    they were measured against the same recipe figures as now; with `say`, said either way."""
     gone = {k: v for k, v in earlier.items() if k not in results}
     if not gone:
         return {}
-    same = [earlier.get("recipe", {}).get(k) == results["recipe"].get(k)
-            for k in ("final_top1", "final_val_top1", "rounds")]
-    names = ", ".join(sorted(gone))
-    if all(same):
-        print(f"kept from the results file (same recipe figures, runs not here): {names}")
-        return gone
-    print(f"dropped from the results file (measured against other recipe figures): {names}")
-    return {}
+    same = all(earlier.get("recipe", {}).get(k) == results["recipe"].get(k)
+               for k in ("final_top1", "final_val_top1", "rounds"))
+    if say:
+        why = ("kept from the results file (same recipe figures, runs not here)" if same else
+               "dropped from the results file (measured against other recipe figures)")
+        print(f"{why}: {', '.join(sorted(gone))}")
+    return gone if same else {}
 
 
 def ablation_key(dataset: str, seed: int) -> str:
