@@ -349,10 +349,11 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def save(report: dict[str, Any], out: Path) -> None:
+    """The report as JSON, parts in the order they ran (save_json would sort them)."""
+    from noisy_student.checkpoint import atomic_write
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    tmp.replace(out)
+    atomic_write(out, json.dumps(report, indent=1, default=str).encode())
 
 
 def run_child(args: argparse.Namespace) -> None:
