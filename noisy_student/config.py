@@ -59,7 +59,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     # ladder[0] is round 0's teacher (trained on labels only); ladder[k + 1] is round k's student.
-    # A ladder shorter than rounds + 1 repeats its last entry.
+    # A ladder shorter than rounds + 1 repeats its last entry. ["auto"]: chosen from the image
+    # size, the number of labeled images and the device when the run starts (presets.py), and
+    # saved as chosen in the run's config.json
     ladder: list[str] = field(default_factory=lambda: ["cnn_small", "cnn_small", "cnn_medium"])
     drop_rate: float = 0.5  # dropout before the classifier head (model noise)
     drop_path_rate: float = 0.2  # stochastic depth at the last block: survival 0.8, linear decay
@@ -77,7 +79,7 @@ class NoiseConfig:
     enabled: bool = True  # RandAugment + crop + flip on every image the student trains on
     num_ops: int = 2  # RandAugment N
     magnitude: float = 9.0  # RandAugment M on the 0..30 scale (see noisy_student.noise)
-    flip: bool = True
+    flip: bool = False  # horizontal flips: only for classes that are mirror-symmetric
     crop_padding: int = 0  # reflect-pad then random-crop back (pixels)
     # "albumentations": per image in the DataLoader workers (CPU); "torch": per batch with tensor
     # ops on the training device (the GPU when there is one; noisy_student.noise_batch)
@@ -130,6 +132,13 @@ class TrainConfig:
     unlabeled_ratio: int = 3  # pseudo-labeled images per step = ratio * batch_size
     teacher_epochs: int = 60  # round 0: passes over the labeled images
     epochs: int = 10  # students: passes over the pseudo-labeled images
+    # at least this many optimizer steps per phase, whatever the size of the set: the epochs are
+    # raised to reach it (a 200-image labeled folder is 4 steps an epoch at batch 64); 0: off
+    teacher_min_steps: int = 0
+    min_steps: int = 0  # the same for each round's student
+    # stop after round 0's teacher when it is near chance or its pseudo-labels cover few
+    # classes (noisy_student.sanity); --force goes past it for one command
+    sanity_gate: bool = True
     ema_decay: float = 0.0  # 0: off; else the EMA weights are evaluated and teach the next round
     grad_clip: float = 0.0  # max global grad norm; 0: off
     max_skipped_steps: int = 0  # steps with a non-finite loss or gradient skipped before stopping
@@ -294,6 +303,9 @@ def _check(c: Config) -> list[str]:
     m = c.model
     if not m.ladder:
         p.append("model.ladder is empty: name at least the round 0 teacher, e.g. ['cnn_small']")
+    elif "auto" in m.ladder and m.ladder != ["auto"]:
+        p.append(f"model.ladder = {m.ladder!r}: 'auto' stands alone, as ['auto'] (the whole "
+                 "ladder chosen for the data and device), or name every rung")
     _range(p, "model.drop_rate", m.drop_rate, 0, 1, hi_open=True)
     _range(p, "model.drop_path_rate", m.drop_path_rate, 0, 1, hi_open=True)
     n = c.noise
@@ -336,6 +348,8 @@ def _check(c: Config) -> list[str]:
     _range(p, "train.unlabeled_ratio", t.unlabeled_ratio, 1)
     _range(p, "train.teacher_epochs", t.teacher_epochs, 0)
     _range(p, "train.epochs", t.epochs, 1)
+    _range(p, "train.teacher_min_steps", t.teacher_min_steps, 0)
+    _range(p, "train.min_steps", t.min_steps, 0)
     _range(p, "train.ema_decay", t.ema_decay, 0, 1, hi_open=True)
     _range(p, "train.grad_clip", t.grad_clip, 0)
     _range(p, "train.max_skipped_steps", t.max_skipped_steps, 0)

@@ -8,6 +8,7 @@ pseudo-labeled items (students) or over the labeled images (round 0's teacher).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -125,6 +126,36 @@ def _over_ranks(sums: dict[str, float], correct: int, seen: int,
     return mean, sum(p[1] for p in parts), sum(p[2] for p in parts)
 
 
+@dataclass(frozen=True)
+class PhaseGeometry:
+    """How long one phase trains and on how many images per step (global, over the ranks)."""
+
+    epochs: int
+    steps_per_epoch: int
+    batch_labeled: int
+    batch_pseudo: int  # 0 for round 0's teacher
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def phase_geometry(cfg: TrainConfig, n_labeled: int, n_pseudo: int | None, epochs: int,
+                   min_steps: int = 0, world: int = 1) -> PhaseGeometry:
+    """A phase's batches and length: an epoch is one pass over the pseudo-labeled items (a
+    student) or the labeled images (round 0's teacher); `epochs` is raised until the phase
+    has at least `min_steps` steps. Each rank takes 1/world of every batch (rounded down to a
+    multiple of it)."""
+    b_lab = min(cfg.batch_size, n_labeled) // world * world
+    b_pse = (min(cfg.batch_size * cfg.unlabeled_ratio, n_pseudo) // world * world
+             if n_pseudo is not None else 0)
+    n, b = (n_pseudo, b_pse) if n_pseudo is not None else (n_labeled, b_lab)
+    per_epoch = math.ceil(n / b) if b else 0
+    if per_epoch:
+        epochs = max(epochs, math.ceil(min_steps / per_epoch))
+    return PhaseGeometry(epochs, per_epoch, b_lab, b_pse)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module  # the weights to evaluate and to teach with: the EMA when it is on
@@ -146,8 +177,10 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
                 evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
                 eval_times: int = 5, checkpoints: TrainCheckpoints | None = None,
                 stop: GracefulStop | None = None,
-                batch_noise: BatchNoiseFn | None = None, pretrained: bool = False) -> TrainResult:
-    """Train `model` for `epochs` and return the weights to use next, with per-epoch history.
+                batch_noise: BatchNoiseFn | None = None, pretrained: bool = False,
+                min_steps: int = 0) -> TrainResult:
+    """Train `model` for `epochs` (raised to reach `min_steps` steps) and return the weights to
+    use next, with per-epoch history.
 
     With `checkpoints`, the whole training state is saved at every epoch end and at the
     configured interval; with `checkpoints.resume`, training continues from the newest valid
@@ -165,16 +198,14 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
         model.to(memory_format=torch.channels_last)
     world = distributed.world_size() if distributed.active() else 1
     main = not distributed.active() or distributed.is_main_process()
-    # global batches: each rank takes 1/world of every one (rounded down to a multiple of it)
-    b_lab = min(cfg.batch_size, len(labeled)) // world * world
-    b_pse = (min(cfg.batch_size * cfg.unlabeled_ratio, len(pseudo)) // world * world
-             if pseudo is not None else 0)
-    if b_lab == 0 or (pseudo is not None and b_pse == 0):
+    g = phase_geometry(cfg, len(labeled), None if pseudo is None else len(pseudo), epochs,
+                       min_steps, world)
+    if g.batch_labeled == 0 or (pseudo is not None and g.batch_pseudo == 0):
         raise TrainingError(f"{tag}: train.batch_size = {cfg.batch_size} is smaller than the "
                             f"{world} ranks; each rank needs at least one image per step")
-    steps_per_epoch = math.ceil(len(pseudo) / b_pse) if pseudo is not None else math.ceil(
-        len(labeled) / b_lab)
-    total = epochs * steps_per_epoch
+    b_lab, b_pse, steps_per_epoch, epochs = (g.batch_labeled, g.batch_pseudo, g.steps_per_epoch,
+                                             g.epochs)
+    total = g.steps
     warmup = int(cfg.warmup_fraction * total)
     if world > 1 and cfg.sync_batchnorm:  # the same parameters, in SyncBatchNorm layers
         if not cuda:
@@ -194,8 +225,7 @@ def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
            if world > 1 else model)  # gradients averaged over the ranks' shares of the batch
     if cfg.compile:  # `model` keeps the plain weights: checkpoints load without compiling
         net = torch.compile(net)
-    geometry = {"epochs": epochs, "steps_per_epoch": steps_per_epoch, "batch_labeled": b_lab,
-                "batch_pseudo": b_pse}
+    geometry = dataclasses.asdict(g)
     # progress within the run: restored from a checkpoint when resuming
     run: dict[str, Any] = {"step": 0, "history": [], "sums": {}}
     saved = checkpoints.latest() if checkpoints is not None and checkpoints.resume else None
