@@ -53,6 +53,9 @@ def recipe_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="with --from-round K: round K's teacher weights (.safetensors or .ckpt)")
     p.add_argument("--from-run", metavar="DIR",
                    help="with --from-round K: branch from the run in DIR into a new --out")
+    p.add_argument("--force", action="store_true",
+                   help="go on past the sanity gate after round 0's teacher (a teacher near "
+                        "chance, pseudo-labels covering few classes)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -99,7 +102,7 @@ def run_recipe(config: Config, argv: Sequence[str] | None = None,
     try:
         return run(config, overwrite=args.overwrite, resume=args.resume,
                    from_round=args.from_round, teacher=args.teacher, from_run=args.from_run,
-                   allow_config_change=tuple(args.allow_config_change))
+                   allow_config_change=tuple(args.allow_config_change), force=args.force)
     except (ConfigError, DataError, RunDirError, TrainingError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except Interrupted as e:

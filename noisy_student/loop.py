@@ -32,12 +32,16 @@ from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
                            merge_parts)
 from .soft_labels import SoftLabelError, link_parts
 from .teachers import ensemble_of_last, with_specialists
+from .plan import format_plan, make_plan, noise_seconds_per_image, plan_record
+from .presets import saved_config, settle_ladder
 from .run_dir import Start, open_run, prepare_run_dir
+from .sanity import coverage_problem, gate_message, teacher_problem
 from . import distributed
 from .signals import GracefulStop, Interrupted
 from .summary import SUMMARY_COLUMNS, format_summary
 from .tracking import Progress, Tracker
-from .train import TrainingError, TrainResult, resolve_device, train_model
+from .train import (TrainingError, TrainResult, resolve_device, rng_state, set_rng_state,
+                    train_model)
 from .wandb_logger import WandbLogger, resolve_mode
 
 
@@ -58,11 +62,12 @@ class Loop:
     """Runs every round of one configured experiment into its run directory."""
 
     def __init__(self, config: Config, start: Start | None = None) -> None:
-        self.config = config
         self.start = start = start or Start()
         # under torchrun every rank runs this; rank 0 alone writes (self.main)
         self.device = distributed.setup(resolve_device(config.train.device))
         self.main = distributed.is_main_process()
+        config, ladder_note = settle_ladder(config, self.device.type, saved_config(config, start))
+        self.config = config
         self.run_dir, source, changes = open_run(config, start)  # refuse early, before any work
         distributed.barrier()  # every rank has looked before rank 0 writes
         seed_everything(config.seed)
@@ -80,11 +85,24 @@ class Loop:
                                            config.to_dict(), mode))
         # per image in the DataLoader workers, or per batch on the device
         self.noise, self.batch_noise = build_student_noise(config.noise, self.splits.channels)
+        if self.main:
+            self.show_plan([ladder_note] if ladder_note else [])
         self.summary: dict[str, Any] = {"name": config.name, "teacher": None, "rounds": []}
         self.stop = GracefulStop()
         self.reports: dict[int, dict[str, Any]] = {}  # round -> how its teacher was made
 
     # ---- pieces --------------------------------------------------------------------------------
+    def show_plan(self, notes: list[str]) -> None:
+        """Print what will run and about how long it takes here; saved as plan.json. The
+        timed steps leave every random state as they found it."""
+        saved = rng_state()
+        per_image = noise_seconds_per_image(self.splits, self.noise, self.batch_noise,
+                                            self.device)
+        plans = make_plan(self.config, self.splits, self.sizes, self.device, per_image)
+        set_rng_state(saved)
+        print(format_plan(plans, self.device, notes), flush=True)
+        save_json(self.run_dir.root / "plan.json", {**plan_record(plans), "notes": notes})
+
     def save_weights(self, model: nn.Module, path: Path, meta: dict[str, str]) -> str:
         """Rank 0 writes the weights; every rank gets their identity (sha256)."""
         if self.main:
@@ -127,7 +145,8 @@ class Loop:
             pseudo_ds = NoisedDataset(s.unlabeled.images, pseudo.training_targets(), self.noise,
                                       s.mean, s.std,
                                       c.seed + 7919 * rung, index=pseudo.indices)
-        epochs = c.train.epochs if pseudo is not None else c.train.teacher_epochs
+        epochs, min_steps = ((c.train.epochs, c.train.min_steps) if pseudo is not None else
+                             (c.train.teacher_epochs, c.train.teacher_min_steps))
         ck = c.checkpoint
         checkpoints = TrainCheckpoints(folder / "checkpoints", {"phase": tag, **context}, ck.keep,
                                        ck.every_steps, ck.every_minutes, self.start.resume)
@@ -136,7 +155,7 @@ class Loop:
                              tag=tag, num_workers=c.data.num_workers, evaluate=self.monitor,
                              checkpoints=checkpoints, stop=self.stop,
                              batch_noise=self.batch_noise,
-                             pretrained=starts_pretrained(c, rung))
+                             pretrained=starts_pretrained(c, rung), min_steps=min_steps)
         if self.main:
             checkpoints.prune(1)  # the phase's final checkpoint stays
         return result
@@ -286,6 +305,15 @@ class Loop:
             save_npz(self.run_dir.round(k) / "pseudo_labels.npz", labels.arrays())
         return labels
 
+    def gate(self, problem: str | None) -> None:
+        """Stop after round 0's teacher when it cannot teach (sanity.py), unless forced."""
+        if problem is None:
+            return
+        if self.config.train.sanity_gate and not self.start.force:
+            raise TrainingError(gate_message(problem))
+        say(f"warning: {problem}; going on (--force or train.sanity_gate = false)", flush=True)
+        self.tracker.log("warning", message=problem, forced=True)
+
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Every round, in order; finished folders are loaded, not recomputed."""
@@ -309,6 +337,8 @@ class Loop:
         self.summary["teacher"] = info
         name, sha = info["model"], info["sha256"]
         scores = {s: info[s] for s in SCORES if info.get(s) is not None}
+        if not rd.is_done(rd.round(0)):
+            self.gate(teacher_problem(info.get("val_top1"), self.splits.num_classes))
         for k in range(c.rounds):
             if rd.is_done(rd.round(k)):
                 teacher, entry, sha = self.finished_round(k)
@@ -343,6 +373,9 @@ class Loop:
                   f"{stats['kept']} items after balancing, mean confidence "
                   f"{stats['mean_confidence']:.3f}"
                   + ("" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"), flush=True)
+            if k == 0:
+                self.gate(coverage_problem(labels.predicted, labels.indices,
+                                           c.pseudo_label.threshold, self.splits.labeled.classes))
             self.stop.check(f"round {k}, after pseudo-labeling")
             label_seconds = time.perf_counter() - start
             result = self.train(k + 1, labels, f"round {k} student", rd.round(k), {
@@ -424,13 +457,14 @@ def _top1s(scores: dict[str, float]) -> str:
 
 def run(config: Config, overwrite: bool = False, resume: bool = False,
         from_round: int | None = None, teacher: str | None = None, from_run: str | None = None,
-        allow_config_change: tuple[str, ...] = ()) -> dict[str, Any]:
+        allow_config_change: tuple[str, ...] = (), force: bool = False) -> dict[str, Any]:
     """Run the whole loop for `config`; returns the summary (also in `<out>/summary.json`).
 
     `resume` continues the run in `config.out` from its newest valid checkpoint (finished rounds
     are loaded, the interrupted phase goes on at the step it stopped). `from_round=K` starts again
     at round K (see `run_dir.Start`). `allow_config_change` lists the keys that may differ from
-    the saved config on resume.
+    the saved config on resume. `force` goes on past the sanity gate after round 0's teacher.
     """
-    start = Start(overwrite, resume, from_round, teacher, from_run, tuple(allow_config_change))
+    start = Start(overwrite, resume, from_round, teacher, from_run, tuple(allow_config_change),
+                  force)
     return Loop(config, start).run()

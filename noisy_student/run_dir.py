@@ -188,6 +188,7 @@ class Start:
     teacher: str | None = None
     from_run: str | None = None
     allow_config_change: tuple[str, ...] = ()
+    force: bool = False  # go on past the sanity gate after round 0's teacher (sanity.py)
 
     def problems(self, rounds: int) -> list[str]:
         p = []
