@@ -151,6 +151,8 @@ def test_image_folder_recipe_runs(tmp_path):
            "--image-size", "16", "--rounds", "1",
            "--out", str(out), "--set", 'model.ladder=["cnn_tiny"]',
            "--set", "train.teacher_epochs=1", "--set", "train.epochs=1",
+           "--set", "train.teacher_min_steps=0", "--set", "train.min_steps=0",
+           "--set", "train.sanity_gate=false",
            "--set", "train.batch_size=4", "--set", "pseudo_label.threshold=0",
            "--set", "data.num_workers=0", "--set", "train.device=\"cpu\""]
     done = subprocess.run(cmd, capture_output=True, text=True)
