@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 
 class ConfigError(ValueError):
@@ -27,160 +27,204 @@ class ConfigError(ValueError):
         super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
 
 
+def knob(default: Any = dataclasses.MISSING, doc: str = "", *, lo: float | None = None,
+         hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+         factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its meaning and allowed range: validation (`_ranges`) and the
+    configuration reference (`reference_markdown`, docs/configuration.md) both read them."""
+    meta = {"doc": doc, "range": (lo, hi, lo_open, hi_open)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "image_folder"] = "digits"
-    root: str | None = None  # where the data files are (or go, for downloads)
-    download: bool = True  # last resort when no local copy is found (needs the internet)
-    labeled_per_class: int = 10  # seeded, class-balanced labeled subset of the training pool
-    test_fraction: float = 0.3  # held out from the pool for sources without an official test split
-    # a seeded, class-balanced validation set carved from the training pool (never from test),
-    # disjoint from the labeled, unlabeled and test images; its labels only score models, and
-    # every choice made from a figure is made on it. None: as many per class as
-    # labeled_per_class (a budget a user with that many labels could afford); 0: none
-    val_per_class: int | None = None
-    unlabeled_limit: int | None = None  # use at most this many unlabeled images (quick runs)
-    test_limit: int | None = None  # evaluate on at most this many test images (quick runs)
-    labeled_dir: str | None = None  # image_folder: one sub-folder per class
-    unlabeled_dir: str | None = None  # image_folder: images, any layout
-    # image_folder, instead of unlabeled_dir: a text file of image paths, one per line (relative
-    # ones are relative to the file's folder; blank lines and lines starting with # are skipped)
-    unlabeled_list: str | None = None
-    test_dir: str | None = None  # image_folder: one sub-folder per class
-    val_dir: str | None = None  # image_folder: the validation set, one sub-folder per class
-    image_size: int = 32  # image_folder: images are resized to image_size x image_size
-    channels: int = 3  # image_folder: 1 (grayscale) or 3 (RGB)
-    num_workers: int = 0  # DataLoader workers for the noised training streams
-    on_bad_file: Literal["error", "skip"] = "error"  # image_folder: stop on (or skip) unreadable,
-    # truncated, empty or non-image files; either way each is named
-    lazy_unlabeled: bool = False  # image_folder: decode unlabeled images when used, not up front
+    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "image_folder"] = knob(
+        "digits", "where the images come from")
+    root: str | None = knob(None, "where the data files are (or go, for downloads)")
+    download: bool = knob(True, "download as the last resort when no local copy is found "
+                          "(needs the internet)")
+    labeled_per_class: int = knob(10, "seeded, class-balanced labeled subset of the training "
+                                  "pool; the rest of the pool is unlabeled", lo=1)
+    test_fraction: float = knob(0.3, "held out from the pool for sources without an official "
+                                "test split (digits)", lo=0, hi=1, lo_open=True, hi_open=True)
+    val_per_class: int | None = knob(
+        None, "a seeded, class-balanced validation set carved from the training pool (never "
+        "from test), disjoint from the other sets; its labels only score models, and every "
+        "choice made from a figure is made on it. null: as many per class as "
+        "labeled_per_class; 0: none", lo=0)
+    unlabeled_limit: int | None = knob(None, "use at most this many unlabeled images (quick "
+                                       "runs)", lo=1)
+    test_limit: int | None = knob(None, "evaluate on at most this many test images (quick runs)",
+                                  lo=1)
+    labeled_dir: str | None = knob(None, "image_folder: one sub-folder per class")
+    unlabeled_dir: str | None = knob(None, "image_folder: images, any layout")
+    unlabeled_list: str | None = knob(
+        None, "image_folder, instead of unlabeled_dir: a text file of image paths, one per line "
+        "(relative ones to the file's folder; blank lines and # comments skipped)")
+    test_dir: str | None = knob(None, "image_folder: one sub-folder per class")
+    val_dir: str | None = knob(None, "image_folder: the validation set, one sub-folder per "
+                               "class (without it, no validation)")
+    image_size: int = knob(32, "image_folder: images are resized to image_size x image_size",
+                           lo=8)
+    channels: int = knob(3, "image_folder: 1 (grayscale) or 3 (RGB)")
+    num_workers: int = knob(0, "DataLoader worker processes making the noised training "
+                            "batches", lo=0)
+    on_bad_file: Literal["error", "skip"] = knob(
+        "error", "image_folder: stop on (or skip) unreadable, truncated, empty or non-image "
+        "files; either way each is named")
+    lazy_unlabeled: bool = knob(False, "image_folder: decode unlabeled images when used, not "
+                                "up front")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # ladder[0] is round 0's teacher (trained on labels only); ladder[k + 1] is round k's student.
-    # A ladder shorter than rounds + 1 repeats its last entry. ["auto"]: chosen from the image
-    # size, the number of labeled images and the device when the run starts (presets.py), and
-    # saved as chosen in the run's config.json
-    ladder: list[str] = field(default_factory=lambda: ["cnn_small", "cnn_small", "cnn_medium"])
-    drop_rate: float = 0.5  # dropout before the classifier head (model noise)
-    drop_path_rate: float = 0.2  # stochastic depth at the last block: survival 0.8, linear decay
-    allow_smaller_student: bool = False
-    teacher_checkpoint: str | None = None  # load round 0's teacher instead of training it
-    # transfer learning: start from pretrained weights (a local .safetensors / torch file loaded
-    # into the backbone, or a torchvision / timm weights name for tv_* / timm_model, downloaded
-    # when online)
-    pretrained: str | None = None
-    pretrained_for: Literal["teacher", "all"] = "teacher"  # round 0's teacher, or every model
+    ladder: list[str] = knob(
+        doc="ladder[0] is round 0's teacher (trained on labels only), ladder[k + 1] round k's "
+        "student; a shorter ladder repeats its last entry. [\"auto\"]: chosen from the image "
+        "size, the labeled images and the device when the run starts (docs/your_images.md)",
+        factory=lambda: ["cnn_small", "cnn_small", "cnn_medium"])
+    drop_rate: float = knob(0.5, "dropout before the classifier head (model noise)", lo=0, hi=1,
+                            hi_open=True)
+    drop_path_rate: float = knob(0.2, "stochastic depth at the last block (survival 0.8), "
+                                 "linear from 0 at the first", lo=0, hi=1, hi_open=True)
+    allow_smaller_student: bool = knob(False, "allow a student with fewer parameters than its "
+                                       "teacher")
+    teacher_checkpoint: str | None = knob(None, "weights for round 0's teacher instead of "
+                                          "training it")
+    pretrained: str | None = knob(
+        None, "transfer learning: a local .safetensors / torch file loaded into the backbone, "
+        "or a torchvision / timm weights name for tv_* / timm_model (downloaded when online)")
+    pretrained_for: Literal["teacher", "all"] = knob("teacher", "the models that start from "
+                                                     "model.pretrained")
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    enabled: bool = True  # RandAugment + crop + flip on every image the student trains on
-    num_ops: int = 2  # RandAugment N
-    magnitude: float = 9.0  # RandAugment M on the 0..30 scale (see noisy_student.noise)
-    flip: bool = False  # horizontal flips: only for classes that are mirror-symmetric
-    crop_padding: int = 0  # reflect-pad then random-crop back (pixels)
-    # "albumentations": per image in the DataLoader workers (CPU); "torch": per batch with tensor
-    # ops on the training device (the GPU when there is one; noisy_student.noise_batch)
-    backend: Literal["albumentations", "torch"] = "albumentations"
+    enabled: bool = knob(True, "RandAugment, crop and flip on every image a model trains on")
+    num_ops: int = knob(2, "RandAugment N", lo=0)
+    magnitude: float = knob(9.0, "RandAugment M on the 0..30 scale (docs/noise.md)", lo=0, hi=30)
+    flip: bool = knob(False, "horizontal flips: only for classes that are mirror-symmetric")
+    crop_padding: int = knob(0, "reflect-pad then random-crop back (pixels)", lo=0)
+    backend: Literal["albumentations", "torch"] = knob(
+        "albumentations", "albumentations: per image in the DataLoader workers (CPU); torch: per "
+        "batch with tensor ops on the training device (docs/noise.md)")
 
 
 @dataclass(frozen=True)
 class PseudoLabelConfig:
-    kind: Literal["soft", "hard"] = "soft"  # store softmax(z / T) or argmax(z)
-    threshold: float = 0.3  # keep images whose teacher confidence is >= threshold
-    balance: bool = True  # cap each class at its most confident, duplicate short classes
-    per_class: int | None = None  # balancing target; None: the mean kept count per class
-    top_k: int | None = None  # soft labels: keep the k most probable classes (compact storage)
-    batch_size: int = 1024
-    # round k's teacher: the average of the last `ensemble` models (round 0's teacher, then each
-    # round's student), averaging probabilities or logits (Hinton et al. 2015)
-    ensemble: int = 1
-    ensemble_average: Literal["probs", "logits"] = "probs"
-    # a generalist teacher plus specialists (Hinton et al. 2015): k-means on the covariance of
-    # its predictions into this many groups; each group of 2+ confusable classes gets a
-    # specialist (the teacher fine-tuned on the labeled images for specialist_epochs); 0: off
-    specialists: int = 0
-    specialist_epochs: int = 20
+    kind: Literal["soft", "hard"] = knob("soft", "store softmax(z / T) (float16) or argmax(z)")
+    threshold: float = knob(0.3, "keep images whose teacher confidence is >= threshold", lo=0,
+                            hi=1, hi_open=True)
+    balance: bool = knob(True, "cap each class at its most confident, duplicate short classes")
+    per_class: int | None = knob(None, "balancing target; null: the mean kept count per class",
+                                 lo=1)
+    top_k: int | None = knob(None, "soft labels: keep the k most probable classes (compact, "
+                             "renormalized)", lo=1)
+    batch_size: int = knob(1024, "teacher inference batch", lo=1)
+    ensemble: int = knob(1, "round k's teacher: the average of the last `ensemble` models "
+                         "(round 0's teacher, then each round's student)", lo=1)
+    ensemble_average: Literal["probs", "logits"] = knob("probs", "what the ensemble averages "
+                                                        "(Hinton et al. 2015)")
+    specialists: int = knob(
+        0, "a generalist teacher plus specialists (Hinton et al. 2015): k-means on the "
+        "covariance of its predictions into this many groups, one specialist per group of 2+ "
+        "confusable classes; 0: off", lo=0)
+    specialist_epochs: int = knob(20, "epochs a specialist is fine-tuned on the labeled images",
+                                  lo=1)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    label_smoothing: float = 0.1  # CE on labeled images
-    distillation: Literal["soft_ce", "kd", "hard"] = "soft_ce"  # loss on pseudo-labeled images
-    temperature: float = 1.0  # T of the soft pseudo-labels and of the KD student softmax
-    # distillation = "hard": smooth the teacher's argmax (DeiT: 1 - eps on it, eps over the rest)
-    distill_smoothing: float = 0.0
-    labeled_weight: float = 1.0
-    pseudo_weight: float = 1.0
+    label_smoothing: float = knob(0.1, "cross-entropy on labeled images", lo=0, hi=1,
+                                  hi_open=True)
+    distillation: Literal["soft_ce", "kd", "hard"] = knob(
+        "soft_ce", "loss on pseudo-labeled images: soft cross-entropy, kd (Hinton, KL * T^2), "
+        "hard (DeiT)")
+    temperature: float = knob(1.0, "T of the soft pseudo-labels and of the KD student softmax",
+                              lo=0, lo_open=True)
+    distill_smoothing: float = knob(0.0, "hard distillation: 1 - eps on the teacher's class, "
+                                    "eps over the rest (DeiT)", lo=0, hi=1, hi_open=True)
+    labeled_weight: float = knob(1.0, "total = labeled_weight * CE + pseudo_weight * "
+                                 "distillation", lo=0)
+    pseudo_weight: float = knob(1.0, "see labeled_weight (DeiT hard: 0.5 and 0.5)", lo=0)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD is nesterov when momentum > 0
-    # a model that starts from model.pretrained trains "all" its weights, the backbone at
-    # lr * backbone_lr_scale (discriminative learning rates), or its "head" only (the backbone's
-    # weights and batch-norm statistics frozen)
-    finetune: Literal["all", "head"] = "all"
-    backbone_lr_scale: float = 1.0
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.05  # linear warmup over this share of the steps, then cosine
-    batch_size: int = 64  # labeled images per step
-    unlabeled_ratio: int = 3  # pseudo-labeled images per step = ratio * batch_size
-    teacher_epochs: int = 60  # round 0: passes over the labeled images
-    epochs: int = 10  # students: passes over the pseudo-labeled images
-    # at least this many optimizer steps per phase, whatever the size of the set: the epochs are
-    # raised to reach it (a 200-image labeled folder is 4 steps an epoch at batch 64); 0: off
-    teacher_min_steps: int = 0
-    min_steps: int = 0  # the same for each round's student
-    # stop after round 0's teacher when it is near chance or its pseudo-labels cover few
-    # classes (noisy_student.sanity); --force goes past it for one command
-    sanity_gate: bool = True
-    ema_decay: float = 0.0  # 0: off; else the EMA weights are evaluated and teach the next round
-    grad_clip: float = 0.0  # max global grad norm; 0: off
-    max_skipped_steps: int = 0  # steps with a non-finite loss or gradient skipped before stopping
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True  # bf16 autocast (CUDA only; float32 on CPU)
-    channels_last: bool = True  # channels_last memory format (any device)
-    compile: bool = False  # torch.compile the training forward (checkpoints stay uncompiled)
-    sync_batchnorm: bool = False  # under torchrun: batch-norm statistics over the global batch
-    eval_batch_size: int = 1024
-    log_every: int = 50  # steps between metrics.jsonl step lines
+    optimizer: Literal["sgd", "adamw"] = knob("sgd", "SGD is nesterov when momentum > 0; no "
+                                              "weight decay on biases and norms")
+    finetune: Literal["all", "head"] = knob(
+        "all", "a model that starts from model.pretrained trains all its weights (the backbone "
+        "at lr * backbone_lr_scale) or its head only (backbone weights and BN statistics "
+        "frozen)")
+    backbone_lr_scale: float = knob(1.0, "discriminative learning rate of a pretrained "
+                                    "backbone", lo=0, lo_open=True)
+    lr: float = knob(0.1, "peak learning rate", lo=0, lo_open=True)
+    momentum: float = knob(0.9, "", lo=0, hi=1, hi_open=True)
+    weight_decay: float = knob(5e-4, "", lo=0)
+    warmup_fraction: float = knob(0.05, "linear warmup over this share of the steps, then "
+                                  "cosine to 0", lo=0, hi=1, hi_open=True)
+    batch_size: int = knob(64, "labeled images per step", lo=1)
+    unlabeled_ratio: int = knob(3, "pseudo-labeled images per step = ratio * batch_size", lo=1)
+    teacher_epochs: int = knob(60, "round 0: passes over the labeled images", lo=0)
+    epochs: int = knob(10, "students: passes over the pseudo-labeled images", lo=1)
+    teacher_min_steps: int = knob(
+        0, "at least this many optimizer steps for round 0's teacher, whatever the size of the "
+        "set: its epochs are raised to reach it; 0: off", lo=0)
+    min_steps: int = knob(0, "the same for each round's student", lo=0)
+    sanity_gate: bool = knob(True, "stop after round 0's teacher when it is near chance or its "
+                             "pseudo-labels cover few classes (--force goes past it once)")
+    ema_decay: float = knob(0.0, "0: off; else the EMA weights are evaluated and teach the next "
+                            "round", lo=0, hi=1, hi_open=True)
+    grad_clip: float = knob(0.0, "max global gradient norm; 0: off", lo=0)
+    max_skipped_steps: int = knob(0, "steps with a non-finite loss or gradient skipped before "
+                                  "training stops", lo=0)
+    device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto: CUDA when there is one")
+    amp: bool = knob(True, "bf16 autocast (CUDA only; float32 on CPU)")
+    channels_last: bool = knob(True, "channels_last memory format (any device)")
+    compile: bool = knob(False, "torch.compile the training forward (checkpoints stay "
+                         "uncompiled)")
+    sync_batchnorm: bool = knob(False, "under torchrun: batch-norm statistics over the global "
+                                "batch (CUDA)")
+    eval_batch_size: int = knob(1024, "inference batch", lo=1)
+    log_every: int = knob(50, "steps between metrics.jsonl step lines", lo=1)
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    # Training-state checkpoints (weights, EMA, optimizer, schedule, RNG, data position) are
-    # written at the end of every epoch and also every `every_steps` steps / `every_minutes`.
-    every_steps: int = 0  # 0: off
-    every_minutes: float = 10.0  # 0: off
-    keep: int = 2  # newest checkpoints kept while a phase trains; its final one is kept after
+    every_steps: int = knob(0, "training-state checkpoints (weights, EMA, optimizer, schedule, "
+                            "RNG, data position) besides every epoch end; 0: off", lo=0)
+    every_minutes: float = knob(10.0, "the same, by the clock; 0: off", lo=0)
+    keep: int = knob(2, "newest checkpoints kept while a phase trains; its final one stays "
+                     "after", lo=1)
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    # Weights & Biases: one wandb run per phase (round 0's teacher, each round) in one group.
-    # metrics.jsonl in the run directory holds the same metrics whatever is chosen here.
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online when logged
-    # in, offline otherwise; the WANDB_MODE environment variable wins over this
-    project: str = "noisy-student"
-    entity: str | None = None
-    run_name: str | None = None  # runs are named <run_name>/round-<k>; default: the name
-    tags: list[str] = field(default_factory=list)
-    upload_checkpoints: bool = False  # each round's student weights + pseudo-labels as artifact
-    samples_per_class: int = 2  # pseudo-label table: the most and the least confident, per class
-    init_timeout: float = 60.0  # seconds wandb.init may take before tracking is given up
+    mode: Literal["auto", "online", "offline", "disabled"] = knob(
+        "auto", "Weights & Biases, one wandb run per phase in one group; auto: online when "
+        "logged in, offline otherwise; WANDB_MODE wins. metrics.jsonl holds the same metrics "
+        "whatever is chosen")
+    project: str = knob("noisy-student", "wandb project")
+    entity: str | None = knob(None, "wandb entity")
+    run_name: str | None = knob(None, "runs are named <run_name>/round-<k>; default: the name")
+    tags: list[str] = knob(doc="wandb tags", factory=list)
+    upload_checkpoints: bool = knob(False, "each round's student weights and pseudo-labels as a "
+                                    "wandb artifact")
+    samples_per_class: int = knob(2, "pseudo-label table: the most and the least confident, "
+                                  "per class", lo=0)
+    init_timeout: float = knob(60.0, "seconds wandb.init may take before tracking is given up",
+                               lo=0, lo_open=True)
 
 
 @dataclass(frozen=True)
 class Config:
-    name: str = "run"
-    seed: int = 0
-    rounds: int = 3
-    out: str = "runs/{name}"  # run directory; {name} is replaced by the name
+    name: str = knob("run", "experiment name")
+    seed: int = knob(0, "seed of the splits, initialization, noise and data order")
+    rounds: int = knob(3, "Noisy Student rounds", lo=1)
+    out: str = knob("runs/{name}", "run directory; {name} is replaced by the name")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -274,104 +318,125 @@ def _types(obj: Any, prefix: str = "") -> list[str]:
     return p
 
 
+def _ranges(obj: Any, prefix: str = "") -> list[str]:
+    """Every field outside the range declared with it (`knob`), in the whole tree."""
+    p: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            p.extend(_ranges(value, f"{prefix}{f.name}."))
+        elif "range" in f.metadata and isinstance(value, (int, float)):
+            _range(p, prefix + f.name, value, *f.metadata["range"])
+    return p
+
+
 def _check(c: Config) -> list[str]:
-    """Types, ranges and cross-field rules; returns every problem found."""
-    p = _types(c)
-    if p:
-        return p
+    """Types, declared ranges and cross-field rules; returns every problem found."""
+    return _types(c) or [*_ranges(c), *_data_model_rules(c), *_training_rules(c)]
+
+
+def _data_model_rules(c: Config) -> list[str]:
+    p, d, m = [], c.data, c.model
     if not c.name or "/" in c.name:
         p.append(f"name = {c.name!r}: must be a non-empty name without '/'")
-    _range(p, "rounds", c.rounds, 1)
-    d = c.data
-    _range(p, "data.labeled_per_class", d.labeled_per_class, 1)
-    _range(p, "data.test_fraction", d.test_fraction, 0, 1, lo_open=True, hi_open=True)
-    _range(p, "data.unlabeled_limit", d.unlabeled_limit, 1)
-    _range(p, "data.test_limit", d.test_limit, 1)
-    _range(p, "data.val_per_class", d.val_per_class, 0)
-    _range(p, "data.image_size", d.image_size, 8)
-    _range(p, "data.num_workers", d.num_workers, 0)
     if d.channels not in (1, 3):
         p.append(f"data.channels = {d.channels!r}: allowed 1 or 3")
     if d.source == "image_folder":
-        for key in ("labeled_dir", "test_dir"):
-            if not getattr(d, key):
-                p.append(f"data.{key} is required when data.source = 'image_folder'")
+        p += [f"data.{key} is required when data.source = 'image_folder'"
+              for key in ("labeled_dir", "test_dir") if not getattr(d, key)]
         if bool(d.unlabeled_dir) == bool(d.unlabeled_list):
             p.append("data.source = 'image_folder' takes one of data.unlabeled_dir (a folder) "
                      "and data.unlabeled_list (a file of image paths)"
                      + (", not both" if d.unlabeled_dir else ""))
-    m = c.model
     if not m.ladder:
         p.append("model.ladder is empty: name at least the round 0 teacher, e.g. ['cnn_small']")
     elif "auto" in m.ladder and m.ladder != ["auto"]:
         p.append(f"model.ladder = {m.ladder!r}: 'auto' stands alone, as ['auto'] (the whole "
                  "ladder chosen for the data and device), or name every rung")
-    _range(p, "model.drop_rate", m.drop_rate, 0, 1, hi_open=True)
-    _range(p, "model.drop_path_rate", m.drop_path_rate, 0, 1, hi_open=True)
-    n = c.noise
-    _range(p, "noise.num_ops", n.num_ops, 0)
-    _range(p, "noise.magnitude", n.magnitude, 0, 30)
-    _range(p, "noise.crop_padding", n.crop_padding, 0)
-    pl = c.pseudo_label
-    _range(p, "pseudo_label.threshold", pl.threshold, 0, 1, hi_open=True)
-    _range(p, "pseudo_label.per_class", pl.per_class, 1)
-    _range(p, "pseudo_label.top_k", pl.top_k, 1)
+    if c.train.teacher_epochs == 0 and not m.teacher_checkpoint:
+        p.append("train.teacher_epochs = 0 needs model.teacher_checkpoint (round 0's teacher)")
+    if not m.pretrained and (c.train.finetune != "all" or c.train.backbone_lr_scale != 1.0):
+        p.append("train.finetune and train.backbone_lr_scale apply to pretrained weights: set "
+                 "model.pretrained (a weights file, or a torchvision / timm weights name)")
+    if not c.tracking.project:
+        p.append("tracking.project is empty")
+    return p
+
+
+def _training_rules(c: Config) -> list[str]:
+    p, pl, lo = [], c.pseudo_label, c.loss
     if pl.top_k is not None and pl.kind != "soft":
         p.append("pseudo_label.top_k needs pseudo_label.kind = 'soft' (hard labels are one class)")
-    _range(p, "pseudo_label.batch_size", pl.batch_size, 1)
-    _range(p, "pseudo_label.ensemble", pl.ensemble, 1)
-    _range(p, "pseudo_label.specialists", pl.specialists, 0)
-    _range(p, "pseudo_label.specialist_epochs", pl.specialist_epochs, 1)
     if pl.specialists and pl.ensemble > 1:
         p.append("pseudo_label.specialists needs one generalist teacher: set "
                  "pseudo_label.ensemble = 1")
-    lo = c.loss
-    _range(p, "loss.label_smoothing", lo.label_smoothing, 0, 1, hi_open=True)
-    _range(p, "loss.temperature", lo.temperature, 0, lo_open=True)
-    _range(p, "loss.distill_smoothing", lo.distill_smoothing, 0, 1, hi_open=True)
     if lo.distill_smoothing and lo.distillation != "hard":
         p.append("loss.distill_smoothing smooths hard distillation targets: it needs "
                  "loss.distillation = 'hard'")
-    _range(p, "loss.labeled_weight", lo.labeled_weight, 0)
-    _range(p, "loss.pseudo_weight", lo.pseudo_weight, 0)
     if lo.labeled_weight == 0 and lo.pseudo_weight == 0:
         p.append("loss.labeled_weight and loss.pseudo_weight are both 0: nothing would be learned")
     if pl.kind == "hard" and lo.distillation != "hard":
         p.append(f"loss.distillation = {lo.distillation!r} needs soft pseudo-labels: set "
                  "pseudo_label.kind = 'soft', or loss.distillation = 'hard'")
-    t = c.train
-    _range(p, "train.lr", t.lr, 0, lo_open=True)
-    _range(p, "train.momentum", t.momentum, 0, 1, hi_open=True)
-    _range(p, "train.weight_decay", t.weight_decay, 0)
-    _range(p, "train.warmup_fraction", t.warmup_fraction, 0, 1, hi_open=True)
-    _range(p, "train.batch_size", t.batch_size, 1)
-    _range(p, "train.unlabeled_ratio", t.unlabeled_ratio, 1)
-    _range(p, "train.teacher_epochs", t.teacher_epochs, 0)
-    _range(p, "train.epochs", t.epochs, 1)
-    _range(p, "train.teacher_min_steps", t.teacher_min_steps, 0)
-    _range(p, "train.min_steps", t.min_steps, 0)
-    _range(p, "train.ema_decay", t.ema_decay, 0, 1, hi_open=True)
-    _range(p, "train.grad_clip", t.grad_clip, 0)
-    _range(p, "train.max_skipped_steps", t.max_skipped_steps, 0)
-    if t.sync_batchnorm and t.device == "cpu":
+    if c.train.sync_batchnorm and c.train.device == "cpu":
         p.append("train.sync_batchnorm = true needs CUDA (PyTorch's SyncBatchNorm has no CPU "
                  "kernels); set train.device to 'cuda' or 'auto', or turn it off")
-    _range(p, "train.eval_batch_size", t.eval_batch_size, 1)
-    _range(p, "train.log_every", t.log_every, 1)
-    _range(p, "checkpoint.every_steps", c.checkpoint.every_steps, 0)
-    _range(p, "checkpoint.every_minutes", c.checkpoint.every_minutes, 0)
-    _range(p, "checkpoint.keep", c.checkpoint.keep, 1)
-    _range(p, "tracking.samples_per_class", c.tracking.samples_per_class, 0)
-    _range(p, "tracking.init_timeout", c.tracking.init_timeout, 0, lo_open=True)
-    if not c.tracking.project:
-        p.append("tracking.project is empty")
-    if t.teacher_epochs == 0 and not m.teacher_checkpoint:
-        p.append("train.teacher_epochs = 0 needs model.teacher_checkpoint (round 0's teacher)")
-    _range(p, "train.backbone_lr_scale", t.backbone_lr_scale, 0, lo_open=True)
-    if not m.pretrained and (t.finetune != "all" or t.backbone_lr_scale != 1.0):
-        p.append("train.finetune and train.backbone_lr_scale apply to pretrained weights: set "
-                 "model.pretrained (a weights file, or a torchvision / timm weights name)")
     return p
+
+
+# ---- the configuration reference -----------------------------------------------------------
+
+def _span(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    if lo is None and hi is None:
+        return ""
+    left, right = "(" if lo_open or lo is None else "[", ")" if hi_open or hi is None else "]"
+    return f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+
+
+REFERENCE_INTRO = """# Configuration reference
+
+Generated from `noisy_student/config.py`, where each key is declared with its meaning and its
+allowed range (`python tools/make_docs.py` writes it again; a test fails when the two drift
+apart).
+
+`--set section.key=value` takes JSON values (`2`, `0.5`, `true`, `null`, `["a","b"]`); anything
+that is not JSON is taken as text. Values are never evaluated as code. Unknown keys, wrong types
+and out-of-range values are refused with one message listing every problem, with a "did you
+mean" suggestion for misspelt keys. Precedence, lowest first: the recipe's config, `--config
+FILE`, `--set`, then `--rounds`, `--out`, `--name`, `--seed`.
+
+"""
+
+
+def configuration_doc() -> str:
+    """The whole of docs/configuration.md."""
+    return REFERENCE_INTRO + reference_markdown()
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md's tables, one per section, from the fields' declared meaning and
+    range (a test keeps the file the same as this)."""
+    out, defaults = [], Config().to_dict()
+    hints = typing.get_type_hints(Config)
+    sections = [("", Config)] + [(f.name, hints[f.name]) for f in dataclasses.fields(Config)
+                                 if dataclasses.is_dataclass(hints[f.name])]
+    for section, cls in sections:
+        values = defaults[section] if section else defaults
+        out += [f"### {section or 'top level'}", "", "| key | default | allowed | meaning |",
+                "|---|---|---|---|"]
+        types_of = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(types_of[f.name]):
+                continue
+            hint, span = types_of[f.name], _span(*f.metadata["range"])
+            nullable = type(None) in typing.get_args(hint)
+            allowed = (("null or " if nullable else "") + span) if span else _describe(hint)
+            key = f"{section}.{f.name}" if section else f.name
+            default = json.dumps(values[f.name])
+            out.append(f"| `{key}` | `{default}` | {allowed.replace('|', '/')} | "
+                       f"{f.metadata['doc']} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
 
 
 # ---- parsing plain data into the dataclass tree ---------------------------------------------

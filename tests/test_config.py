@@ -1,10 +1,13 @@
 """The config refuses bad input with messages that name the key and what is allowed."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from noisy_student.config import Config, ConfigError, LossConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
@@ -111,3 +114,38 @@ def test_every_range_and_enum_is_checked(override):
 def test_sync_batchnorm_on_the_cpu_is_refused():
     with pytest.raises(ConfigError, match="sync_batchnorm = true needs CUDA"):
         Config().with_overrides(['train.device="cpu"', "train.sync_batchnorm=true"])
+
+
+def test_configuration_reference_is_generated_from_the_config_and_names_every_key():
+    from noisy_student.config import configuration_doc
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert doc == configuration_doc(), "out of date: run python tools/make_docs.py"
+    keys = [k for k, v in _flat(Config().to_dict())]
+    assert len(keys) > 80
+    for key in keys:
+        assert f"| `{key}` |" in doc, key
+
+
+def test_every_declared_range_is_enforced():
+    """Each field declared with a lower bound refuses a value just under it, by name."""
+    import dataclasses
+
+    for section in ("data", "model", "noise", "pseudo_label", "loss", "train", "checkpoint",
+                    "tracking"):
+        cls = type(getattr(Config(), section))
+        for f in dataclasses.fields(cls):
+            lo, _, lo_open, _ = f.metadata["range"]
+            if lo is None:
+                continue
+            value = lo if lo_open else lo - 1
+            with pytest.raises(ConfigError, match=f"{section}.{f.name} = .* is out of range"):
+                Config().with_overrides([f"{section}.{f.name}={value}"])
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
