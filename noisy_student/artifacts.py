@@ -15,15 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ArtifactError  # noqa: F401 (raised here, importable from here)
 from .checkpoint import load_json, load_weights
 from .config import Config
 from .data import Splits, load_source, make_splits
 from .models import create_model
 from .run_dir import DONE
-
-
-class ArtifactError(RuntimeError):
-    """A run directory, round or weights file that cannot be used; the message says why."""
 
 
 @dataclass

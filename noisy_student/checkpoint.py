@@ -25,16 +25,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
+from .errors import CheckpointError, RunDirError  # noqa: F401 (raised here, importable from here)
+
 CKPT_MAGIC = b"NOISY-STUDENT-CKPT\n"
 CKPT_FORMAT = 1
-
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be used as asked."""
-
-
-class CheckpointError(RunDirError):
-    """A checkpoint file is missing, truncated, corrupt or made for something else; names it."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:

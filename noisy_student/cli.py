@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     args = parser.parse_args(argv)
     if args.command == "predict":
-        from .predict import main as predict  # imports torch: only when predicting
+        from .classify_files import main as predict  # imports torch: only when predicting
 
         error = predict(args)
         if error is not None:

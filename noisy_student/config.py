@@ -18,13 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-
-class ConfigError(ValueError):
-    """A configuration was refused; the message lists every problem found."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        super().__init__("invalid config:\n  - " + "\n  - ".join(self.problems))
+from .errors import ConfigError  # noqa: F401 (raised here, importable from here)
 
 
 def knob(default: Any = dataclasses.MISSING, doc: str = "", *, lo: float | None = None,

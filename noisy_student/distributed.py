@@ -1,5 +1,5 @@
-"""The one place that knows about process ranks: torchrun's environment, the process group and
-the few collectives the loop needs. With one process every function is a no-op or the identity.
+"""The one place that knows about devices and process ranks: the training device, torchrun's
+environment, the process group and the few collectives the loop needs. With one process every function is a no-op or the identity.
 
     torchrun --nproc_per_node=N recipes/NAME.py ...      # N processes, one per GPU (or CPU)
 
@@ -16,6 +16,8 @@ from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import TrainingError
 
 T = TypeVar("T")
 
@@ -40,6 +42,15 @@ def is_main_process() -> bool:
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device: "auto" (CUDA when there is one), "cpu" or "cuda"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("train.device = 'cuda' but no CUDA device is available")
+    return torch.device(name)
 
 
 def setup(device: torch.device, timeout_s: float = 600.0) -> torch.device:

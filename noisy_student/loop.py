@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,24 +22,25 @@ from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_weight
                          save_json, save_npz, save_weights, weights_sha256)
 from .config import Config
 from .data import NoisedDataset, load_source, make_splits
-from .evaluate import classification_metrics
+from .metrics import classification_metrics
 from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
 from .ladder import build_model, check_ladder, starts_pretrained
 from .noise_batch import build_student_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
-                           merge_parts)
-from .soft_labels import SoftLabelError, link_parts
-from .teachers import ensemble_of_last, with_specialists
+                           merge_parts, stored_labels)
+from .soft_labels import link_parts
+from .teachers import Teacher, ensemble_of_last, with_specialists
 from .plan import format_plan, make_plan, noise_seconds_per_image, plan_record
 from .presets import saved_config, settle_ladder
-from .run_dir import Start, open_run, prepare_run_dir
+from .run_dir import RunStart, open_run, prepare_run_dir
 from .sanity import coverage_problem, gate_message, teacher_problem
 from . import distributed
 from .signals import GracefulStop, Interrupted
-from .summary import SUMMARY_COLUMNS, format_summary
+from .summary import (SUMMARY_COLUMNS, RoundOutcome, format_summary, round_entry,
+                      round_metrics)
 from .tracking import Progress, Tracker
-from .train import (TrainingError, TrainResult, resolve_device, rng_state, set_rng_state,
+from .train import (TrainData, TrainHooks, TrainingError, TrainResult, rng_state, set_rng_state,
                     train_model)
 from .wandb_logger import WandbLogger, resolve_mode
 
@@ -61,10 +61,10 @@ def seed_everything(seed: int) -> None:
 class Loop:
     """Runs every round of one configured experiment into its run directory."""
 
-    def __init__(self, config: Config, start: Start | None = None) -> None:
-        self.start = start = start or Start()
+    def __init__(self, config: Config, start: RunStart | None = None) -> None:
+        self.start = start = start or RunStart()
         # under torchrun every rank runs this; rank 0 alone writes (self.main)
-        self.device = distributed.setup(resolve_device(config.train.device))
+        self.device = distributed.setup(distributed.resolve_device(config.train.device))
         self.main = distributed.is_main_process()
         config, ladder_note = settle_ladder(config, self.device.type, saved_config(config, start))
         self.config = config
@@ -73,11 +73,13 @@ class Loop:
         seed_everything(config.seed)
         self.splits = make_splits(load_source(config.data), config.data, config.seed)
         self.sizes = check_ladder(config, self.splits)
-        self.previous = (prepare_run_dir(self.run_dir, source, config, start,
+        # --from-round: the folder whose rounds >= K can lend their pseudo-labels (None: none)
+        self.older_run = (prepare_run_dir(self.run_dir, source, config, start,
                                          self.splits.record, changes) if self.main else None)
-        self.previous = distributed.broadcast(self.previous)
+        self.older_run = distributed.broadcast(self.older_run)
         cuda = self.device.type == "cuda"
-        self.fast = {"amp": config.train.amp and cuda, "channels_last": config.train.channels_last}
+        self.inference_speed = {"amp": config.train.amp and cuda,
+                                "channels_last": config.train.channels_last}
         mode = resolve_mode(config.tracking.mode) if self.main else "disabled"
         self.tracker = Tracker(self.run_dir.root / "metrics.jsonl" if self.main else None,
                                None if mode == "disabled" else
@@ -89,7 +91,7 @@ class Loop:
             self.show_plan([ladder_note] if ladder_note else [])
         self.summary: dict[str, Any] = {"name": config.name, "teacher": None, "rounds": []}
         self.stop = GracefulStop()
-        self.reports: dict[int, dict[str, Any]] = {}  # round -> how its teacher was made
+        self.specialist_reports: dict[int, dict[str, Any]] = {}  # round -> its specialists
 
     # ---- pieces --------------------------------------------------------------------------------
     def show_plan(self, notes: list[str]) -> None:
@@ -118,7 +120,7 @@ class Loop:
             with _memory_hint("train.eval_batch_size", self.config.train.eval_batch_size):
                 logits = predict_logits(model, images.images, s.mean, s.std,
                                         self.config.train.eval_batch_size, self.device,
-                                        **self.fast)
+                                        **self.inference_speed)
             out[name] = classification_metrics(logits, torch.from_numpy(images.labels),
                                                s.num_classes)
         return out
@@ -132,35 +134,33 @@ class Loop:
 
     def train(self, rung: int, pseudo: PseudoLabels | None, tag: str, folder: Path,
               context: dict[str, Any]) -> TrainResult:
-        c = self.config
-        model = build_model(c, rung, self.splits)
-        loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
-                                  c.loss.labeled_weight, c.loss.pseudo_weight, pseudo is not None,
-                                  c.loss.distill_smoothing)
-        s = self.splits
+        """Train ladder rung `rung`: round 0's teacher on the labels, or a student on labels
+        and `pseudo`; its checkpoints in `folder`/checkpoints, the final one kept."""
+        c, s = self.config, self.splits
+        model = build_model(c, rung, s)
+        loss = build_student_loss(c.loss, with_pseudo=pseudo is not None)
         labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
                                 c.seed)
-        pseudo_ds = None
-        if pseudo is not None:
-            pseudo_ds = NoisedDataset(s.unlabeled.images, pseudo.training_targets(), self.noise,
-                                      s.mean, s.std,
-                                      c.seed + 7919 * rung, index=pseudo.indices)
+        pseudo_ds = None if pseudo is None else NoisedDataset(
+            s.unlabeled.images, pseudo.training_targets(), self.noise, s.mean, s.std,
+            c.seed + 7919 * rung, index=pseudo.indices)
         epochs, min_steps = ((c.train.epochs, c.train.min_steps) if pseudo is not None else
                              (c.train.teacher_epochs, c.train.teacher_min_steps))
         ck = c.checkpoint
         checkpoints = TrainCheckpoints(folder / "checkpoints", {"phase": tag, **context}, ck.keep,
                                        ck.every_steps, ck.every_minutes, self.start.resume)
-        result = train_model(model, loss, labeled, pseudo_ds, c.train, epochs,
-                             seed=c.seed * 1000 + rung, device=self.device, tracker=self.tracker,
-                             tag=tag, num_workers=c.data.num_workers, evaluate=self.monitor,
-                             checkpoints=checkpoints, stop=self.stop,
-                             batch_noise=self.batch_noise,
-                             pretrained=starts_pretrained(c, rung), min_steps=min_steps)
+        data = TrainData(labeled, pseudo_ds, epochs, min_steps, seed=c.seed * 1000 + rung,
+                         num_workers=c.data.num_workers, batch_noise=self.batch_noise)
+        hooks = TrainHooks(tag, self.tracker, self.monitor, checkpoints=checkpoints,
+                           stop=self.stop)
+        result = train_model(model, loss, c.train, self.device, data, hooks,
+                             pretrained=starts_pretrained(c, rung))
         if self.main:
             checkpoints.prune(1)  # the phase's final checkpoint stays
         return result
 
-    def initial_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
+    # ---- round 0's teacher ---------------------------------------------------------------------
+    def initial_teacher(self) -> Teacher:
         """Round 0's teacher: trained on the labeled images only, or loaded from a checkpoint."""
         c, folder, start = self.config, self.run_dir.teacher, time.perf_counter()
         before = 0.0  # training time spent by the earlier processes of a resumed run
@@ -183,9 +183,10 @@ class Loop:
         distributed.barrier()
         self.tracker.log("teacher", **info)
         self.tracker.end_phase()
-        return model, info
+        self.summary["teacher"] = info
+        return Teacher(model, info["model"], sha, _scores(metrics))
 
-    def finished_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
+    def finished_teacher(self) -> Teacher:
         """Round 0's teacher from a finished `teacher/` folder."""
         folder = self.run_dir.teacher
         self.run_dir.verify(folder)
@@ -193,103 +194,77 @@ class Loop:
                 if k not in ("test", "val")}
         model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
         say(f"round 0's teacher: finished, loaded from {folder}", flush=True)
-        return model.to(self.device), info
+        self.summary["teacher"] = info
+        return Teacher(model.to(self.device), info["model"], info["sha256"],
+                       {s: info[s] for s in SCORES if info.get(s) is not None})
 
-    def finished_round(self, k: int) -> tuple[nn.Module, dict[str, Any], str]:
-        """Round k's student, summary entry and weights hash from its finished folder."""
-        folder = self.run_dir.round(k)
-        self.run_dir.verify(folder)
-        metrics = load_json(folder / "metrics.json")
-        model = load_weights(build_model(self.config, k + 1, self.splits),
-                             folder / "student.safetensors")
-        say(f"round {k}: finished, its student is loaded from {folder}", flush=True)
-        entry = {c: metrics.get(c) for c in SUMMARY_COLUMNS}
-        return model.to(self.device), entry, metrics["student_sha256"]
+    def gate(self, problem: str | None) -> None:
+        """Stop after round 0's teacher when it cannot teach (sanity.py), unless forced."""
+        if problem is None:
+            return
+        if self.config.train.sanity_gate and not self.start.force:
+            raise TrainingError(gate_message(problem))
+        say(f"warning: {problem}; going on (--force or train.sanity_gate = false)", flush=True)
+        self.tracker.log("warning", message=problem, forced=True)
 
-    def composite_teacher(self, k: int, teacher: nn.Module, name: str, sha: str,
-                          scores: dict[str, float]) -> tuple[nn.Module, str, str,
-                                                             dict[str, float]]:
+    # ---- a round's teacher ---------------------------------------------------------------------
+    def round_teacher(self, k: int, teacher: Teacher) -> tuple[Teacher, str | None]:
+        """Round k's teacher: the last student, or a weights file (--teacher, or the copy of
+        it kept in the round's folder for --resume), made composite when the config asks; and
+        the file it came from."""
+        given = self.start.teacher if k == self.start.from_round else None
+        kept = self.run_dir.round(k) / "teacher.safetensors"
+        source = given or (str(kept) if kept.is_file() else None)
+        if source is not None:
+            name = self.config.model_for(k)
+            model = load_weights(build_model(self.config, k, self.splits), Path(source))
+            model.to(self.device)
+            teacher = Teacher(model, name, weights_sha256(model.state_dict()),
+                              _scores(self.evaluate(model)))
+            say(f"round {k}: teacher {name} from {source} ({_top1s(teacher.scores)})",
+                flush=True)
+            if given and self.main:
+                save_weights(model, kept, {"model": name, "from": given})
+        return self.composite_teacher(k, teacher), source
+
+    def composite_teacher(self, k: int, teacher: Teacher) -> Teacher:
         """Round k's teacher as an ensemble of the last models, or with specialists, when the
-        config asks for it (teachers.py); its test scores are measured anew."""
+        config asks for it (teachers.py); its scores are measured anew."""
         c, made = self.config.pseudo_label, None
         if c.ensemble > 1:
             made = ensemble_of_last(self.config, self.run_dir, self.splits, self.device, k,
-                                    teacher, name, sha)
+                                    teacher.model, teacher.name, teacher.sha256)
         if c.specialists:
             *made, report = with_specialists(self.config, self.splits, self.noise,
                                              self.batch_noise, self.device, self.tracker, k,
-                                             teacher, name, sha)
-            report.update(generalist_top1=scores["top1"])
-            self.reports[k] = report
-        if made is not None and made[0] is not teacher:
-            teacher, name, sha = made
-            scores = _scores(self.evaluate(teacher))
-            say(f"round {k}: the teacher is {name}: {_top1s(scores)}", flush=True)
-        if k in self.reports:  # the specialists' report: groups, teacher top-1 with them
-            self.reports[k]["combined_top1"] = scores["top1"]
-            self.tracker.log("specialists", **self.reports[k])
-        return teacher, name, sha, scores
+                                             teacher.model, teacher.name, teacher.sha256)
+            self.specialist_reports[k] = {**report, "generalist_top1": teacher.scores["top1"]}
+        if made is not None and made[0] is not teacher.model:
+            model, name, sha = made
+            teacher = Teacher(model, name, sha, _scores(self.evaluate(model)))
+            say(f"round {k}: the teacher is {name}: {_top1s(teacher.scores)}", flush=True)
+        if k in self.specialist_reports:  # groups, and the teacher's top-1 with them
+            self.specialist_reports[k]["combined_top1"] = teacher.scores["top1"]
+            self.tracker.log("specialists", **self.specialist_reports[k])
+        return teacher
 
-    def given_teacher(self, k: int, path: str) -> tuple[nn.Module, str, str, dict[str, float]]:
-        """Round k's teacher from a weights file (--teacher, or the copy of it in the round's
-        folder on resume): model, name, sha256, test scores."""
-        name = self.config.model_for(k)
-        model = load_weights(build_model(self.config, k, self.splits), Path(path))
-        model.to(self.device)
-        scores = _scores(self.evaluate(model))
-        say(f"round {k}: teacher {name} from {path} ({_top1s(scores)})", flush=True)
-        return model, name, weights_sha256(model.state_dict()), scores
-
-    def stored_pseudo_labels(self, k: int, teacher_sha: str, settings: str) -> PseudoLabels | None:
-        """Round k's pseudo-labels from an earlier attempt, if the same teacher made them with
-        the same settings: this folder's (resume), then the older run's (--from-round)."""
-        candidates = [self.run_dir.round(k) / "pseudo_labels.npz"]
-        if self.previous is not None:
-            candidates.append(self.previous / f"round_{k}" / "pseudo_labels.npz")
-        for path in candidates:
-            if not path.is_file():
-                continue
-            try:
-                labels = PseudoLabels.load(path)
-            except (OSError, ValueError, KeyError, zipfile.BadZipFile, SoftLabelError) as e:
-                say(f"round {k}: not reusing {path}: cannot read it ({e})", flush=True)
-                continue
-            meta = labels.meta
-            if (meta.get("teacher_sha256"), meta.get("settings"), meta.get("temperature")) != (
-                    teacher_sha, settings, self.config.loss.temperature):
-                say(f"round {k}: not reusing {path}: made by another teacher or with other "
-                      "settings", flush=True)
-                continue
-            say(f"round {k}: reusing the pseudo-labels in {path} (same teacher, same settings)",
-                  flush=True)
-            if self.main and path.parent != self.run_dir.round(k):  # the parts come along
-                link_parts(meta.get("soft_parts", []), path.parent, self.run_dir.round(k))
-            return labels
-        return None
-
-    def pseudo_label(self, teacher: nn.Module, k: int, teacher_name: str,
-                     teacher_sha: str) -> PseudoLabels:
-        c, s = self.config, self.splits
+    # ---- label and filter ----------------------------------------------------------------------
+    def pseudo_label(self, teacher: Teacher, k: int) -> PseudoLabels:
+        """Round k's pseudo-labels: an earlier attempt's when the same teacher made them with
+        the same settings (this folder's on resume, the older run's with --from-round), else
+        made now, each rank labeling its shard."""
+        c, s, folder = self.config, self.splits, self.run_dir.round(k)
         settings = c.fingerprint("pseudo_label", "data", "seed")
-        labels = self.stored_pseudo_labels(k, teacher_sha, settings)
-        if labels is None:  # each rank labels its shard and writes its soft labels' part
-            part = distributed.shard(len(s.unlabeled))
-            world = distributed.world_size() if distributed.active() else 1
-            folder = self.run_dir.round(k)
-            progress = Progress(part.stop - part.start, f"round {k} pseudo-labels",
-                                enabled=self.main)
-            with _memory_hint("pseudo_label.batch_size", c.pseudo_label.batch_size):
-                mine = label_part(
-                    FrozenTeacher(teacher), s.unlabeled.images[part], s.mean, s.std,
-                    c.pseudo_label, c.loss.temperature,
-                    folder / SOFT_DIR / f"part-{distributed.rank():05d}-of-{world:05d}",
-                    self.device, progress=progress,
-                    check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.fast)
-            progress.close()
-            labels = merge_parts(  # every rank gets every part, in rank order
-                distributed.gather(mine), folder, c.pseudo_label, c.loss.temperature,
-                {"round": k, "teacher": teacher_name, "teacher_sha256": teacher_sha,
-                 "settings": settings}, remove_stale=self.main)
+        older = [] if self.older_run is None else [self.older_run / f"round_{k}"]
+        candidates = [f / "pseudo_labels.npz" for f in [folder, *older]]
+        stored = stored_labels(candidates, (teacher.sha256, settings, c.loss.temperature),
+                               lambda text: say(f"round {k}: {text}", flush=True))
+        if stored is not None:
+            labels, path = stored
+            if self.main and path.parent != folder:  # the soft labels' parts come along
+                link_parts(labels.meta.get("soft_parts", []), path.parent, folder)
+        else:
+            labels = self.label_now(teacher, k, settings)
         warning = coverage_warning(labels, c.pseudo_label.threshold, s.labeled.classes)
         if warning and len(labels):
             say(f"round {k}: warning: {warning}", flush=True)
@@ -302,17 +277,48 @@ class Loop:
                 f"{np.bincount(labels.predicted, minlength=s.num_classes).tolist()}; half the "
                 f"images have confidence >= {top:.3f}: try pseudo_label.threshold={top:.2f}")
         if self.main:
-            save_npz(self.run_dir.round(k) / "pseudo_labels.npz", labels.arrays())
+            save_npz(folder / "pseudo_labels.npz", labels.arrays())
         return labels
 
-    def gate(self, problem: str | None) -> None:
-        """Stop after round 0's teacher when it cannot teach (sanity.py), unless forced."""
-        if problem is None:
-            return
-        if self.config.train.sanity_gate and not self.start.force:
-            raise TrainingError(gate_message(problem))
-        say(f"warning: {problem}; going on (--force or train.sanity_gate = false)", flush=True)
-        self.tracker.log("warning", message=problem, forced=True)
+    def label_now(self, teacher: Teacher, k: int, settings: str) -> PseudoLabels:
+        """The teacher labels this rank's shard (writing its soft labels' part); every rank
+        gets every part, merged in rank order, filtered and balanced."""
+        c, s, folder = self.config, self.splits, self.run_dir.round(k)
+        part = distributed.shard(len(s.unlabeled))
+        world = distributed.world_size() if distributed.active() else 1
+        progress = Progress(part.stop - part.start, f"round {k} pseudo-labels",
+                            enabled=self.main)
+        with _memory_hint("pseudo_label.batch_size", c.pseudo_label.batch_size):
+            mine = label_part(
+                FrozenTeacher(teacher.model), s.unlabeled.images[part], s.mean, s.std,
+                c.pseudo_label, c.loss.temperature,
+                folder / SOFT_DIR / f"part-{distributed.rank():05d}-of-{world:05d}",
+                self.device, progress=progress,
+                check=lambda: self.stop.check(f"round {k} pseudo-labeling"), **self.inference_speed)
+        progress.close()
+        return merge_parts(distributed.gather(mine), folder, c.pseudo_label, c.loss.temperature,
+                           {"round": k, "teacher": teacher.name,
+                            "teacher_sha256": teacher.sha256, "settings": settings},
+                           remove_stale=self.main)
+
+    def report_labels(self, k: int, teacher: Teacher, labels: PseudoLabels) -> dict[str, Any]:
+        """Log round k's pseudo-labels (counts, samples, accuracy against the hidden labels);
+        round 0's pass the sanity gate. Returns their statistics."""
+        u = self.splits.unlabeled
+        stats = labels.stats(u.labels)
+        self.tracker.log("pseudo_labels", round=k, **stats)
+        self.tracker.samples(k, u.images, labels, u.labels)
+        accuracy = stats["accuracy"]
+        say(f"round {k} pseudo-labels from {teacher.name}: kept {stats['kept_unique']} of "
+            f"{stats['unlabeled']} images ({100 * stats['kept_fraction']:.1f}%), "
+            f"{stats['kept']} items after balancing (the table's PL items), mean confidence "
+            f"{stats['mean_confidence']:.3f}"
+            + ("" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"), flush=True)
+        if k == 0:
+            self.gate(coverage_problem(labels.predicted, labels.indices,
+                                       self.config.pseudo_label.threshold,
+                                       self.splits.labeled.classes))
+        return stats
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -331,102 +337,83 @@ class Loop:
             distributed.teardown()
 
     def _run(self) -> dict[str, Any]:
-        c, rd = self.config, self.run_dir
-        done = rd.is_done(rd.teacher)
-        teacher, info = self.finished_teacher() if done else self.initial_teacher()
-        self.summary["teacher"] = info
-        name, sha = info["model"], info["sha256"]
-        scores = {s: info[s] for s in SCORES if info.get(s) is not None}
+        rd = self.run_dir
+        teacher = self.finished_teacher() if rd.is_done(rd.teacher) else self.initial_teacher()
         if not rd.is_done(rd.round(0)):
-            self.gate(teacher_problem(info.get("val_top1"), self.splits.num_classes))
-        for k in range(c.rounds):
-            if rd.is_done(rd.round(k)):
-                teacher, entry, sha = self.finished_round(k)
-                self.summary["rounds"].append(entry)
-                name = entry["student"]
-                scores = {s: entry[f"student_{s}"] for s in SCORES
-                          if entry.get(f"student_{s}") is not None}
-                continue
-            given = self.start.teacher if k == self.start.from_round else None
-            kept = rd.round(k) / "teacher.safetensors"  # a --teacher, kept for --resume
-            if given or kept.is_file():
-                teacher, name, sha, scores = self.given_teacher(k, given or str(kept))
-                if given and self.main:
-                    save_weights(teacher, kept, {"model": name, "from": given})
-            teacher, name, sha, scores = self.composite_teacher(k, teacher, name, sha, scores)
-            start, student = time.perf_counter(), c.model_for(k + 1)
-            if self.main:
-                rd.round(k).mkdir(parents=True, exist_ok=True)
-            self.tracker.start_phase(f"round_{k}", f"round-{k}", "round", {
-                "phase": "round", "round": k,
-                "teacher": {"model": name, "params": self.sizes[k], "sha256": sha},
-                "student": {"model": student, "params": self.sizes[k + 1]}})
-            labels = self.pseudo_label(teacher, k, name, sha)
-            del teacher  # frees its memory before the student is built
-            stats = labels.stats(self.splits.unlabeled.labels)
-            self.tracker.log("pseudo_labels", round=k, **stats)
-            self.tracker.samples(k, self.splits.unlabeled.images, labels,
-                                 self.splits.unlabeled.labels)
-            accuracy = stats["accuracy"]
-            say(f"round {k} pseudo-labels from {name}: kept {stats['kept_unique']} of "
-                  f"{stats['unlabeled']} images ({100 * stats['kept_fraction']:.1f}%), "
-                  f"{stats['kept']} items after balancing, mean confidence "
-                  f"{stats['mean_confidence']:.3f}"
-                  + ("" if accuracy is None else f", accuracy {100 * accuracy:.2f}%"), flush=True)
-            if k == 0:
-                self.gate(coverage_problem(labels.predicted, labels.indices,
-                                           c.pseudo_label.threshold, self.splits.labeled.classes))
-            self.stop.check(f"round {k}, after pseudo-labeling")
-            label_seconds = time.perf_counter() - start
-            result = self.train(k + 1, labels, f"round {k} student", rd.round(k), {
-                "model": student, "teacher_sha256": sha,
-                "pseudo_labels_sha256": arrays_sha256(labels.arrays())})
-            t = time.perf_counter()
-            metrics = self.evaluate(result.model)
-            final_eval = time.perf_counter() - t
-            student_sha = self.save_weights(result.model, rd.round(k) / "student.safetensors",
-                                            {"model": student, "round": str(k)})
-            entry = {"round": k, "teacher": name, "student": student,
-                     "student_params": self.sizes[k + 1],
-                     **{f"teacher_{s}": v for s, v in scores.items()},
-                     **{f"student_{s}": v for s, v in _scores(metrics).items()},
-                     "pseudo_labels_kept": stats["kept"],
-                     "pseudo_label_accuracy": stats["accuracy"],
-                     # this process's, plus the training time of earlier ones when resumed
-                     "seconds": round(time.perf_counter() - start + result.seconds_before, 2)}
-            round_metrics = {
-                **entry, "student_sha256": student_sha, "teacher_sha256": sha,
-                "teacher_from": given or (str(kept) if kept.is_file() else None),
-                "resumed_from": result.resumed_from,
-                "pseudo_labels": stats, **metrics, "train": result.history,
-                **({"specialists": self.reports.pop(k)} if k in self.reports else {}),
-                "timing": {"pseudo_label": round(label_seconds, 2),
-                           "train": round(result.seconds, 2),  # over processes, as "seconds"
-                           "train_before_resume": round(result.seconds_before, 2),
-                           "train_images_per_second": round(result.images_per_second, 1),
-                           # parts of "train":
-                           "train_data_wait": result.timing["data_wait"],
-                           "train_evaluate": result.timing["evaluate"],
-                           "train_checkpoint": result.timing["checkpoint"],
-                           "final_evaluate": round(final_eval, 3)}}
-            if self.main:
-                save_json(rd.round(k) / "metrics.json", round_metrics)
-                rd.mark_done(rd.round(k))
-            self.summary["rounds"].append(entry)
-            if self.main:
-                save_json(rd.root / "summary.json", self.summary)
-            distributed.barrier()
-            self.tracker.log("round", **entry)
-            self.tracker.artifact(k, [rd.round(k) / "student.safetensors",
-                                      rd.round(k) / "pseudo_labels.npz", rd.round(k) / SOFT_DIR],
-                                  {"student": student, "student_sha256": student_sha,
-                                   "teacher_sha256": sha, "test_top1": metrics["test"]["top1"]})
-            self.tracker.end_phase()
-            teacher, name, sha, scores = result.model, student, student_sha, _scores(metrics)
+            self.gate(teacher_problem(teacher.scores.get("val_top1"), self.splits.num_classes))
+        for k in range(self.config.rounds):
+            teacher = (self.finished_round(k) if rd.is_done(rd.round(k))
+                       else self.run_round(k, teacher))
         if self.main:
             save_json(rd.root / "summary.json", self.summary)
         say(format_summary(self.summary))
         return self.summary
+
+    def run_round(self, k: int, teacher: Teacher) -> Teacher:
+        """Round k: label, filter, train, evaluate. The student is the next round's teacher."""
+        rd = self.run_dir
+        teacher, source = self.round_teacher(k, teacher)
+        start, student = time.perf_counter(), self.config.model_for(k + 1)
+        if self.main:
+            rd.round(k).mkdir(parents=True, exist_ok=True)
+        self.tracker.start_phase(f"round_{k}", f"round-{k}", "round", {
+            "phase": "round", "round": k,
+            "teacher": {"model": teacher.name, "params": self.sizes[k], "sha256": teacher.sha256},
+            "student": {"model": student, "params": self.sizes[k + 1]}})
+        labels = self.pseudo_label(teacher, k)
+        teacher.release()
+        stats = self.report_labels(k, teacher, labels)
+        self.stop.check(f"round {k}, after pseudo-labeling")
+        label_seconds = time.perf_counter() - start
+        result = self.train(k + 1, labels, f"round {k} student", rd.round(k), {
+            "model": student, "teacher_sha256": teacher.sha256,
+            "pseudo_labels_sha256": arrays_sha256(labels.arrays())})
+        t = time.perf_counter()
+        evaluation = self.evaluate(result.model)
+        final_eval = time.perf_counter() - t
+        sha = self.save_weights(result.model, rd.round(k) / "student.safetensors",
+                                {"model": student, "round": str(k)})
+        outcome = RoundOutcome(k, teacher, Teacher(result.model, student, sha,
+                                                   _scores(evaluation)),
+                               self.sizes[k + 1], stats, evaluation, result, source,
+                               time.perf_counter() - start + result.seconds_before,
+                               label_seconds, final_eval)
+        self.close_round(outcome)
+        return outcome.student
+
+    def close_round(self, o: RoundOutcome) -> None:
+        """Round k's records: metrics.json and DONE, its summary row, wandb's round and
+        artifact."""
+        k, rd, entry = o.k, self.run_dir, round_entry(o)
+        extra = {"specialists": self.specialist_reports.pop(k)} if k in self.specialist_reports else {}
+        if self.main:
+            save_json(rd.round(k) / "metrics.json", round_metrics(o, extra))
+            rd.mark_done(rd.round(k))
+        self.summary["rounds"].append(entry)
+        if self.main:
+            save_json(rd.root / "summary.json", self.summary)
+        distributed.barrier()
+        self.tracker.log("round", **entry)
+        self.tracker.artifact(k, [rd.round(k) / "student.safetensors",
+                                  rd.round(k) / "pseudo_labels.npz", rd.round(k) / SOFT_DIR],
+                              {"student": o.student.name, "student_sha256": o.student.sha256,
+                               "teacher_sha256": o.teacher.sha256,
+                               "test_top1": o.evaluation["test"]["top1"]})
+        self.tracker.end_phase()
+
+    def finished_round(self, k: int) -> Teacher:
+        """Round k's student, from its finished folder, as the next teacher."""
+        folder = self.run_dir.round(k)
+        self.run_dir.verify(folder)
+        metrics = load_json(folder / "metrics.json")
+        model = load_weights(build_model(self.config, k + 1, self.splits),
+                             folder / "student.safetensors")
+        say(f"round {k}: finished, its student is loaded from {folder}", flush=True)
+        entry = {c: metrics.get(c) for c in SUMMARY_COLUMNS}
+        self.summary["rounds"].append(entry)
+        return Teacher(model.to(self.device), entry["student"], metrics["student_sha256"],
+                       {s: entry[f"student_{s}"] for s in SCORES
+                        if entry.get(f"student_{s}") is not None})
 
 
 @contextlib.contextmanager
@@ -462,9 +449,9 @@ def run(config: Config, overwrite: bool = False, resume: bool = False,
 
     `resume` continues the run in `config.out` from its newest valid checkpoint (finished rounds
     are loaded, the interrupted phase goes on at the step it stopped). `from_round=K` starts again
-    at round K (see `run_dir.Start`). `allow_config_change` lists the keys that may differ from
+    at round K (see `run_dir.RunStart`). `allow_config_change` lists the keys that may differ from
     the saved config on resume. `force` goes on past the sanity gate after round 0's teacher.
     """
-    start = Start(overwrite, resume, from_round, teacher, from_run, tuple(allow_config_change),
+    start = RunStart(overwrite, resume, from_round, teacher, from_run, tuple(allow_config_change),
                   force)
     return Loop(config, start).run()

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LossConfig
+
 Parts = dict[str, torch.Tensor]
 
 
@@ -130,12 +132,11 @@ class StudentLoss(nn.Module):
         return total, parts
 
 
-def build_student_loss(distillation: str, temperature: float, label_smoothing: float,
-                       labeled_weight: float, pseudo_weight: float,
-                       with_pseudo: bool = True, distill_smoothing: float = 0.0) -> StudentLoss:
+def build_student_loss(cfg: LossConfig, with_pseudo: bool = True) -> StudentLoss:
     """The loss a round's student (or, with_pseudo=False, round 0's teacher) trains with."""
     pseudo: nn.Module | None = None
     if with_pseudo:
-        pseudo = {"kd": lambda: KDLoss(temperature), "soft_ce": SoftTargetCE,
-                  "hard": lambda: HardDistillation(distill_smoothing)}[distillation]()
-    return StudentLoss(LabelSmoothingCE(label_smoothing), pseudo, labeled_weight, pseudo_weight)
+        pseudo = {"kd": lambda: KDLoss(cfg.temperature), "soft_ce": SoftTargetCE,
+                  "hard": lambda: HardDistillation(cfg.distill_smoothing)}[cfg.distillation]()
+    return StudentLoss(LabelSmoothingCE(cfg.label_smoothing), pseudo, cfg.labeled_weight,
+                       cfg.pseudo_weight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -299,3 +300,25 @@ def coverage_warning(labels: PseudoLabels, threshold: float,
     if never:
         text += f"; the teacher predicts no unlabeled image as {never}"
     return text
+
+
+def stored_labels(candidates: list[Path], identity: tuple[str, str, float],
+                  say: Callable[[str], None]) -> tuple[PseudoLabels, Path] | None:
+    """The pseudo-labels of an earlier attempt at this round, from the first of `candidates`
+    (`pseudo_labels.npz` files) that the same teacher made with the same settings: `identity` is
+    (teacher sha256, settings fingerprint, temperature). Each one passed over is said why."""
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            labels = PseudoLabels.load(path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, SoftLabelError) as e:
+            say(f"not reusing {path}: cannot read it ({e})")
+            continue
+        meta = labels.meta
+        if (meta.get("teacher_sha256"), meta.get("settings"), meta.get("temperature")) != identity:
+            say(f"not reusing {path}: made by another teacher or with other settings")
+            continue
+        say(f"reusing the pseudo-labels in {path} (same teacher, same settings)")
+        return labels, path
+    return None

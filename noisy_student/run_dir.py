@@ -172,7 +172,7 @@ def check_config_change(path: Path, config: Config, allowed: tuple[str, ...] = (
 # ---- how a run starts -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Start:
+class RunStart:
     """How a run begins, relative to what its directory already holds.
 
     fresh (default): the directory must be empty; `overwrite`: replace the run in it;
@@ -224,7 +224,7 @@ def check_writable(root: Path) -> None:
                           "--out") from e
 
 
-def open_run(config: Config, start: Start) -> tuple[RunDir, RunDir, list[str]]:
+def open_run(config: Config, start: RunStart) -> tuple[RunDir, RunDir, list[str]]:
     """Check that the run can start as asked, before any work: (run dir, source, config changes).
 
     The source is the run whose finished parts are kept (the run dir itself unless branching)."""
@@ -257,7 +257,7 @@ def open_run(config: Config, start: Start) -> tuple[RunDir, RunDir, list[str]]:
     return run_dir, source, [f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changes.items()]
 
 
-def prepare_run_dir(run_dir: RunDir, source: RunDir, config: Config, start: Start,
+def prepare_run_dir(run_dir: RunDir, source: RunDir, config: Config, start: RunStart,
                     splits: dict[str, Any], changes: list[str]) -> Path | None:
     """Write what the run starts with; returns where an older run's round folders are (whose
     pseudo-labels may be reused), if any."""

@@ -20,9 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class SoftLabelError(RuntimeError):
-    """A part of the stored soft labels is missing or does not match its record."""
+from .errors import SoftLabelError  # noqa: F401 (raised here, importable from here)
 
 
 def _class_dtype(num_classes: int) -> type:

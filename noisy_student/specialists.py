@@ -21,6 +21,7 @@ ensembles and evaluation treat it like any teacher.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from .inference import predict_logits
 from .losses import build_student_loss
 from .noise import Noise
 from .tracking import Tracker
-from .train import train_model
+from .train import TrainData, TrainHooks, train_model
 
 
 def kmeans(points: np.ndarray, k: int, seed: int, iterations: int = 100) -> np.ndarray:
@@ -150,12 +151,13 @@ def train_specialist(generalist: nn.Module, group: list[int], config: Config, sp
         model.head_dist = _group_head(model.head_dist, group)
     model.requires_grad_(True)
     c = config
-    loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
-                              1.0, 0.0, with_pseudo=False)
+    loss = build_student_loss(replace(c.loss, labeled_weight=1.0, pseudo_weight=0.0),
+                              with_pseudo=False)
     data = specialist_dataset(splits, group, noise, seed)
-    return train_model(model, loss, data, None, c.train, c.pseudo_label.specialist_epochs,
-                       seed=seed, device=device, tracker=tracker, tag=tag,
-                       num_workers=c.data.num_workers, eval_times=0, batch_noise=batch_noise).model
+    return train_model(model, loss, c.train, device,
+                       TrainData(data, epochs=c.pseudo_label.specialist_epochs, seed=seed,
+                                 num_workers=c.data.num_workers, batch_noise=batch_noise),
+                       TrainHooks(tag, tracker, eval_times=0)).model
 
 
 def make_specialists(generalist: nn.Module, config: Config, splits: Splits,

@@ -5,6 +5,7 @@ of a composite teacher hashes its members' identities, so its pseudo-labels can 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +20,21 @@ from .noise import Noise
 from .run_dir import RunDir
 from .specialists import make_specialists
 from .tracking import Tracker
+
+
+@dataclass
+class Teacher:
+    """A model that teaches a round: its name, its weights' sha256 (which names the pseudo-labels
+    it makes) and its scores (test top1, top5, ece; val_top1, val_ece with a validation set)."""
+
+    model: nn.Module | None
+    name: str
+    sha256: str
+    scores: dict[str, float]
+
+    def release(self) -> None:
+        """Drop the model once it has labeled (its memory goes before the student is built)."""
+        self.model = None
 
 
 def combined_sha256(shas: list[str]) -> str:

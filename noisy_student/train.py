@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Sampler
 
+from .errors import TrainingError  # noqa: F401 (raised here, importable from here)
 from . import distributed
 from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
@@ -34,18 +35,6 @@ from .tracking import Tracker, Progress
 
 
 BatchNoiseFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 batch -> uint8
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, ...); the message names the step."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device = 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 class StreamSampler(Sampler):
@@ -171,252 +160,377 @@ class TrainResult:
     seconds_before: float = 0.0  # the part of `seconds` earlier processes spent (checkpointed)
 
 
-def train_model(model: nn.Module, loss_fn: StudentLoss, labeled: NoisedDataset,
-                pseudo: NoisedDataset | None, cfg: TrainConfig, epochs: int, seed: int,
-                device: torch.device, tracker: Tracker, tag: str, num_workers: int = 0,
-                evaluate: Callable[[nn.Module], dict[str, Any]] | None = None,
-                eval_times: int = 5, checkpoints: TrainCheckpoints | None = None,
-                stop: GracefulStop | None = None,
-                batch_noise: BatchNoiseFn | None = None, pretrained: bool = False,
-                min_steps: int = 0) -> TrainResult:
-    """Train `model` for `epochs` (raised to reach `min_steps` steps) and return the weights to
-    use next, with per-epoch history.
+@dataclass
+class TrainData:
+    """What a phase trains on and for how long: the labeled images, a student's pseudo-labeled
+    items, the epochs (raised to reach `min_steps`), the seed of its data order and noise."""
 
-    With `checkpoints`, the whole training state is saved at every epoch end and at the
-    configured interval; with `checkpoints.resume`, training continues from the newest valid
-    checkpoint: same epoch and step, same data order, same random state. With `stop`, a signal
-    ends training after the current step with a checkpoint, raising `Interrupted`. With
-    `batch_noise` (`noise.backend = "torch"`), the datasets deliver clean images and each uint8
-    batch is noised on the training device, from a generator seeded by (seed, step, rank).
-    `pretrained`: the model starts from pretrained weights, so `cfg.finetune` and
-    `cfg.backbone_lr_scale` apply.
-    """
-    cuda = device.type == "cuda"
-    amp, channels_last = cfg.amp and cuda, cfg.channels_last
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    world = distributed.world_size() if distributed.active() else 1
-    main = not distributed.active() or distributed.is_main_process()
-    g = phase_geometry(cfg, len(labeled), None if pseudo is None else len(pseudo), epochs,
-                       min_steps, world)
-    if g.batch_labeled == 0 or (pseudo is not None and g.batch_pseudo == 0):
-        raise TrainingError(f"{tag}: train.batch_size = {cfg.batch_size} is smaller than the "
-                            f"{world} ranks; each rank needs at least one image per step")
-    b_lab, b_pse, steps_per_epoch, epochs = (g.batch_labeled, g.batch_pseudo, g.steps_per_epoch,
-                                             g.epochs)
-    total = g.steps
-    warmup = int(cfg.warmup_fraction * total)
-    if world > 1 and cfg.sync_batchnorm:  # the same parameters, in SyncBatchNorm layers
-        if not cuda:
-            raise TrainingError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm "
-                                "has no CPU kernels); set it to false for gloo runs")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    frozen = pretrained and cfg.finetune == "head"
-    if frozen:
-        freeze_backbone(model)
-    optimizer = build_optimizer(model, cfg, pretrained)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warmup))
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
-    if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
-    net = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-           if world > 1 else model)  # gradients averaged over the ranks' shares of the batch
-    if cfg.compile:  # `model` keeps the plain weights: checkpoints load without compiling
-        net = torch.compile(net)
-    geometry = dataclasses.asdict(g)
-    # progress within the run: restored from a checkpoint when resuming
-    run: dict[str, Any] = {"step": 0, "history": [], "sums": {}}
-    saved = checkpoints.latest() if checkpoints is not None and checkpoints.resume else None
-    if saved is not None:
+    labeled: NoisedDataset
+    pseudo: NoisedDataset | None = None
+    epochs: int = 1
+    min_steps: int = 0
+    seed: int = 0
+    num_workers: int = 0
+    # noise.backend = "torch": the datasets deliver clean images and each uint8 batch is noised
+    # on the training device, from a generator seeded by (seed, step, rank)
+    batch_noise: BatchNoiseFn | None = None
+
+
+@dataclass
+class TrainHooks:
+    """Where a phase reports, saves and listens; each is optional."""
+
+    tag: str = "train"
+    tracker: Tracker = field(default_factory=lambda: Tracker(None))
+    evaluate: Callable[[nn.Module], dict[str, Any]] | None = None  # e.g. val_top1, val_ece
+    eval_times: int = 5  # evaluations spread over the epochs
+    checkpoints: TrainCheckpoints | None = None  # with .resume: continue from the newest
+    stop: GracefulStop | None = None  # a signal ends training after the step, checkpointed
+
+
+@dataclass
+class TrainState:
+    """A phase's progress: saved in every checkpoint (as "run") and restored on resume."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    sums: dict[str, float] = field(default_factory=dict)  # this epoch's loss parts, summed
+    correct: int = 0  # this epoch's labeled images classified right (in train mode)
+    good: int = 0  # this epoch's steps that were not skipped
+    skipped: int = 0  # non-finite steps so far
+    seconds: float = 0.0  # training time so far, over every process, at the last save
+    timing: dict[str, float] = field(default_factory=dict)  # its parts
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
+class Clock:
+    """Training time over every process of a resumed run: the earlier processes' (from the
+    checkpoint) plus this one's, with its parts (waiting for data, evaluating, checkpointing)."""
+
+    def __init__(self, state: TrainState) -> None:
+        self.start = time.perf_counter()
+        self.before = {"seconds": state.seconds, **state.timing}
+        self.parts = {"data_wait": 0.0, "evaluate": 0.0, "checkpoint": 0.0}
+
+    def total(self) -> dict[str, float]:
+        now = {"seconds": time.perf_counter() - self.start, **self.parts}
+        return {k: self.before.get(k, 0.0) + v for k, v in now.items()}
+
+
+def train_model(model: nn.Module, loss_fn: StudentLoss, cfg: TrainConfig, device: torch.device,
+                data: TrainData, hooks: TrainHooks | None = None,
+                pretrained: bool = False) -> TrainResult:
+    """Train `model` for one phase; returns the weights to use next, with per-epoch history.
+    `pretrained`: the model starts from pretrained weights (`cfg.finetune`, `backbone_lr_scale`)."""
+    return Trainer(model, loss_fn, cfg, device, data, hooks or TrainHooks(), pretrained).fit()
+
+
+class Trainer:
+    """One phase's training: set up, restore, then steps and epoch ends until done.
+
+    Each step draws `batch_size` noised labeled images and, for a student, `unlabeled_ratio *
+    batch_size` noised pseudo-labeled ones, through the model in one forward pass. The whole
+    state is checkpointed at every epoch end and at the configured interval; resuming gives the
+    same epoch, step, data order and random state as never stopping."""
+
+    def __init__(self, model: nn.Module, loss_fn: StudentLoss, cfg: TrainConfig,
+                 device: torch.device, data: TrainData, hooks: TrainHooks,
+                 pretrained: bool = False) -> None:
+        self.loss_fn, self.cfg, self.device, self.data, self.hooks = (loss_fn, cfg, device,
+                                                                      data, hooks)
+        self.cuda = device.type == "cuda"
+        self.world = distributed.world_size() if distributed.active() else 1
+        self.main = not distributed.active() or distributed.is_main_process()
+        self.geometry = g = phase_geometry(
+            cfg, len(data.labeled), None if data.pseudo is None else len(data.pseudo),
+            data.epochs, data.min_steps, self.world)
+        if g.batch_labeled == 0 or (data.pseudo is not None and g.batch_pseudo == 0):
+            raise TrainingError(f"{hooks.tag}: train.batch_size = {cfg.batch_size} is smaller "
+                                f"than the {self.world} ranks; each rank needs at least one "
+                                "image per step")
+        self.frozen = pretrained and cfg.finetune == "head"
+        self.model = self._place(model)
+        self.optimizer = build_optimizer(self.model, cfg, pretrained)
+        warmup = int(cfg.warmup_fraction * g.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, g.steps, warmup))
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                                  use_buffers=True) if cfg.ema_decay > 0 else None)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+        self.net = (nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[device.index] if self.cuda else None)
+            if self.world > 1 else self.model)  # gradients averaged over the ranks' shares
+        if cfg.compile:  # self.model keeps the plain weights: checkpoints load without compiling
+            self.net = torch.compile(self.net)
+        self.state, self.resumed_from = TrainState(), None
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        """The model on the device, in its memory format, with SyncBatchNorm and a frozen
+        backbone when asked."""
+        model.to(self.device)
+        if self.cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.world > 1 and self.cfg.sync_batchnorm:  # the same parameters, SyncBatchNorm
+            if not self.cuda:
+                raise TrainingError("train.sync_batchnorm needs CUDA devices (PyTorch's "
+                                    "SyncBatchNorm has no CPU kernels); set it to false for "
+                                    "gloo runs")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.frozen:
+            freeze_backbone(model)
+        return model
+
+    # ---- restore, run, save ----------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        saved = self._restore()
+        d, g = self.data, self.geometry
+        step = self.state.step
+        self.streams = (
+            _stream(d.labeled, g.batch_labeled, d.seed, d.num_workers, self.cuda,
+                    start=step * g.batch_labeled),
+            _stream(d.pseudo, g.batch_pseudo, d.seed + 1, d.num_workers, self.cuda,
+                    start=step * g.batch_pseudo) if d.pseudo is not None else None)
+        if saved is not None:  # after the streams, whose creation draws from torch's RNG
+            self._restore_rng(saved["rng"])
+        self.clock, start_step = Clock(self.state), step
+        train_mode(self.model, self.frozen)
+        for epoch in range(step // g.steps_per_epoch, g.epochs):
+            self._epoch(epoch)
+        elapsed, total = time.perf_counter() - self.clock.start, self.clock.total()
+        seconds = total.pop("seconds")
+        per_second = ((self.state.step - start_step) * (g.batch_labeled + g.batch_pseudo)
+                      / max(elapsed, 1e-9))
+        return TrainResult(self.ema.module if self.ema is not None else self.model, g.steps,
+                           seconds, per_second, self.state.history, self.resumed_from,
+                           {k: round(v, 3) for k, v in total.items()},
+                           self.clock.before["seconds"])
+
+    def _restore(self) -> dict[str, Any] | None:
+        """The newest valid checkpoint's state loaded into the model, optimizer, schedule, EMA
+        and progress; None when not resuming or there is none."""
+        ck = self.hooks.checkpoints
+        saved = ck.latest() if ck is not None and ck.resume else None
+        if saved is None:
+            return None
         path, state = saved
+        geometry = dataclasses.asdict(self.geometry)
         if state["geometry"] != geometry:
             raise CheckpointError(f"{path}: made for {state['geometry']}, but the config now "
                                   f"gives {geometry}; resume with the saved config, or start "
                                   "the round over with --from-round")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        run = state["run"]
-        tracker.log("resume", phase=tag, step=run["step"], checkpoint=str(path))
-    step = run["step"]
-    lab_stream = _stream(labeled, b_lab, seed, num_workers, cuda, start=step * b_lab)
-    pse_stream = (_stream(pseudo, b_pse, seed + 1, num_workers, cuda, start=step * b_pse)
-                  if pseudo is not None else None)
-    if saved is not None:  # after the streams, whose creation draws from torch's RNG
-        rngs = saved[1]["rng"]  # one state per rank
-        if len(rngs) != world and main:
-            print(f"resume: the checkpoint holds the random state of {len(rngs)} ranks, this run "
-                  f"has {world}: data order is the same, dropout randomness is not", flush=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.state, self.resumed_from = TrainState.from_dict(state["run"]), str(path)
+        self.hooks.tracker.log("resume", phase=self.hooks.tag, step=self.state.step,
+                               checkpoint=str(path))
+        return state
+
+    def _restore_rng(self, rngs: list[dict[str, Any]]) -> None:
+        """This rank's random state from the checkpoint (one state per rank)."""
+        if len(rngs) != self.world and self.main:
+            print(f"resume: the checkpoint holds the random state of {len(rngs)} ranks, this "
+                  f"run has {self.world}: data order is the same, dropout randomness is not",
+                  flush=True)
         set_rng_state(rngs[min(distributed.rank(), len(rngs) - 1)])
 
-    timing = {"data_wait": 0.0, "evaluate": 0.0, "checkpoint": 0.0}
-    before = {"seconds": run.get("seconds", 0.0), **run.get("timing", {})}  # earlier processes'
-
-    def spent() -> dict[str, float]:
-        """Training time so far, earlier processes' included: "seconds" and the parts."""
-        now = {"seconds": time.perf_counter() - start, **timing}
-        return {k: before.get(k, 0.0) + v for k, v in now.items()}
-
-    def save(epoch: int) -> Path:
-        """Every rank gives its random state; rank 0 writes."""
-        assert checkpoints is not None
-        t = time.perf_counter()
-        total = spent()
-        run["seconds"], run["timing"] = total.pop("seconds"), total
-        rngs = distributed.gather(rng_state()) if world > 1 else [rng_state()]
-        path = checkpoints.folder / f"step-{run['step']:08d}.ckpt"
-        if main:
-            path = checkpoints.save(run["step"], epoch, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+    def _save(self, epoch: int) -> Path:
+        """A checkpoint of the whole state: every rank gives its random state, rank 0 writes."""
+        ck = self.hooks.checkpoints
+        assert ck is not None
+        t, total = time.perf_counter(), self.clock.total()
+        self.state.seconds, self.state.timing = total.pop("seconds"), total
+        rngs = distributed.gather(rng_state()) if self.world > 1 else [rng_state()]
+        step, g = self.state.step, self.geometry
+        path = ck.folder / f"step-{step:08d}.ckpt"
+        if self.main:
+            path = ck.save(step, epoch, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None,
                 "scaler": None,  # bf16 autocast needs no grad scaler
-                "rng": rngs, "geometry": geometry, "run": run,
-                "data_position": {"labeled": run["step"] * b_lab, "pseudo": run["step"] * b_pse}})
-        timing["checkpoint"] += time.perf_counter() - t
+                "rng": rngs, "geometry": dataclasses.asdict(g),
+                "run": dataclasses.asdict(self.state),
+                "data_position": {"labeled": step * g.batch_labeled,
+                                  "pseudo": step * g.batch_pseudo}})
+        self.clock.parts["checkpoint"] += time.perf_counter() - t
         return path
 
-    eval_at = {round(epochs * (i + 1) / max(1, eval_times)) for i in range(eval_times)}
-    result = TrainResult(model, total, 0.0, 0.0, run["history"],
-                         str(saved[0]) if saved is not None else None)
-    start, start_step = time.perf_counter(), step
-    train_mode(model, frozen)
-    for epoch in range(step // steps_per_epoch, epochs):
-        progress = Progress((steps_per_epoch - step % steps_per_epoch) * (b_lab + b_pse) // world,
-                            f"{tag} epoch {epoch + 1}/{epochs}", enabled=main)
-        epoch_start, seen = time.perf_counter(), 0
-        last_log = (epoch_start, 0)  # time and images at the last step line
-        for _ in range(step % steps_per_epoch, steps_per_epoch):
-            t = time.perf_counter()
-            x_lab, y_lab = next(lab_stream)
-            x, n_lab = x_lab, len(x_lab)
-            if pse_stream is not None:
-                x_pse, q_pse = next(pse_stream)
-                x = torch.cat([x_lab, x_pse])  # [B_lab + B_pse, C, H, W]
-            timing["data_wait"] += time.perf_counter() - t
-            if pse_stream is not None:
-                q_pse = q_pse.to(device, non_blocking=True)
-            x = x.to(device, non_blocking=True)  # uint8 [B, C, H, W]
-            if batch_noise is not None:  # counted as data time (host time: on a GPU, launches)
-                t = time.perf_counter()
-                g = torch.Generator(device).manual_seed(
-                    (seed * 1_000_003 + step) * 4099 + distributed.rank())
-                x = batch_noise(x, g)
-                timing["data_wait"] += time.perf_counter() - t
-            x = normalize(x, labeled.mean, labeled.std)  # float32 [B, C, H, W]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y_lab = y_lab.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            try:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = net(x)  # [B / world, num_classes], or a (class, dist) pair
-                logits = _each(logits, lambda z: z.float())
-                if pse_stream is not None:
-                    loss, parts = loss_fn(_each(logits, itemgetter(slice(None, n_lab))), y_lab,
-                                          _each(logits, itemgetter(slice(n_lab, None))), q_pse)
-                else:
-                    loss, parts = loss_fn(logits, y_lab)
-                loss.backward()  # even when non-finite: under DDP every rank must join
-                norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                        if cfg.grad_clip > 0 else  # the norm only (for the NaN check), no rescaling
-                        nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                 if p.grad is not None]))
-                # under DDP decide on the (all-reduced, identical) norm alone, so ranks agree
-                finite = bool(torch.isfinite(norm)) and (world > 1 or bool(torch.isfinite(loss)))
-                bad = None if finite else (f"the loss is {loss.item()}" if not torch.isfinite(loss)
-                                           else f"the gradient norm is {norm.item()}")
-            except torch.OutOfMemoryError as e:
-                raise TrainingError(
-                    f"{tag}: out of GPU memory at step {step} with {n_lab} labeled + "
-                    f"{len(x) - n_lab} pseudo-labeled images per step: lower train.batch_size "
-                    f"(now {cfg.batch_size}) or train.unlabeled_ratio (now {cfg.unlabeled_ratio})"
-                    + ("" if cfg.amp else ", or turn on train.amp") + f" ({e})") from e
-            fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
-            run["correct"] = run.get("correct", 0) + int((fused[:n_lab].argmax(1) == y_lab).sum())
-            # (under DDP the gradients are all-reduced: a non-finite norm is seen by every rank)
-            if bad is not None:
-                run["skipped"] = run.get("skipped", 0) + 1
-                tracker.log("skipped_step", phase=tag, step=step, epoch=epoch + 1, reason=bad)
-                if run["skipped"] > cfg.max_skipped_steps:
-                    last = checkpoints.paths()[-1] if checkpoints and checkpoints.paths() else None
-                    raise TrainingError(
-                        f"{tag}: {bad} at step {step} (epoch {epoch + 1}), "
-                        f"{run['skipped']} non-finite steps so far (train.max_skipped_steps = "
-                        f"{cfg.max_skipped_steps}); the last good checkpoint is "
-                        f"{last or 'none yet'}; lower train.lr, set train.grad_clip, or allow "
-                        "skipping with train.max_skipped_steps")
-                optimizer.zero_grad(set_to_none=True)  # skipped: the weights stay as they were
-                parts = {}
-            else:
-                optimizer.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-            scheduler.step()
-            step = run["step"] = step + 1
+    # ---- an epoch and its steps ------------------------------------------------------------
+    def _epoch(self, epoch: int) -> None:
+        g, tag = self.geometry, self.hooks.tag
+        first = self.state.step % g.steps_per_epoch
+        progress = Progress((g.steps_per_epoch - first) * (g.batch_labeled + g.batch_pseudo)
+                            // self.world, f"{tag} epoch {epoch + 1}/{g.epochs}",
+                            enabled=self.main)
+        start, seen = time.perf_counter(), 0
+        last_log = (start, 0)  # time and images at the last step line
+        for _ in range(first, g.steps_per_epoch):
+            x, y_lab, q_pse = self._next_batch()
+            values = self._step(x, y_lab, q_pse, epoch)
             seen += len(x)
-            values = {k: float(v) for k, v in parts.items()}
-            for k, v in values.items():
-                run["sums"][k] = run["sums"].get(k, 0.0) + v
-            run["good"] = run.get("good", 0) + bool(values)
             progress.update(len(x), **({"loss": values["total"]} if values else {}))
-            if step % cfg.log_every == 0 and values:
+            if self.state.step % self.cfg.log_every == 0 and values:
                 now = time.perf_counter()
-                tracker.log("step", phase=tag, step=step, epoch=epoch + 1,
-                            lr=scheduler.get_last_lr()[0],
-                            images_per_second=(seen - last_log[1]) / (now - last_log[0]),
-                            **values)
+                self.hooks.tracker.log(
+                    "step", phase=tag, step=self.state.step, epoch=epoch + 1,
+                    lr=self.scheduler.get_last_lr()[0],
+                    images_per_second=(seen - last_log[1]) / (now - last_log[0]), **values)
                 last_log = (now, seen)
-            # one small all-reduce: a stop seen by any rank, a checkpoint due by rank 0's clock
-            stop_now, due = distributed.agree([
-                stop is not None and stop.requested,
-                main and checkpoints is not None and checkpoints.due(step)])
-            if stop_now and step % steps_per_epoch:
-                path = save(epoch) if checkpoints is not None else None
-                raise Interrupted((stop.signum if stop else None) or 15,
-                                  f"{tag}, epoch {epoch + 1}, step {step}", path)
-            if due and step % steps_per_epoch:
-                save(epoch)
+            self._stop_or_save_mid_epoch(epoch)
         progress.close()
-        seconds = time.perf_counter() - epoch_start
-        sums, correct, seen = _over_ranks(run["sums"], run.pop("correct", 0), seen, world)
-        record: dict[str, Any] = {"phase": tag, "epoch": epoch + 1, "step": step,
-                                  "lr": optimizer.param_groups[0]["lr"],
-                                  "images_per_second": seen / seconds,
-                                  # on the noised labeled images it trained on (model in train mode)
-                                  "labeled_train_accuracy": correct / (steps_per_epoch * b_lab),
-                                  "skipped_steps": steps_per_epoch - run.get("good", 0),
-                                  # means over the steps that were not skipped
-                                  **{k: v / max(1, run.get("good", 0)) for k, v in sums.items()}}
-        run["good"] = 0
-        run["sums"] = {}
-        if evaluate is not None and (epoch + 1) in eval_at:
+        self._end_epoch(epoch, time.perf_counter() - start, seen)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step's images (labeled first), noised and normalized on the device, the labeled
+        images' classes and the pseudo-labeled items' targets."""
+        t, (labeled, pseudo), q_pse = time.perf_counter(), self.streams, None
+        x, y_lab = next(labeled)
+        if pseudo is not None:
+            x_pse, q_pse = next(pseudo)
+            x = torch.cat([x, x_pse])  # [B_lab + B_pse, C, H, W]
+        self.clock.parts["data_wait"] += time.perf_counter() - t
+        if q_pse is not None:
+            q_pse = q_pse.to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True)  # uint8 [B, C, H, W]
+        if self.data.batch_noise is not None:  # data time (host time: on a GPU, launches)
             t = time.perf_counter()
-            metrics = evaluate(ema.module if ema is not None else model)
-            timing["evaluate"] += time.perf_counter() - t
-            train_mode(model, frozen)
-            record.update(metrics)  # e.g. val_top1, val_ece
-            if main:
+            g = torch.Generator(self.device).manual_seed(
+                (self.data.seed * 1_000_003 + self.state.step) * 4099 + distributed.rank())
+            x = self.data.batch_noise(x, g)
+            self.clock.parts["data_wait"] += time.perf_counter() - t
+        x = normalize(x, self.data.labeled.mean, self.data.labeled.std)  # float32 [B, C, H, W]
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y_lab.to(self.device, non_blocking=True), q_pse
+
+    def _step(self, x: torch.Tensor, y_lab: torch.Tensor, q_pse: torch.Tensor | None,
+              epoch: int) -> dict[str, float]:
+        """One optimizer step; its loss parts, or {} when skipped (a non-finite loss or
+        gradient, within train.max_skipped_steps)."""
+        n_lab, state = len(y_lab), self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            logits, loss, parts, bad = self._forward_backward(x, y_lab, q_pse)
+        except torch.OutOfMemoryError as e:
+            raise TrainingError(
+                f"{self.hooks.tag}: out of GPU memory at step {state.step} with {n_lab} "
+                f"labeled + {len(x) - n_lab} pseudo-labeled images per step: lower "
+                f"train.batch_size (now {self.cfg.batch_size}) or train.unlabeled_ratio (now "
+                f"{self.cfg.unlabeled_ratio})" + ("" if self.cfg.amp else ", or turn on "
+                                                 "train.amp") + f" ({e})") from e
+        fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
+        state.correct += int((fused[:n_lab].argmax(1) == y_lab).sum())
+        if bad is not None:
+            self._skip(bad, epoch)
+            parts = {}
+        else:
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+        self.scheduler.step()
+        state.step += 1
+        values = {k: float(v) for k, v in parts.items()}
+        for k, v in values.items():
+            state.sums[k] = state.sums.get(k, 0.0) + v
+        state.good += bool(values)
+        return values
+
+    def _forward_backward(self, x: torch.Tensor, y_lab: torch.Tensor,
+                          q_pse: torch.Tensor | None) -> tuple[Any, torch.Tensor,
+                                                               dict[str, Any], str | None]:
+        """Logits, loss, its parts, and why the step must be skipped (or None)."""
+        n_lab = len(y_lab)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.cfg.amp and self.cuda):
+            logits = self.net(x)  # [B / world, num_classes], or a (class, dist) pair
+        logits = _each(logits, lambda z: z.float())
+        if q_pse is not None:
+            loss, parts = self.loss_fn(_each(logits, itemgetter(slice(None, n_lab))), y_lab,
+                                       _each(logits, itemgetter(slice(n_lab, None))), q_pse)
+        else:
+            loss, parts = self.loss_fn(logits, y_lab)
+        loss.backward()  # even when non-finite: under DDP every rank must join
+        params = self.model.parameters()
+        norm = (nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0
+                else  # the norm only (for the check), no rescaling
+                nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        # under DDP decide on the (all-reduced, identical) norm alone, so the ranks agree
+        finite = bool(torch.isfinite(norm)) and (self.world > 1 or bool(torch.isfinite(loss)))
+        bad = None if finite else (f"the loss is {loss.item()}" if not torch.isfinite(loss)
+                                   else f"the gradient norm is {norm.item()}")
+        return logits, loss, parts, bad
+
+    def _skip(self, bad: str, epoch: int) -> None:
+        """A non-finite step: the weights stay as they were; too many stop training."""
+        state, cfg, ck = self.state, self.cfg, self.hooks.checkpoints
+        state.skipped += 1
+        self.hooks.tracker.log("skipped_step", phase=self.hooks.tag, step=state.step,
+                               epoch=epoch + 1, reason=bad)
+        if state.skipped > cfg.max_skipped_steps:
+            last = ck.paths()[-1] if ck and ck.paths() else None
+            raise TrainingError(
+                f"{self.hooks.tag}: {bad} at step {state.step} (epoch {epoch + 1}), "
+                f"{state.skipped} non-finite steps so far (train.max_skipped_steps = "
+                f"{cfg.max_skipped_steps}); the last good checkpoint is {last or 'none yet'}; "
+                "lower train.lr, set train.grad_clip, or allow skipping with "
+                "train.max_skipped_steps")
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _stop_or_save_mid_epoch(self, epoch: int) -> None:
+        """One small all-reduce: a stop seen by any rank, a checkpoint due by rank 0's clock."""
+        h, step = self.hooks, self.state.step
+        stop_now, due = distributed.agree([
+            h.stop is not None and h.stop.requested,
+            self.main and h.checkpoints is not None and h.checkpoints.due(step)])
+        if step % self.geometry.steps_per_epoch == 0:
+            return  # the epoch's end saves and stops
+        if stop_now:
+            path = self._save(epoch) if h.checkpoints is not None else None
+            raise Interrupted((h.stop.signum if h.stop else None) or 15,
+                              f"{h.tag}, epoch {epoch + 1}, step {step}", path)
+        if due:
+            self._save(epoch)
+
+    def _end_epoch(self, epoch: int, seconds: float, seen: int) -> None:
+        """The epoch's record (means over its good steps), evaluation, checkpoint, stop."""
+        g, h, state = self.geometry, self.hooks, self.state
+        sums, correct, seen = _over_ranks(state.sums, state.correct, seen, self.world)
+        record: dict[str, Any] = {
+            "phase": h.tag, "epoch": epoch + 1, "step": state.step,
+            "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": seen / seconds,
+            # on the noised labeled images it trained on (model in train mode)
+            "labeled_train_accuracy": correct / (g.steps_per_epoch * g.batch_labeled),
+            "skipped_steps": g.steps_per_epoch - state.good,
+            **{k: v / max(1, state.good) for k, v in sums.items()}}  # over the good steps
+        state.correct, state.good, state.sums = 0, 0, {}
+        if h.evaluate is not None and (epoch + 1) in self._eval_epochs():
+            t = time.perf_counter()
+            metrics = h.evaluate(self.ema.module if self.ema is not None else self.model)
+            self.clock.parts["evaluate"] += time.perf_counter() - t
+            train_mode(self.model, self.frozen)
+            record.update(metrics)
+            if self.main:
                 scores = ", ".join(f"{k.removesuffix('_top1')} top-1 {100 * v:.2f}%"
                                    for k, v in metrics.items() if k.endswith("_top1"))
-                print(f"{tag} epoch {epoch + 1}/{epochs}: loss {record['total']:.4f}, {scores}, "
-                      f"{record['images_per_second']:.0f} img/s", flush=True)
-        tracker.log("epoch", **record)
-        run["history"].append(record)
-        if checkpoints is not None:
-            save(epoch + 1)
-        if distributed.agree([stop is not None and stop.requested])[0]:
-            raise Interrupted((stop.signum if stop else None) or 15,
-                              f"{tag}, end of epoch {epoch + 1}",
-                              checkpoints.folder / f"step-{step:08d}.ckpt"
-                              if checkpoints is not None else None)
-    elapsed, total = time.perf_counter() - start, spent()
-    result.seconds, result.seconds_before = total.pop("seconds"), before["seconds"]
-    result.timing = {k: round(v, 3) for k, v in total.items()}
-    result.images_per_second = (step - start_step) * (b_lab + b_pse) / max(elapsed, 1e-9)
-    if ema is not None:
-        result.model = ema.module
-    return result
+                print(f"{h.tag} epoch {epoch + 1}/{g.epochs}: loss {record['total']:.4f}, "
+                      f"{scores}, {record['images_per_second']:.0f} img/s", flush=True)
+        h.tracker.log("epoch", **record)
+        state.history.append(record)
+        if h.checkpoints is not None:
+            self._save(epoch + 1)
+        if distributed.agree([h.stop is not None and h.stop.requested])[0]:
+            raise Interrupted((h.stop.signum if h.stop else None) or 15,
+                              f"{h.tag}, end of epoch {epoch + 1}",
+                              h.checkpoints.folder / f"step-{state.step:08d}.ckpt"
+                              if h.checkpoints is not None else None)
+
+    def _eval_epochs(self) -> set[int]:
+        n, epochs = self.hooks.eval_times, self.geometry.epochs
+        return {round(epochs * (i + 1) / max(1, n)) for i in range(n)}

@@ -48,10 +48,10 @@ def install(fault: str) -> None:
     elif kind == "kill-before-train":
         original = noisy_student.loop.train_model
 
-        def train_model(*args, **kwargs):
-            if kwargs["tag"] == arg:
+        def train_model(model, loss, cfg, device, data, hooks, **kwargs):
+            if hooks.tag == arg:
                 _die()
-            return original(*args, **kwargs)
+            return original(model, loss, cfg, device, data, hooks, **kwargs)
 
         noisy_student.loop.train_model = train_model
     elif kind == "kill-in-ckpt-write":

@@ -13,7 +13,7 @@ from noisy_student.checkpoint import (CheckpointError, TrainCheckpoints, load_ch
                                       load_weights, save_checkpoint, save_json)
 from noisy_student.cli import resume_command
 from noisy_student.config import ConfigError
-from noisy_student.run_dir import Start, check_config_change
+from noisy_student.run_dir import RunStart, check_config_change
 from noisy_student.signals import GracefulStop, Interrupted
 from noisy_student.train import StreamSampler, rng_state, set_rng_state
 
@@ -156,12 +156,12 @@ def test_resume_command_drops_the_start_flags(monkeypatch):
 
 
 def test_start_flags_that_exclude_each_other_are_refused():
-    assert Start().problems(3) == []
-    assert Start(resume=True, from_round=1).problems(3)
-    assert Start(overwrite=True, resume=True).problems(3)
-    assert "numbered 0..2" in Start(from_round=3).problems(3)[0]
-    assert Start(teacher="t.ckpt").problems(3)
-    assert Start(allow_config_change=("loss",)).problems(3)
+    assert RunStart().problems(3) == []
+    assert RunStart(resume=True, from_round=1).problems(3)
+    assert RunStart(overwrite=True, resume=True).problems(3)
+    assert "numbered 0..2" in RunStart(from_round=3).problems(3)[0]
+    assert RunStart(teacher="t.ckpt").problems(3)
+    assert RunStart(allow_config_change=("loss",)).problems(3)
 
 
 def test_config_change_is_allowed_only_for_named_keys(tiny_config, tmp_path):

@@ -197,7 +197,7 @@ def test_unlabeled_list_file_reads_the_listed_images(tmp_path):
     assert np.array_equal(lazy.unlabeled.images[0:12], a.unlabeled.images)
     listing.write_text(listing.read_text() + "\nnot/there.png\n")
     with pytest.raises(DataError,
-                       match=r"(?s)1 missing files:.*lists/not/there.png \(.*unlabeled.txt line 15\)"):
+                       match=r"(?s)1 missing file:.*lists/not/there.png \(.*unlabeled.txt line 15\)"):
         load_source(listed)
     with pytest.raises(DataError, match="data.unlabeled_list = .*nope.txt.*cannot read"):
         load_source(replace(listed, unlabeled_list=str(tmp_path / "nope.txt")))

@@ -6,8 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from noisy_student.config import LossConfig
 from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
+
+DEIT_HARD = LossConfig(distillation="hard", label_smoothing=0.0, labeled_weight=0.5,
+                       pseudo_weight=0.5)
 
 
 def test_two_heads_in_training_and_their_mean_in_eval():
@@ -29,7 +33,7 @@ def test_class_head_learns_the_labels_and_distillation_head_the_teacher():
     z_dist = torch.tensor([[0.0, 2.0, 0.0], [0.5, 0.0, 1.5]])
     y = torch.tensor([0, 1])
     q = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    loss = build_student_loss("hard", 1.0, 0.0, 0.5, 0.5)
+    loss = build_student_loss(DEIT_HARD)
     total, parts = loss((z_cls[:1], z_dist[:1]), y[:1], (z_cls[1:], z_dist[1:]), q[1:])
     # DeiT: 0.5 CE(z_cls, y) on the labeled image + 0.5 CE(z_dist, argmax q) on the pseudo one
     expected = 0.5 * F.cross_entropy(z_cls[:1], y[:1]) + 0.5 * F.cross_entropy(z_dist[1:],
@@ -37,7 +41,8 @@ def test_class_head_learns_the_labels_and_distillation_head_the_teacher():
     assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)
     cos = F.cosine_similarity(z_cls, z_dist, dim=-1).mean()
     assert math.isclose(parts["heads_cosine"].item(), cos.item(), rel_tol=1e-6)
-    teacher_phase = build_student_loss("hard", 1.0, 0.0, 1.0, 1.0, with_pseudo=False)
+    teacher_phase = build_student_loss(LossConfig(distillation="hard", label_smoothing=0.0),
+                                       with_pseudo=False)
     total, parts = teacher_phase((z_cls, z_dist), y)  # no teacher yet: both heads on labels
     expected = F.cross_entropy(z_cls, y) + F.cross_entropy(z_dist, y)
     assert math.isclose(total.item(), expected.item(), rel_tol=1e-6)

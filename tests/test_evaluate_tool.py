@@ -19,7 +19,7 @@ from noisy_student.corruptions import (
     corrupt,
     corruption_errors,
 )
-from noisy_student.evaluate import classification_metrics, expected_calibration_error
+from noisy_student.metrics import classification_metrics, expected_calibration_error
 from noisy_student.inference import predict_logits
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from noisy_student.checkpoint import RunDirError
 from noisy_student.config import ConfigError
 from noisy_student.data import load_source, make_splits
 from noisy_student.loop import SUMMARY_COLUMNS, Loop, run
-from noisy_student.run_dir import Start
+from noisy_student.run_dir import RunStart
 from noisy_student.pseudo_label import PseudoLabels
 
 from conftest import make_tiny_config
@@ -105,7 +105,7 @@ def test_smaller_student_is_refused(tiny_config):
     with pytest.raises(ConfigError, match="smaller than its teacher"):
         Loop(small_last)
     allowed = small_last.with_overrides(["model.allow_smaller_student=true"])
-    Loop(allowed, Start(overwrite=True))  # accepted
+    Loop(allowed, RunStart(overwrite=True))  # accepted
 
 
 def test_existing_run_directory_is_refused(tiny_config):

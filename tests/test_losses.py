@@ -6,8 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from noisy_student.config import LossConfig
 from noisy_student.losses import (HardDistillation, KDLoss, LabelSmoothingCE, SoftTargetCE,
                                   StudentLoss, build_student_loss)
+
+DEIT_HARD = LossConfig(distillation="hard", label_smoothing=0.0, labeled_weight=0.5,
+                       pseudo_weight=0.5)
 
 
 def _softmax(z, T=1.0):
@@ -64,7 +68,8 @@ def test_hard_distillation_with_smoothing_by_hand():
     expected = -sum(t * lp for t, lp in zip(target, logp))
     loss, _ = HardDistillation(eps)(torch.tensor([z]), q)
     assert math.isclose(loss.item(), expected, rel_tol=1e-6)
-    built = build_student_loss("hard", 1.0, 0.0, 0.0, 1.0, distill_smoothing=eps)
+    built = build_student_loss(LossConfig(distillation="hard", label_smoothing=0.0,
+                                          labeled_weight=0.0, distill_smoothing=eps))
     assert math.isclose(built(torch.tensor([z]), torch.tensor([0]), torch.tensor([z]), q)[0].item(),
                         expected, rel_tol=1e-6)
     from noisy_student.config import Config, ConfigError
@@ -77,7 +82,7 @@ def test_deit_hard_distillation_total():
     """0.5 * CE(z_s, y) + 0.5 * CE(z_s, argmax z_t) through StudentLoss."""
     z_lab, y = torch.tensor([[0.3, 1.2, -0.4]]), torch.tensor([1])
     z_pse, q = torch.tensor([[2.0, 0.1, 0.0]]), torch.tensor([[0.2, 0.5, 0.3]])
-    loss = build_student_loss("hard", 1.0, 0.0, 0.5, 0.5)
+    loss = build_student_loss(DEIT_HARD)
     total, parts = loss(z_lab, y, z_pse, q)
     expected = 0.5 * -math.log(_softmax([0.3, 1.2, -0.4])[1]) + 0.5 * -math.log(_softmax([2.0, 0.1, 0.0])[1])
     assert math.isclose(total.item(), expected, rel_tol=1e-6)
@@ -102,6 +107,7 @@ def test_student_loss_weights_and_parts():
     total, parts = loss(z_l, y, z_u, q)
     assert torch.allclose(total, 0.3 * parts["labeled_ce"] + 2.0 * parts["pseudo_kd"])
     assert torch.allclose(parts["total"], total)
-    only_labeled, parts = build_student_loss("kd", 2.0, 0.0, 1.0, 1.0, with_pseudo=False)(z_l, y)
+    kd = LossConfig(distillation="kd", temperature=2.0, label_smoothing=0.0)
+    only_labeled, parts = build_student_loss(kd, with_pseudo=False)(z_l, y)
     assert set(parts) == {"labeled_ce", "total"}
     assert torch.allclose(only_labeled, F.cross_entropy(z_l, y))

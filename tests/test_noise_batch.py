@@ -6,14 +6,13 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from noisy_student.config import NoiseConfig, TrainConfig
+from noisy_student.config import LossConfig, NoiseConfig, TrainConfig
 from noisy_student.data import NoisedDataset
 from noisy_student.losses import build_student_loss
 from noisy_student.noise import StudentNoise
 from noisy_student.noise_batch import (_COLOR_OPS, BatchNoise, affine, build_student_noise,
                                        pad_crop)
-from noisy_student.tracking import Tracker
-from noisy_student.train import train_model
+from noisy_student.train import TrainData, TrainHooks, train_model
 
 GEOMETRIC = ["Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"]
 
@@ -128,10 +127,10 @@ def test_training_with_batch_noise_is_reproducible_and_noised():
 
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3))
-        loss = build_student_loss("soft_ce", 1.0, 0.0, 1.0, 1.0, with_pseudo=False)
-        return train_model(model, loss, data, None, cfg, epochs=2, seed=0,
-                           device=torch.device("cpu"), tracker=Tracker(None), tag="t",
-                           batch_noise=recording).model[1].weight
+        loss = build_student_loss(LossConfig(label_smoothing=0.0), with_pseudo=False)
+        return train_model(model, loss, cfg, torch.device("cpu"),
+                           TrainData(data, epochs=2, batch_noise=recording),
+                           TrainHooks("t")).model[1].weight
 
     noise = BatchNoise(num_ops=2, magnitude=9, flip=True, crop_padding=1, channels=1)
     a, b = train(noise), train(noise)

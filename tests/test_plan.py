@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from noisy_student.config import Config, ConfigError, TrainConfig
+from noisy_student.config import Config, ConfigError, LossConfig, TrainConfig
 from noisy_student.loop import run
 from noisy_student.models import count_params, create_model
 from noisy_student.plan import format_plan, make_plan
 from noisy_student.presets import (AUTO_LADDERS, PRESETS, auto_ladder, ladders_markdown,
                                    presets_markdown, settle_ladder)
-from noisy_student.run_dir import Start
 from noisy_student.sanity import coverage_problem, teacher_problem
-from noisy_student.train import TrainingError, phase_geometry, train_model
+from noisy_student.train import TrainData, TrainingError, phase_geometry, train_model
 
 from conftest import make_tiny_config
 
@@ -45,14 +44,13 @@ def test_min_steps_raise_the_epochs_of_small_sets_only():
 def test_training_runs_the_minimum_number_of_steps():
     from noisy_student.data import NoisedDataset
     from noisy_student.losses import build_student_loss
-    from noisy_student.tracking import Tracker
 
     images = np.random.default_rng(0).integers(0, 255, (20, 8, 8, 1), dtype=np.uint8)
     data = NoisedDataset(images, np.arange(20) % 4, None, [0.5], [0.25], 0)
     cfg = TrainConfig(batch_size=8, device="cpu", lr=0.01)
-    loss = build_student_loss("soft_ce", 1.0, 0.0, 1.0, 1.0, False, 0.0)
-    result = train_model(create_model("cnn_tiny", num_classes=4, in_chans=1), loss, data, None,
-                         cfg, 1, 0, torch.device("cpu"), Tracker(None), "t", min_steps=10)
+    loss = build_student_loss(LossConfig(label_smoothing=0.0), with_pseudo=False)
+    result = train_model(create_model("cnn_tiny", num_classes=4, in_chans=1), loss, cfg,
+                         torch.device("cpu"), TrainData(data, min_steps=10))
     # 3 steps an epoch (8 + 8 + 4): one epoch raised to 4, 12 steps
     assert result.steps == 12 and len(result.history) == 4
     assert result.history[-1]["step"] == 12

@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from noisy_student.config import TrainConfig
+from noisy_student.config import LossConfig, TrainConfig
 from noisy_student.data import NoisedDataset
 from noisy_student.losses import build_student_loss
 from noisy_student.optim import build_optimizer, lr_factor
-from noisy_student.tracking import Tracker
-from noisy_student.train import StreamSampler, TrainingError, train_model
+from noisy_student.train import StreamSampler, TrainData, TrainHooks, TrainingError, train_model
 
 
 def test_lr_warmup_then_cosine():
@@ -62,9 +61,9 @@ def _data(n=24):
 def _train(cfg, model=None, pseudo=None):
     torch.manual_seed(0)
     model = model or _Linear()
-    loss = build_student_loss("soft_ce", 1.0, 0.0, 1.0, 1.0, with_pseudo=pseudo is not None)
-    return train_model(model, loss, _data(), pseudo, cfg, epochs=2, seed=0,
-                       device=torch.device("cpu"), tracker=Tracker(None), tag="t")
+    loss = build_student_loss(LossConfig(label_smoothing=0.0), with_pseudo=pseudo is not None)
+    return train_model(model, loss, cfg, torch.device("cpu"), TrainData(_data(), pseudo, epochs=2),
+                       TrainHooks("t"))
 
 
 def test_training_is_reproducible_and_ema_is_what_comes_back():

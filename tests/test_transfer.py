@@ -5,15 +5,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from noisy_student.config import ConfigError, TrainConfig
+from noisy_student.config import ConfigError, LossConfig, TrainConfig
 from noisy_student.data import NoisedDataset, load_source, make_splits
 from noisy_student.ladder import build_model
 from noisy_student.loop import run
 from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
-from noisy_student.tracking import Tracker
 from noisy_student.optim import build_optimizer
-from noisy_student.train import train_model
+from noisy_student.train import TrainData, TrainHooks, train_model
 
 
 def _data(n=32):
@@ -23,10 +22,9 @@ def _data(n=32):
 
 
 def _train(model, cfg, pretrained):
-    loss = build_student_loss("soft_ce", 1.0, 0.0, 1.0, 1.0, with_pseudo=False)
-    return train_model(model, loss, _data(), None, cfg, epochs=1, seed=0,
-                       device=torch.device("cpu"), tracker=Tracker(None), tag="t",
-                       pretrained=pretrained)
+    loss = build_student_loss(LossConfig(label_smoothing=0.0), with_pseudo=False)
+    return train_model(model, loss, cfg, torch.device("cpu"), TrainData(_data()),
+                       TrainHooks("t"), pretrained=pretrained)
 
 
 def test_head_only_leaves_the_backbone_byte_identical_and_moves_the_head():

@@ -22,9 +22,8 @@ from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
 from noisy_student.noise import build_noise
 from noisy_student.noise_batch import BatchNoise
-from noisy_student.tracking import Tracker
 from noisy_student.optim import build_optimizer
-from noisy_student.train import train_model
+from noisy_student.train import TrainData, TrainHooks, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,9 +48,7 @@ def _setup(config: Config, n_images: int, seed: int = 0, shape: Shape = MNIST_SH
     model = create_model(config.model_for(config.rounds), num_classes=10, in_chans=shape[2],
                          drop_rate=config.model.drop_rate,
                          drop_path_rate=config.model.drop_path_rate)
-    c = config.loss
-    loss = build_student_loss(c.distillation, c.temperature, c.label_smoothing,
-                              c.labeled_weight, c.pseudo_weight, with_pseudo=True)
+    loss = build_student_loss(config.loss)
     return images, labels, targets, model, loss
 
 
@@ -68,10 +65,10 @@ def train_step(config: Config, steps: int, device: torch.device, shape: Shape = 
     cfg = dataclasses.replace(t, device=device.type, log_every=10**9)
     bare_model = copy.deepcopy(model).to(device)
     warm = NoisedDataset(images[:b_pse * 2], targets[:b_pse * 2], None, [0.5], [0.25], 1)
-    train_model(copy.deepcopy(model), loss, lab, warm, cfg, 1, 0, device, Tracker(None),
-                "warm-up", eval_times=0)  # first-call costs (allocator, kernels) paid here
-    framework = train_model(model, loss, lab, pse, cfg, 1, 0, device, Tracker(None), "speed",
-                            eval_times=0, num_workers=workers)
+    train_model(copy.deepcopy(model), loss, cfg, device, TrainData(lab, warm),
+                TrainHooks("warm-up", eval_times=0))  # first-call costs (allocator, kernels)
+    framework = train_model(model, loss, cfg, device, TrainData(lab, pse, num_workers=workers),
+                            TrainHooks("speed", eval_times=0))
     x = to_tensor(images[:b_lab + b_pse], [0.5], [0.25]).to(device)
     if t.channels_last:
         x, bare_model = x.contiguous(memory_format=torch.channels_last), bare_model.to(
@@ -157,10 +154,10 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
         if batch_noise is not None:  # clean items; the noise runs on whole batches on `device`
             lab_ = NoisedDataset(images, labels, None, [0.5], [0.25], 0)
             pse_ = NoisedDataset(pse.images, pse.targets.numpy(), None, [0.5], [0.25], 1)
-        result = train_model(copy.deepcopy(model), loss, lab_, pse_,
-                             dataclasses.replace(t, device=device.type), 1, 0, device,
-                             Tracker(None), "noised", eval_times=0, num_workers=num_workers,
-                             batch_noise=batch_noise)
+        result = train_model(copy.deepcopy(model), loss, dataclasses.replace(t, device=device.type),
+                             device, TrainData(lab_, pse_, num_workers=num_workers,
+                                               batch_noise=batch_noise),
+                             TrainHooks("noised", eval_times=0))
         return {"data_wait_fraction": result.timing["data_wait"] / result.seconds,
                 "images_per_second": result.images_per_second}
 

@@ -61,14 +61,14 @@ import torch  # noqa: E402
 from noisy_student.checkpoint import TrainCheckpoints, load_json, save_json  # noqa: E402
 from noisy_student.config import Config  # noqa: E402
 from noisy_student.data import NoisedDataset, load_source, make_splits  # noqa: E402
-from noisy_student.evaluate import classification_metrics  # noqa: E402
+from noisy_student.metrics import classification_metrics  # noqa: E402
 from noisy_student.inference import predict_logits  # noqa: E402
 from noisy_student.ladder import build_model  # noqa: E402
 from noisy_student.loop import run  # noqa: E402
 from noisy_student.losses import build_student_loss  # noqa: E402
 from noisy_student.noise_batch import build_student_noise  # noqa: E402
-from noisy_student.tracking import Tracker  # noqa: E402
-from noisy_student.train import resolve_device, train_model  # noqa: E402
+from noisy_student.distributed import resolve_device  # noqa: E402
+from noisy_student.train import TrainData, TrainHooks, train_model  # noqa: E402
 
 import bench_speed  # noqa: E402
 import bench_report  # noqa: E402
@@ -165,16 +165,16 @@ def train_supervised(config: Config, images: np.ndarray, labels: np.ndarray, epo
     model = build_model(c, c.rounds, splits)
     noise, batch_noise = build_student_noise(c.noise, splits.channels)  # as the loop's students
     data = NoisedDataset(images, labels, noise, splits.mean, splits.std, c.seed)
-    loss = build_student_loss(c.loss.distillation, c.loss.temperature, c.loss.label_smoothing,
-                              1.0, 0.0, with_pseudo=False)
+    loss = build_student_loss(dataclasses.replace(c.loss, labeled_weight=1.0, pseudo_weight=0.0),
+                              with_pseudo=False)
     device = resolve_device(c.train.device)
     checkpoints = TrainCheckpoints(job.folder / "checkpoints", {"phase": job.kind}, keep=1,
                                    every_minutes=10.0, resume=True)
     start = time.perf_counter()
-    result = train_model(model, loss, data, None, dataclasses.replace(c.train, batch_size=batch),
-                         epochs, seed=c.seed * 1000 + 99, device=device, tracker=Tracker(None),
-                         tag=job.kind, num_workers=c.data.num_workers, eval_times=0,
-                         checkpoints=checkpoints, batch_noise=batch_noise)
+    result = train_model(model, loss, dataclasses.replace(c.train, batch_size=batch), device,
+                         TrainData(data, epochs=epochs, seed=c.seed * 1000 + 99,
+                                   num_workers=c.data.num_workers, batch_noise=batch_noise),
+                         TrainHooks(job.kind, eval_times=0, checkpoints=checkpoints))
     figures = scores(result.model, splits, c, device)
     print(f"{job.kind}: {len(data)} images, {result.steps} steps of {batch}: test top-1 "
           f"{100 * figures['top1']:.2f}%", flush=True)

@@ -38,10 +38,10 @@ from noisy_student import corruptions
 from noisy_student.artifacts import ArtifactError, FinishedRun, open_run
 from noisy_student.data import DataError
 from noisy_student.data.image_folder import IMAGE_EXTENSIONS, BadFile, read_image
-from noisy_student.evaluate import classification_metrics
+from noisy_student.metrics import classification_metrics
 from noisy_student.inference import predict_logits
 
-BINS = 15  # as noisy_student.evaluate.expected_calibration_error
+BINS = 15  # as noisy_student.metrics.expected_calibration_error
 DPI = 100
 RELIABILITY_INCHES = 5.0
 Phase = str | int
@@ -118,7 +118,7 @@ def read_folder(directory: Path, run: FinishedRun) -> tuple[np.ndarray, np.ndarr
 
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> list[dict]:
     """Per equal-width confidence bin (lo, hi]: count, accuracy, mean confidence (empty: None).
-    ECE = sum_b count_b / N * |accuracy_b - confidence_b| (the binning of evaluate.py)."""
+    ECE = sum_b count_b / N * |accuracy_b - confidence_b| (the binning of noisy_student/metrics.py)."""
     confidence, predicted = probs.max(dim=1)  # [N], [N]
     correct = (predicted == labels).float()
     edges = torch.linspace(0, 1, bins + 1)

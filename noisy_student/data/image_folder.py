@@ -60,11 +60,11 @@ class FolderReport:
         if self.converted:
             parts.append("converted " + ", ".join(f"{n} {k}" for k, n in self.converted.items()))
         for kind, items in self.bad.items():
-            parts.append(f"{len(items)} {kind}")
+            parts.append(counted(len(items), kind))
         if self.upscaled:
-            parts.append(f"{len(self.upscaled)} upscaled more than 2x")
+            parts.append(f"{counted(len(self.upscaled), 'images')} upscaled more than 2x")
         if self.ignored:
-            parts.append(f"{len(self.ignored)} non-image files ignored")
+            parts.append(f"{counted(len(self.ignored), 'non-image files')} ignored")
         if self.excluded:
             parts.append(f"{len(self.excluded)} unlabeled {_files(len(self.excluded))} left out "
                          "as copies of labeled, validation or test files")
@@ -73,6 +73,11 @@ class FolderReport:
 
 def _files(n: int) -> str:
     return "file" if n == 1 else "files"
+
+
+def counted(n: int, plural: str) -> str:
+    """`3 empty files`, `1 empty file`."""
+    return f"{n:,} {plural[:-1] if n == 1 and plural.endswith('s') else plural}"
 
 
 def _listing(items: list[str]) -> str:
@@ -208,7 +213,7 @@ class FolderReader:
                               f"data.image_size = {self.size} and were upscaled:"
                               f"{_listing(r.upscaled)}")
         for kind, items in r.bad.items():
-            text = f"{len(items)} {kind}:{_listing(items)}"
+            text = f"{counted(len(items), kind)}:{_listing(items)}"
             (r.warnings if self.skip_bad else r.errors).append(
                 text + ("\n    (skipped)" if self.skip_bad else
                         "\n    fix or remove them, or set data.on_bad_file = \"skip\""))

@@ -11,9 +11,11 @@ import gzip
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..errors import DataError  # noqa: F401 (raised here, importable from here)
 from ..config import DataConfig
 from .image_folder import IMAGE_EXTENSIONS, FolderReader, LazyImages
 
@@ -21,10 +23,6 @@ FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "NOISY_STUDENT_FASHION_MNIST"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-class DataError(RuntimeError):
-    """Data could not be found or read; the message names what was tried."""
 
 
 @dataclass
@@ -178,70 +176,13 @@ def _image_folder(cfg: DataConfig) -> Source:
     """labeled/<class>/, test/<class>/, unlabeled/: read in one checking pass (image_folder.py)."""
     reader = FolderReader(cfg.image_size, cfg.channels, cfg.on_bad_file == "skip")
     report, errors = reader.report, reader.report.errors
-    dirs = {"labeled": Path(cfg.labeled_dir or ""), "test": Path(cfg.test_dir or ""),
-            "unlabeled": Path(cfg.unlabeled_dir or cfg.unlabeled_list or "")}
-    if cfg.val_dir:
-        dirs["validation"] = Path(cfg.val_dir)
+    dirs = _folder_dirs(cfg)
     scored = [name for name in ("validation", "test") if name in dirs]
-    for name, d in dirs.items():
-        if name == "unlabeled" and cfg.unlabeled_list:
-            continue
-        if not d.is_dir():
-            key = "val_dir" if name == "validation" else f"{name}_dir"
-            raise DataError(f"data.{key} = {str(d)!r}: not a directory")
-    classes = sorted(p.name for p in dirs["labeled"].iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{dirs['labeled']}: no class sub-folders (expected labeled/<class>/...)")
-    stray = [p for p in dirs["labeled"].iterdir() if p.is_file() and not p.name.startswith(".")]
-    if stray:
-        report.warnings.append(f"{len(stray)} files directly in {dirs['labeled']} (not in a class "
-                               f"folder) were ignored, e.g. {stray[0]}")
-    for name in scored:
-        folder_classes = sorted(p.name for p in dirs[name].iterdir() if p.is_dir())
-        unknown = sorted(set(folder_classes) - set(classes))
-        if unknown:
-            errors.append(f"{dirs[name]}: classes {unknown} are not in the labeled set "
-                          f"{classes} (add labeled images for them, or remove them from the "
-                          f"{name} set)")
-    sets: dict[str, ImageSet] = {}
-    for name in ("labeled", *scored):
-        images, labels = [], []
-        for label, cls in enumerate(classes):
-            folder = dirs[name] / cls
-            arrays = reader.read(reader.files(folder, name), name) if folder.is_dir() else []
-            good = [a for a in arrays if a is not None]
-            images += good
-            labels += [label] * len(good)
-            if not good and name == "labeled":
-                errors.append(f"{folder}: class {cls!r} has no usable labeled images (add some, "
-                              "or remove the folder)")
-            elif not good:
-                report.warnings.append(f"{folder}: class {cls!r} has no {name} images; its "
-                                       f"{name} accuracy is not measured")
-        reader.report.counts[name] = len(images)
-        sets[name] = ImageSet(_stack(images, cfg), np.asarray(labels, np.int64), classes)
-    if cfg.unlabeled_list:
-        try:
-            lines = dirs["unlabeled"].read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"data.unlabeled_list = {cfg.unlabeled_list!r}: cannot read it "
-                            f"({e})") from e
-        paths = reader.listed(lines, dirs["unlabeled"])
-    else:
-        paths = reader.files(dirs["unlabeled"], "unlabeled")
-    if cfg.lazy_unlabeled:  # checked in batches now, decoded again when used: memory stays flat
-        good: list[str] = []
-        for start in range(0, len(paths), 1024):
-            chunk = paths[start:start + 1024]
-            good += [str(p) for p, a in zip(chunk, reader.read(chunk, "unlabeled"), strict=True)
-                     if a is not None]
-        unlabeled_set = ImageSet(LazyImages(good, cfg.image_size, cfg.channels), None, classes)
-        unlabeled = good
-    else:
-        unlabeled = [a for a in reader.read(paths, "unlabeled") if a is not None]
-        unlabeled_set = ImageSet(_stack(unlabeled, cfg), None, classes)
-    report.counts["unlabeled"] = len(unlabeled)
-    if not unlabeled:
+    classes = _folder_classes(dirs, scored, report)
+    sets = {name: _labeled_set(reader, dirs[name], name, classes, cfg)
+            for name in ("labeled", *scored)}
+    unlabeled = _unlabeled_set(reader, dirs["unlabeled"], classes, cfg)
+    if not len(unlabeled):
         errors.append(f"{dirs['unlabeled']}: no usable unlabeled images (Noisy Student needs "
                       f"them; extensions {', '.join(IMAGE_EXTENSIONS)})")
     if not sets["test"].images.size and not errors:
@@ -250,11 +191,91 @@ def _image_folder(cfg: DataConfig) -> Source:
     for warning in report.warnings:
         print(f"data warning: {warning}", flush=True)
     if errors:
-        raise DataError(f"{len(errors)} problems in the image folders:\n  - "
-                        + "\n  - ".join(errors))
+        raise DataError(f"{len(errors)} problem{'s' * (len(errors) != 1)} in the image "
+                        "folders:\n  - " + "\n  - ".join(errors))
     print(report.summary(), flush=True)
-    return Source(sets["labeled"], sets["test"], unlabeled_set, sets.get("validation"),
+    return Source(sets["labeled"], sets["test"], unlabeled, sets.get("validation"),
                   report=report.to_dict())
+
+
+def _folder_dirs(cfg: DataConfig) -> dict[str, Path]:
+    """The set folders (the unlabeled list file in place of a folder), each checked to exist."""
+    dirs = {"labeled": Path(cfg.labeled_dir or ""), "test": Path(cfg.test_dir or ""),
+            "unlabeled": Path(cfg.unlabeled_dir or cfg.unlabeled_list or "")}
+    if cfg.val_dir:
+        dirs["validation"] = Path(cfg.val_dir)
+    for name, d in dirs.items():
+        if name == "unlabeled" and cfg.unlabeled_list:
+            continue
+        if not d.is_dir():
+            key = "val_dir" if name == "validation" else f"{name}_dir"
+            raise DataError(f"data.{key} = {str(d)!r}: not a directory")
+    return dirs
+
+
+def _folder_classes(dirs: dict[str, Path], scored: list[str], report: Any) -> list[str]:
+    """The classes: the labeled folder's sub-folders; a scored set's other classes are errors."""
+    labeled = dirs["labeled"]
+    classes = sorted(p.name for p in labeled.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{labeled}: no class sub-folders (expected labeled/<class>/...)")
+    stray = [p for p in labeled.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if stray:
+        report.warnings.append(f"{len(stray)} file{'s' * (len(stray) != 1)} directly in "
+                               f"{labeled} (not in a class folder) ignored, e.g. {stray[0]}")
+    for name in scored:
+        unknown = sorted({p.name for p in dirs[name].iterdir() if p.is_dir()} - set(classes))
+        if unknown:
+            report.errors.append(f"{dirs[name]}: classes {unknown} are not in the labeled set "
+                                 f"{classes} (add labeled images for them, or remove them from "
+                                 f"the {name} set)")
+    return classes
+
+
+def _labeled_set(reader: FolderReader, root: Path, name: str, classes: list[str],
+                 cfg: DataConfig) -> ImageSet:
+    """A set with one sub-folder per class: the images that read, with their labels."""
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        arrays = reader.read(reader.files(folder, name), name) if folder.is_dir() else []
+        good = [a for a in arrays if a is not None]
+        images += good
+        labels += [label] * len(good)
+        if not good and name == "labeled":
+            reader.report.errors.append(f"{folder}: class {cls!r} has no usable labeled images "
+                                        "(add some, or remove the folder)")
+        elif not good:
+            reader.report.warnings.append(f"{folder}: class {cls!r} has no {name} images; its "
+                                          f"{name} accuracy is not measured")
+    reader.report.counts[name] = len(images)
+    return ImageSet(_stack(images, cfg), np.asarray(labels, np.int64), classes)
+
+
+def _unlabeled_set(reader: FolderReader, where: Path, classes: list[str],
+                   cfg: DataConfig) -> ImageSet:
+    """The unlabeled images that read, from a folder or a list file; with lazy_unlabeled,
+    checked in batches now and decoded again when used (memory stays flat)."""
+    if cfg.unlabeled_list:
+        try:
+            lines = where.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"data.unlabeled_list = {cfg.unlabeled_list!r}: cannot read it "
+                            f"({e})") from e
+        paths = reader.listed(lines, where)
+    else:
+        paths = reader.files(where, "unlabeled")
+    if cfg.lazy_unlabeled:
+        good: list[str] = []
+        for start in range(0, len(paths), 1024):
+            chunk = paths[start:start + 1024]
+            good += [str(p) for p, a in zip(chunk, reader.read(chunk, "unlabeled"), strict=True)
+                     if a is not None]
+        reader.report.counts["unlabeled"] = len(good)
+        return ImageSet(LazyImages(good, cfg.image_size, cfg.channels), None, classes)
+    arrays = [a for a in reader.read(paths, "unlabeled") if a is not None]
+    reader.report.counts["unlabeled"] = len(arrays)
+    return ImageSet(_stack(arrays, cfg), None, classes)
 
 
 def _stack(images: list[np.ndarray], cfg: DataConfig) -> np.ndarray:

@@ -20,13 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import PredictError  # noqa: F401 (raised here, importable from here)
 from .artifacts import ArtifactError, FinishedRun, open_run
 from .data import DataError, to_tensor
 from .data.image_folder import BadFile, read_image
-
-
-class PredictError(RuntimeError):
-    """A checkpoint or image file that cannot be used; the message names it."""
 
 
 @dataclass
