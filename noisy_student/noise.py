@@ -7,26 +7,8 @@ value and ``p=1``, so albumentations' own random state never affects the output.
 
 Magnitude scale ``M`` in [0, 30] (torchvision's 31 bins, default 9). An op's value at ``M`` is
 ``at0 + (at30 - at0) * M / 30`` (Posterize rounds: ``8 - round(M / 30 * 4)``); signed ops get a
-random sign per application. ``OP_TABLE`` is the single source of these numbers:
-
-============  ======  =======  ======  ==============================================================
-op            at M=0  at M=30  signed  what it does (albumentations op, built with the fixed value v)
-============  ======  =======  ======  ==============================================================
-Identity      -       -        -       nothing
-AutoContrast  -       -        -       AutoContrast(method="pil"): per-channel min..max -> 0..255
-Equalize      -       -        -       Equalize(mode="pil"): per-channel histogram equalisation
-Rotate        0       30       yes     Affine(rotate=v): v degrees about the centre
-ShearX/Y      0       0.3      yes     Affine(shear=degrees(atan(v))) along x / y, about the centre
-TranslateX/Y  0       0.45     yes     Affine(translate_px=int(v * W or H)): v of the width / height
-Brightness    0       0.9      yes     ColorJitter(brightness=1+v): img * (1+v)        = PIL Brightness
-Color         0       0.9      yes     ColorJitter(saturation=1+v): blend gray -> img  = PIL Color
-Contrast      0       0.9      yes     ColorJitter(contrast=1+v): blend gray mean -> img = PIL Contrast
-Sharpness     0       0.9      yes     PIL Sharpness, f=1+v: blend SMOOTH(img) -> img by f. f >= 1 is
-                                       Sharpen(alpha=(f-1)/13, lightness=1) (= PIL's kernel); f < 1
-                                       (blur, outside Sharpen's alpha range) is cv2.filter2D
-Posterize     8       4        no      Posterize(num_bits=v): keep the v high bits (8 = identity)
-Solarize      255     0        no      Solarize(threshold_range=v/255): pixels >= v -> 255 - pixel
-============  ======  =======  ======  ==============================================================
+random sign per application. ``OP_TABLE`` holds these numbers and ``OP_IMPLEMENTATION`` what each
+op does; docs/noise.md's op table is generated from the two (tools/make_docs.py).
 
 "blend a -> b by f" is ``a + f * (b - a)``; the enhancement factor ``1 + v`` lies in [0.1, 1.9].
 Results match PIL within 1 level (Equalize: within a few). Geometric ops use nearest
@@ -55,6 +37,27 @@ class OpRange(NamedTuple):
     signed: bool
 
 
+# what each op does, as the albumentations op built with the fixed value v
+OP_IMPLEMENTATION = {
+    "Identity": "nothing",
+    "AutoContrast": '`AutoContrast(method="pil")`: per-channel min..max -> 0..255',
+    "Equalize": '`Equalize(mode="pil")`: per-channel histogram equalisation',
+    "Rotate": "`Affine(rotate=v)`: v degrees about the centre",
+    "Solarize": "`Solarize(threshold_range=v/255)`: pixels >= v -> 255 - pixel",
+    "Color": "`ColorJitter(saturation=1+v)`: blend gray -> img (PIL Color)",
+    "Posterize": "`Posterize(num_bits=v)`: keep the v high bits (8 = identity)",
+    "Contrast": "`ColorJitter(contrast=1+v)`: blend gray mean -> img (PIL Contrast)",
+    "Brightness": "`ColorJitter(brightness=1+v)`: img * (1+v) (PIL Brightness)",
+    "Sharpness": "PIL Sharpness, f = 1+v: blend SMOOTH(img) -> img by f; f >= 1 is "
+                 "`Sharpen(alpha=(f-1)/13, lightness=1)` (PIL's kernel), f < 1 (a blur) "
+                 "`cv2.filter2D`",
+    "ShearX": "`Affine(shear=degrees(atan(v)))` along x, about the centre",
+    "ShearY": "`Affine(shear=degrees(atan(v)))` along y, about the centre",
+    "TranslateX": "`Affine(translate_px=int(v * W))`: v of the width",
+    "TranslateY": "`Affine(translate_px=int(v * H))`: v of the height",
+}
+
+
 OP_TABLE: dict[str, OpRange | None] = {
     "Identity": None,
     "AutoContrast": None,
@@ -71,6 +74,18 @@ OP_TABLE: dict[str, OpRange | None] = {
     "TranslateX": OpRange(0.0, 0.45, True),
     "TranslateY": OpRange(0.0, 0.45, True),
 }
+
+
+def op_table_markdown() -> str:
+    """docs/noise.md's op table, from OP_TABLE and OP_IMPLEMENTATION."""
+    lines = ["| op | at M = 0 | at M = 30 | signed | what it does |", "|---|---|---|---|---|"]
+    for name, r in OP_TABLE.items():
+        ends = ["-", "-", "-"] if r is None else [f"{r.at0:g}", f"{r.at30:g}",
+                                                   "yes" if r.signed else "no"]
+        lines.append(f"| {name} | {' | '.join(ends)} | {OP_IMPLEMENTATION[name]} |")
+    return "\n".join(lines)
+
+
 RANDAUGMENT_OPS: tuple[str, ...] = tuple(OP_TABLE)
 COLOR_ONLY_OPS: frozenset[str] = frozenset({"Color"})  # excluded from the pool when channels == 1
 _TRANSLATE = ("TranslateX", "TranslateY")

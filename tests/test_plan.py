@@ -15,8 +15,7 @@ from noisy_student.config import Config, ConfigError, LossConfig, TrainConfig
 from noisy_student.loop import run
 from noisy_student.models import count_params, create_model
 from noisy_student.plan import format_plan, make_plan
-from noisy_student.presets import (AUTO_LADDERS, PRESETS, auto_ladder, ladders_markdown,
-                                   presets_markdown, settle_ladder)
+from noisy_student.presets import AUTO_LADDERS, PRESETS, auto_ladder, settle_ladder
 from noisy_student.sanity import coverage_problem, teacher_problem
 from noisy_student.train import TrainData, TrainingError, phase_geometry, train_model
 
@@ -145,8 +144,3 @@ def test_image_folder_recipe_presets_and_flags():
     cifar = configured("--preset", "cifar-gpu", "--image-size", "40")
     assert cifar.model.ladder == PRESETS["cifar-gpu"].overrides["model.ladder"]
     assert (cifar.data.image_size, cifar.noise.crop_padding) == (40, 4)  # the flag wins
-
-
-def test_your_images_doc_holds_the_tables_of_presets_py():
-    doc = (ROOT / "docs" / "your_images.md").read_text()
-    assert presets_markdown() in doc and ladders_markdown() in doc
