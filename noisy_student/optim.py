@@ -27,18 +27,20 @@ def is_head(name: str) -> bool:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig,
                     pretrained: bool = False) -> torch.optim.Optimizer:
-    """SGD (nesterov when momentum > 0) or AdamW; no weight decay on biases and norm weights.
+    """SGD (nesterov when momentum > 0) or AdamW; no weight decay on biases, norm weights and
+    what a module names in its `no_weight_decay()` (timm's convention: a ViT's class and
+    distillation tokens and position embedding, as in DeiT).
 
     Groups: head, then backbone (each with and without decay). For `pretrained` weights the
     backbone's lr is `lr * backbone_lr_scale`; frozen parameters (finetune = "head") are left out.
     """
-    groups = []
+    groups, exempt = [], no_decay_names(model)
     for part in ("head", "backbone"):
         scale = cfg.backbone_lr_scale if pretrained and part == "backbone" else 1.0
-        params = [p for n, p in model.named_parameters()
+        params = [(n, p) for n, p in model.named_parameters()
                   if p.requires_grad and is_head(n) == (part == "head")]
         for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
+            chosen = [p for n, p in params if (p.ndim > 1 and n not in exempt) == decay]
             if chosen:
                 groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
                                "lr": cfg.lr * scale, "part": part})
@@ -46,6 +48,16 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig,
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Full names of the parameters that modules list in their `no_weight_decay()`."""
+    names = set()
+    for prefix, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{n}" if prefix else n for n in listed()}
+    return names
 
 
 def freeze_backbone(model: nn.Module) -> None:

@@ -66,6 +66,25 @@ def _train(cfg, model=None, pseudo=None):
                        TrainHooks("t"))
 
 
+def test_no_weight_decay_on_vit_tokens_and_position_embedding():
+    """DeiT trains its class and distillation tokens and position embedding without decay."""
+    from noisy_student.models import create_model
+
+    model = create_model("deit_tiny_distilled(patch_size=2)", num_classes=3, in_chans=1)
+    opt = build_optimizer(model, TrainConfig(weight_decay=0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0
+               for p in g["params"]}
+    assert {"cls_token", "dist_token", "pos_embed"} <= plain
+    assert not {"cls_token", "dist_token", "pos_embed"} & decayed
+    # every other parameter of two or more dimensions keeps its decay: a 4-D patch conv, 2-D
+    # linear layers, and nothing else
+    assert decayed and all(model.get_parameter(n).ndim > 1 for n in decayed)
+    assert {n for n, p in model.named_parameters() if p.ndim > 1} - decayed == {
+        "cls_token", "dist_token", "pos_embed"}
+
+
 def test_training_is_reproducible_and_ema_is_what_comes_back():
     cfg = TrainConfig(batch_size=8, lr=0.1, device="cpu")
     a, b = _train(cfg), _train(cfg)

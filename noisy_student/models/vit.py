@@ -70,6 +70,11 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (DeiT, timm's convention)."""
+        return {"cls_token", "pos_embed"} | ({"dist_token"} if self.dist_token is not None
+                                             else set())
+
     def _pos_embed(self, grid: tuple[int, int]) -> torch.Tensor:
         """Position embeddings for a `grid` of patches (resized when it differs)."""
         extra, patches = self.pos_embed[:, :self.num_tokens], self.pos_embed[:, self.num_tokens:]
