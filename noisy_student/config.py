@@ -66,8 +66,11 @@ class DataConfig:
     num_workers: int = knob(0, "DataLoader worker processes making the noised training "
                             "batches", lo=0)
     on_bad_file: Literal["error", "skip"] = knob(
-        "error", "image_folder: stop on (or skip) unreadable, truncated, empty or non-image "
-        "files; either way each is named")
+        "error", "image_folder: stop on (or skip) unreadable, truncated, empty, non-image or "
+        "oversized files; either way each is named")
+    max_image_pixels: int = knob(
+        50_000_000, "image_folder (and predict): an image declaring more pixels is a bad file "
+        "(a decompression bomb), refused from its header before it is decoded", lo=1)
     lazy_unlabeled: bool = knob(False, "image_folder: decode unlabeled images when used, not "
                                 "up front")
 

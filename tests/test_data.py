@@ -176,6 +176,39 @@ def test_image_folder_errors_name_the_cause(tmp_path):
         load_source(cfg)
 
 
+def _png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` x `height` pixels (its IHDR patched, CRC fixed)."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    return bytes(data)
+
+
+def test_an_image_bomb_is_a_bad_file_named_before_it_is_decoded(tmp_path):
+    _image_tree(tmp_path)
+    bomb = tmp_path / "unlabeled" / "bomb.png"
+    bomb.write_bytes(_png_declaring(20000, 20000))
+    cfg = DataConfig(source="image_folder", labeled_dir=str(tmp_path / "labeled"),
+                     unlabeled_dir=str(tmp_path / "unlabeled"), test_dir=str(tmp_path / "test"))
+    with pytest.raises(DataError, match=r"(?s)1 oversized image:.*bomb.png: 20000 x 20000 "
+                                        r"pixels, over data.max_image_pixels = 50,000,000"):
+        load_source(cfg)
+    skipped = load_source(replace(cfg, on_bad_file="skip"))
+    assert len(skipped.unlabeled) == 12  # the bomb left out, the rest read
+    assert list(skipped.report["bad"]) == ["oversized images"]
+    # the limit is a setting: 24 x 20 = 480 pixels is over 400, so every labeled image is refused
+    with pytest.raises(DataError, match=r"labeled/cat/0.png: 24 x 20 pixels, over data.max_"
+                                        r"image_pixels = 400"):
+        load_source(replace(cfg, max_image_pixels=400))
+
+
 def test_unlabeled_list_file_reads_the_listed_images(tmp_path):
     """A list file names the unlabeled images (relative to its folder, or absolute); the
     result equals reading the folder; missing paths are named with their line."""

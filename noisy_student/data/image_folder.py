@@ -85,15 +85,25 @@ def _listing(items: list[str]) -> str:
     return "\n      " + "\n      ".join(items[:SHOWN]) + more
 
 
-def read_image(data: bytes, size: int, channels: int) -> tuple[np.ndarray, str | None, bool]:
+MAX_IMAGE_PIXELS = 50_000_000  # data.max_image_pixels' default: about 7,000 x 7,000
+
+
+def read_image(data: bytes, size: int, channels: int,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str | None, bool]:
     """Decode, convert and resize one file: (uint8 [size, size, channels], conversion done or
-    None, whether it was upscaled more than 2x). Raises `BadFile`."""
+    None, whether it was upscaled more than 2x). Raises `BadFile`. An image declaring more
+    than `max_pixels` pixels (a decompression bomb, or far larger than any training image) is
+    refused from its header, before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise BadFile("empty files", "zero bytes")
+    Image.MAX_IMAGE_PIXELS = None  # PIL's own bomb check gives way to max_pixels, checked below
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data))  # reads the header only
+        if im.width * im.height > max_pixels:
+            raise BadFile("oversized images", f"{im.width} x {im.height} pixels, over "
+                          f"data.max_image_pixels = {max_pixels:,} (a decompression bomb?)")
         im.load()  # decodes everything: a truncated file fails here, not later
     except UnidentifiedImageError as e:
         raise BadFile("non-image files", f"not an image ({e})") from e
@@ -113,8 +123,10 @@ def read_image(data: bytes, size: int, channels: int) -> tuple[np.ndarray, str |
 class FolderReader:
     """Reads the three folders of one `image_folder` source into a `FolderReport`."""
 
-    def __init__(self, size: int, channels: int, skip_bad: bool) -> None:
+    def __init__(self, size: int, channels: int, skip_bad: bool,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.size, self.channels, self.skip_bad = size, channels, skip_bad
+        self.max_pixels = max_pixels
         self.report = FolderReport()
 
     def files(self, directory: Path, where: str) -> list[Path]:
@@ -160,7 +172,8 @@ class FolderReader:
                 out.append(None)
                 continue
             try:
-                array, note, small = read_image(data, self.size, self.channels)
+                array, note, small = read_image(data, self.size, self.channels,
+                                                self.max_pixels)
             except BadFile as e:
                 self._bad(e.kind, f"{path}: {e.detail}")
                 out.append(None)
@@ -227,8 +240,10 @@ class LazyImages:
     `images[i]` decodes one image; `images[a:b]` decodes a batch (an array); indexing with an
     integer array gives a lazy subset (nothing is decoded)."""
 
-    def __init__(self, paths: list[str], size: int, channels: int) -> None:
+    def __init__(self, paths: list[str], size: int, channels: int,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.paths, self.size, self.channels = list(paths), size, channels
+        self.max_pixels = max_pixels
         self.dtype, self.ndim = np.dtype(np.uint8), 4
 
     @property
@@ -241,7 +256,8 @@ class LazyImages:
     def _read(self, i: int) -> np.ndarray:
         path = self.paths[i]
         try:
-            return read_image(Path(path).read_bytes(), self.size, self.channels)[0]
+            return read_image(Path(path).read_bytes(), self.size, self.channels,
+                              self.max_pixels)[0]
         except (OSError, BadFile) as e:
             raise BadFile("changed files", f"{path}: could be read at the start of the run, not "
                           f"now ({e})") from e
@@ -257,4 +273,5 @@ class LazyImages:
         index = np.asarray(key)
         if index.dtype == bool:
             index = np.flatnonzero(index)
-        return LazyImages([self.paths[i] for i in index], self.size, self.channels)
+        return LazyImages([self.paths[i] for i in index], self.size, self.channels,
+                          self.max_pixels)

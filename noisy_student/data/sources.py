@@ -174,7 +174,8 @@ def _cifar10(cfg: DataConfig) -> Source:
 
 def _image_folder(cfg: DataConfig) -> Source:
     """labeled/<class>/, test/<class>/, unlabeled/: read in one checking pass (image_folder.py)."""
-    reader = FolderReader(cfg.image_size, cfg.channels, cfg.on_bad_file == "skip")
+    reader = FolderReader(cfg.image_size, cfg.channels, cfg.on_bad_file == "skip",
+                          cfg.max_image_pixels)
     report, errors = reader.report, reader.report.errors
     dirs = _folder_dirs(cfg)
     scored = [name for name in ("validation", "test") if name in dirs]
@@ -272,7 +273,8 @@ def _unlabeled_set(reader: FolderReader, where: Path, classes: list[str],
             good += [str(p) for p, a in zip(chunk, reader.read(chunk, "unlabeled"), strict=True)
                      if a is not None]
         reader.report.counts["unlabeled"] = len(good)
-        return ImageSet(LazyImages(good, cfg.image_size, cfg.channels), None, classes)
+        return ImageSet(LazyImages(good, cfg.image_size, cfg.channels, cfg.max_image_pixels),
+                        None, classes)
     arrays = [a for a in reader.read(paths, "unlabeled") if a is not None]
     reader.report.counts["unlabeled"] = len(arrays)
     return ImageSet(_stack(arrays, cfg), None, classes)
