@@ -148,7 +148,10 @@ def config_diff(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[A
 
 def check_config_change(path: Path, config: Config, allowed: tuple[str, ...] = ()) -> list[str]:
     """Refuse a config that differs from the saved one at `path`, except in `allowed` keys (a
-    section name allows all of its keys). Returns the allowed differences, one line each."""
+    section name allows all of its keys). Returns the allowed differences, one line each.
+
+    `out` is where the run lies now, not what it computes: a run directory moved or copied
+    elsewhere resumes there, and its config.json is rewritten with the new place."""
     if not path.is_file():
         raise RunDirError(f"{path.parent}: nothing to resume (no config.json); start the run "
                           "without --resume")
@@ -161,6 +164,7 @@ def check_config_change(path: Path, config: Config, allowed: tuple[str, ...] = (
             f" (did you mean {close[0]!r}?)"
             if (close := difflib.get_close_matches(a, names, n=1)) else "") for a in unknown])
     diff = config_diff(load_json(path), config.to_dict())
+    diff.pop("out", None)
     lines = {k: f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in diff.items()}
     refused = [k for k in diff if not any(k == a or k.startswith(a + ".") for a in allowed)]
     if refused:

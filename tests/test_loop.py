@@ -175,6 +175,26 @@ def test_resume_after_a_crash_between_rounds_matches_an_uninterrupted_run(tiny_c
     assert (out / "round_1" / "DONE").is_file()
 
 
+def test_a_moved_run_directory_resumes_where_it_lies(tiny_config, tmp_path):
+    """Moving a run (scratch disk -> laptop) changes only `out`: it resumes without flags, and
+    its config.json then names the new place."""
+    import shutil
+
+    full = run(tiny_config)
+    first = json.loads((tiny_config.out_dir / "round_1" / "metrics.json").read_text())
+    (tiny_config.out_dir / "round_1" / "DONE").unlink()  # a crash in round 1
+    (tiny_config.out_dir / "round_1" / "student.safetensors").unlink()
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.move(str(tiny_config.out_dir), moved)
+    config = tiny_config.with_overrides([f'out="{moved}"'])
+    resumed = run(config, resume=True)
+    again = json.loads((moved / "round_1" / "metrics.json").read_text())
+    assert again["student_sha256"] == first["student_sha256"]
+    assert _without_seconds(resumed) == _without_seconds(full)
+    assert json.loads((moved / "config.json").read_text())["out"] == str(moved)
+    assert not (moved / "previous").exists()  # not a config change: nothing set aside
+
+
 def test_resume_refuses_a_changed_config_with_a_diff(tiny_config):
     run(tiny_config.with_overrides(["rounds=1"]))
     changed = tiny_config.with_overrides(["rounds=1", "loss.temperature=3"])
