@@ -96,7 +96,19 @@ def open_run(path: str | Path) -> FinishedRun:
     path = Path(path).resolve()
     for root in [path, *path.parents]:
         if (root / "config.json").is_file() and (root / "splits.json").is_file():
-            return FinishedRun(root, Config.load(root / "config.json"),
-                               load_json(root / "splits.json"))
+            record = load_json(root / "splits.json", dict)
+            _check_record(root / "splits.json", record)
+            return FinishedRun(root, Config.load(root / "config.json"), record)
     raise ArtifactError(f"{path}: not inside a run directory (no config.json and splits.json "
                         "here or above)")
+
+
+def _check_record(path: Path, record: dict[str, Any]) -> None:
+    """What the tools read of splits.json: class names, and a mean and std per channel."""
+    classes, mean, std = record.get("classes"), record.get("mean"), record.get("std")
+    fine = (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std)
+            and len(mean) in (1, 3) and all(isinstance(v, (int, float)) for v in mean + std))
+    if not fine:
+        raise ArtifactError(f"{path}: damaged (expected classes, and a mean and std per "
+                            "channel)")

@@ -62,9 +62,20 @@ def save_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def load_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+def load_json(path: Path, shape: type | None = None) -> Any:
+    """A JSON file of the run; `RunDirError` naming it when it cannot be read, is not UTF-8
+    JSON, or (with `shape`) its top level is not of that type."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read it ({e.strerror or e})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path}: damaged, not JSON ({e})") from e
+    if shape is not None and not isinstance(data, shape):
+        raise RunDirError(f"{path}: damaged, expected a JSON {shape.__name__}, found "
+                          f"{type(data).__name__}")
+    return data
 
 
 def _digest(items: Iterable[tuple[str, str, tuple[int, ...], bytes]]) -> str:
@@ -152,6 +163,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header = json.loads(data[len(CKPT_MAGIC):end])
         expected_bytes, expected_sha = int(header["bytes"]), str(header["sha256"])
+        int(header["step"]), int(header["epoch"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged checkpoint header ({e})") from e
     if header.get("format") != CKPT_FORMAT:
@@ -169,6 +181,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception as e:  # noqa: BLE001 - the unpickler raises many types; all mean "bad file"
         raise CheckpointError(f"{path}: cannot load checkpoint state ({type(e).__name__}: "
                               f"{e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint state (not a mapping)")
     return header, state
 
 

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import PredictError  # noqa: F401 (raised here, importable from here)
-from .artifacts import ArtifactError, FinishedRun, open_run
-from .data import DataError, to_tensor
+from .errors import NoisyStudentError, PredictError  # noqa: F401 (PredictError raised here)
+from .artifacts import FinishedRun, open_run
+from .data import to_tensor
 from .data.image_folder import BadFile, read_image
 
 
@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> str | None:
     try:
         run, which = resolve(args.checkpoint)
         results = predict(run, which, list(args.images), args.top_k)
-    except (PredictError, ArtifactError, DataError) as e:
+    except NoisyStudentError as e:
         return str(e)
     rung, weights = run.phase(which)
     phase = "teacher" if which == "teacher" else f"round {rung - 1}"

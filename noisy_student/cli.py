@@ -80,11 +80,9 @@ def run_recipe(config: Config, argv: Sequence[str] | None = None,
     `add_arguments` adds recipe-specific flags; `configure(config, args)` applies them.
     Configuration errors are printed (all problems at once) with exit status 2.
     """
-    from .checkpoint import RunDirError
-    from .data import DataError
+    from .errors import NoisyStudentError
     from .loop import run
     from .signals import Interrupted
-    from .train import TrainingError
 
     parser = recipe_parser(sys.modules["__main__"].__doc__)
     if add_arguments is not None:
@@ -103,7 +101,7 @@ def run_recipe(config: Config, argv: Sequence[str] | None = None,
         return run(config, overwrite=args.overwrite, resume=args.resume,
                    from_round=args.from_round, teacher=args.teacher, from_run=args.from_run,
                    allow_config_change=tuple(args.allow_config_change), force=args.force)
-    except (ConfigError, DataError, RunDirError, TrainingError) as e:
+    except NoisyStudentError as e:  # ConfigError, DataError, RunDirError, TrainingError, ...
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except Interrupted as e:
         command = resume_command(list(sys.argv[1:] if argv is None else argv))

@@ -244,8 +244,18 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """A config.json; every problem is prefixed with the file's name."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except OSError as e:
+            raise ConfigError([f"{path}: cannot read it ({e.strerror or e})"]) from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError([f"{path}: damaged, not JSON ({e})"]) from e
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError([f"{path}: {p}" for p in e.problems]) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,7 +6,7 @@ step at fault and what to do; the command line prints it with exit status 2, no 
     ├── DataError         data could not be found or read
     ├── RunDirError       the run directory cannot be used as asked
     │   └── CheckpointError   a checkpoint is missing, damaged or made for something else
-    ├── SoftLabelError    a stored soft-label part is missing or does not match its record
+    ├── SoftLabelError    stored pseudo-labels (their .npz or a soft-label part) damaged
     ├── TrainingError     training cannot go on (non-finite loss, out of memory, sanity gate)
     ├── ArtifactError     a finished run, round or weights file that cannot be used
     └── PredictError      a checkpoint or image file `noisy-student predict` cannot use
@@ -40,7 +40,8 @@ class CheckpointError(RunDirError):
 
 
 class SoftLabelError(NoisyStudentError):
-    """A part of the stored soft labels is missing or does not match its record."""
+    """Stored pseudo-labels (a `pseudo_labels.npz` or one of its soft-label parts) missing,
+    damaged or not matching their record."""
 
 
 class TrainingError(NoisyStudentError):

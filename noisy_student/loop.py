@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import (TrainCheckpoints, arrays_sha256, load_json, load_weights,
+from .checkpoint import (RunDirError, TrainCheckpoints, arrays_sha256, load_json, load_weights,
                          save_json, save_npz, save_weights, weights_sha256)
 from .config import Config
 from .data import NoisedDataset, load_source, make_splits
@@ -190,8 +190,9 @@ class Loop:
         """Round 0's teacher from a finished `teacher/` folder."""
         folder = self.run_dir.teacher
         self.run_dir.verify(folder)
-        info = {k: v for k, v in load_json(folder / "metrics.json").items()
+        info = {k: v for k, v in load_json(folder / "metrics.json", dict).items()
                 if k not in ("test", "val")}
+        _require(folder / "metrics.json", info, ("model", "sha256", "top1"))
         model = load_weights(build_model(self.config, 0, self.splits), folder / "model.safetensors")
         say(f"round 0's teacher: finished, loaded from {folder}", flush=True)
         self.summary["teacher"] = info
@@ -405,7 +406,8 @@ class Loop:
         """Round k's student, from its finished folder, as the next teacher."""
         folder = self.run_dir.round(k)
         self.run_dir.verify(folder)
-        metrics = load_json(folder / "metrics.json")
+        metrics = load_json(folder / "metrics.json", dict)
+        _require(folder / "metrics.json", metrics, ("student", "student_sha256", "student_top1"))
         model = load_weights(build_model(self.config, k + 1, self.splits),
                              folder / "student.safetensors")
         say(f"round {k}: finished, its student is loaded from {folder}", flush=True)
@@ -435,6 +437,12 @@ def _scores(evaluation: dict[str, dict[str, Any]]) -> dict[str, float]:
     if "val" in evaluation:
         scores.update(val_top1=evaluation["val"]["top1"], val_ece=evaluation["val"]["ece"])
     return scores
+
+
+def _require(path: Path, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise RunDirError(f"{path}: damaged, without {', '.join(missing)}")
 
 
 def _top1s(scores: dict[str, float]) -> str:

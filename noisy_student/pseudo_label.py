@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -100,8 +99,20 @@ class PseudoLabels:
 
     @classmethod
     def load(cls, path: Path, verify: bool = True) -> PseudoLabels:
-        """A round's `pseudo_labels.npz`, with its soft-label parts beside it."""
-        return cls.from_arrays(load_npz(path), path.parent, verify)
+        """A round's `pseudo_labels.npz`, with its soft-label parts beside it; `SoftLabelError`
+        naming the file when it is missing, damaged or not what it should hold."""
+        try:
+            labels = cls.from_arrays(load_npz(path), path.parent, verify)
+        except SoftLabelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numpy, zipfile and zlib raise many types
+            raise SoftLabelError(f"{path}: damaged pseudo-labels ({type(e).__name__}: "
+                                 f"{e})") from e
+        n = len(labels.predicted)
+        if not (len(labels.confidence_all) == n and labels.indices.ndim == 1
+                and np.all((labels.indices >= 0) & (labels.indices < n))):
+            raise SoftLabelError(f"{path}: damaged pseudo-labels (inconsistent arrays)")
+        return labels
 
     def training_targets(self) -> Any:
         """What the student trains on, per item: classes `int64 [m]`, or soft labels read
@@ -312,7 +323,7 @@ def stored_labels(candidates: list[Path], identity: tuple[str, str, float],
             continue
         try:
             labels = PseudoLabels.load(path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, SoftLabelError) as e:
+        except SoftLabelError as e:
             say(f"not reusing {path}: cannot read it ({e})")
             continue
         meta = labels.meta

@@ -84,8 +84,11 @@ class RunDir:
 
     def verify(self, folder: Path) -> None:
         """Check a finished folder against its DONE manifest; names the first bad file."""
-        for name, expected in load_json(folder / DONE)["files"].items():
+        for name, expected in manifest(folder / DONE).items():
             path = folder / name
+            if path.is_symlink():
+                raise RunDirError(f"{path}: a symbolic link; a run's files are its own (links "
+                                  "out of the run directory are refused)")
             if not path.is_file():
                 raise RunDirError(f"{path}: listed in {folder / DONE} but missing")
             if path.stat().st_size != expected["bytes"]:
@@ -121,6 +124,22 @@ class RunDir:
                 shutil.copytree(src, dst, copy_function=_link_or_copy)
             elif src.is_file():
                 _link_or_copy(src, dst)
+
+
+def manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """A DONE manifest's files: name -> {"bytes", "sha256"}. Each name must be a file of the
+    folder itself (no path, no `..`): a damaged or crafted manifest cannot point elsewhere."""
+    files = load_json(path, dict).get("files")
+    if not isinstance(files, dict):
+        raise RunDirError(f"{path}: damaged manifest (no \"files\" mapping)")
+    for name, entry in files.items():
+        if not name or "/" in name or "\\" in name or name in (".", "..") or "\x00" in name:
+            raise RunDirError(f"{path}: damaged manifest: {name!r} is not a file name of this "
+                              "folder")
+        if not (isinstance(entry, dict) and type(entry.get("bytes")) is int
+                and isinstance(entry.get("sha256"), str)):
+            raise RunDirError(f"{path}: damaged manifest entry for {name!r}")
+    return files
 
 
 def _link_or_copy(src: str | Path, dst: str | Path) -> None:

@@ -83,10 +83,10 @@ class SoftLabels:
         row by row (`FileRows`); with `verify`, each part's sha256 is checked first."""
         parts = []
         for record in records:
-            stem = folder / record["stem"]
-            files = [stem.with_name(stem.name + ".probs.npy")]
+            _check_record(record, folder)
+            files = [part_file(folder, record["stem"], ".probs.npy")]
             if record.get("top_k") is not None:
-                files.append(stem.with_name(stem.name + ".classes.npy"))
+                files.append(part_file(folder, record["stem"], ".classes.npy"))
             try:
                 arrays = [FileRows(f) for f in files]
             except (OSError, ValueError) as e:
@@ -208,12 +208,38 @@ class PartWriter:
                 "sha256": digest}
 
 
+def part_file(folder: Path, stem: Any, suffix: str) -> Path:
+    """`folder/<stem><suffix>`, refused unless it stays inside `folder`: the stem, read from a
+    `.npz` in the run directory, must be a relative name without `..`, and the file, if it is a
+    symlink, must not point out of the folder (a damaged or crafted record cannot make the run
+    read or link a file elsewhere)."""
+    bad = (not isinstance(stem, str) or not stem or "\x00" in stem or Path(stem).is_absolute()
+           or ".." in Path(stem).parts)
+    path = folder / f"{stem}{suffix}"
+    if not bad and path.exists():
+        bad = not path.resolve().is_relative_to(folder.resolve())
+    if bad:
+        raise SoftLabelError(f"{folder}: a soft-label part record names {stem!r}, which is not a "
+                             "file inside this folder (a damaged or crafted pseudo_labels.npz); "
+                             "delete the .npz to label again")
+    return path
+
+
+def _check_record(record: Any, folder: Path) -> None:
+    if not (isinstance(record, dict) and isinstance(record.get("rows"), int)
+            and isinstance(record.get("sha256"), str) and "stem" in record):
+        raise SoftLabelError(f"{folder}: a soft-label part record is malformed ({record!r:.200}); "
+                             "delete the pseudo_labels.npz to label again")
+
+
 def link_parts(records: list[dict[str, Any]], source: Path, target: Path) -> None:
     """Hard-link (or copy) the part files named by `records` from folder `source` into `target`
     (pseudo-labels reused from another round folder keep their parts beside their `.npz`)."""
     for record in records:
+        _check_record(record, source)
         for suffix in (".probs.npy", ".classes.npy"):
-            src, dst = source / (record["stem"] + suffix), target / (record["stem"] + suffix)
+            src = part_file(source, record["stem"], suffix)
+            dst = part_file(target, record["stem"], suffix)
             if src.is_file() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 try:

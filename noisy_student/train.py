@@ -318,16 +318,23 @@ class Trainer:
             return None
         path, state = saved
         geometry = dataclasses.asdict(self.geometry)
-        if state["geometry"] != geometry:
-            raise CheckpointError(f"{path}: made for {state['geometry']}, but the config now "
+        if state.get("geometry") != geometry:
+            raise CheckpointError(f"{path}: made for {state.get('geometry')}, but the config now "
                                   f"gives {geometry}; resume with the saved config, or start "
                                   "the round over with --from-round")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.state, self.resumed_from = TrainState.from_dict(state["run"]), str(path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.state, self.resumed_from = TrainState.from_dict(state["run"]), str(path)
+            if not isinstance(state["rng"], list) or not state["rng"]:
+                raise ValueError("no random state")
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: its state does not fit this phase "
+                                  f"({type(e).__name__}: {e}); move {path.parent} aside to start "
+                                  "the phase over") from e
         self.hooks.tracker.log("resume", phase=self.hooks.tag, step=self.state.step,
                                checkpoint=str(path))
         return state

@@ -66,7 +66,8 @@ def quick(tmp_path_factory, speed_training):
 
     def recorded(*args, **kwargs):
         result = train_model(*args, **kwargs)
-        tag = inspect.signature(train_model).bind(*args, **kwargs).arguments["tag"]
+        hooks = inspect.signature(train_model).bind(*args, **kwargs).arguments["hooks"]
+        tag = hooks.tag
         speed_training.append((tag, result))
         return result
 

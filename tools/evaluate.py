@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from noisy_student import corruptions
-from noisy_student.artifacts import ArtifactError, FinishedRun, open_run
-from noisy_student.data import DataError
+from noisy_student.artifacts import FinishedRun, open_run
+from noisy_student.errors import NoisyStudentError
 from noisy_student.data.image_folder import IMAGE_EXTENSIONS, BadFile, read_image
 from noisy_student.metrics import classification_metrics
 from noisy_student.inference import predict_logits
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return evaluate(args)
-    except (ArtifactError, UsageError, DataError, BadFile) as e:
+    except (NoisyStudentError, UsageError, BadFile) as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
 

@@ -32,7 +32,8 @@ from torch import nn
 
 from noisy_student.artifacts import ArtifactError, FinishedRun, open_run
 from noisy_student.checkpoint import file_sha256, load_json
-from noisy_student.data import DataError, to_tensor
+from noisy_student.data import to_tensor
+from noisy_student.errors import NoisyStudentError
 
 TOLERANCE = 1e-4  # max abs difference of the logits, export vs PyTorch
 CHECK_IMAGES = 32
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         which = "teacher" if which == "teacher" else rung - 1
         model = run.model(which)
         x = check_images(run, CHECK_IMAGES)  # [b, C, H, W]
-    except (ArtifactError, DataError, ValueError, OSError) as e:
+    except (NoisyStudentError, ValueError, OSError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     out = args.out or run.root / "export" / ("teacher" if which == "teacher" else f"round_{which}")

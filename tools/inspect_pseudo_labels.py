@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from noisy_student.artifacts import ArtifactError, open_run
-from noisy_student.data import DataError
+from noisy_student.errors import NoisyStudentError
 from noisy_student.pseudo_label import PseudoLabels, confidence_extremes
 
 DPI = 100
@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         labels = PseudoLabels.load(path, verify=False)
         unlabeled = run.splits().unlabeled
         if len(unlabeled) != len(labels.predicted):
-            raise DataError(f"the run's unlabeled set has {len(unlabeled)} images, its "
+            raise ArtifactError(f"the run's unlabeled set has {len(unlabeled)} images, its "
                             f"pseudo-labels {len(labels.predicted)}: the data changed since")
         import matplotlib  # noqa: F401  (fail here, with a clear message)
     except ImportError:
         print(f"{p.prog}: error: matplotlib is not installed (pip install -e '.[tools]')",
               file=sys.stderr)
         return 2
-    except (ArtifactError, DataError, ValueError, OSError) as e:
+    except (NoisyStudentError, ValueError, OSError) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     out = args.out or run.root / "inspect" / f"round_{args.round}"

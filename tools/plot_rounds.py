@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from noisy_student.artifacts import ArtifactError, FinishedRun, open_run
+from noisy_student.errors import NoisyStudentError
 
 DPI = 100
 FIGSIZE = (15.0, 4.0)  # inches: 1500 x 400 pixels at DPI
@@ -43,9 +44,12 @@ class Curves:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path}: cannot be read ({e})") from e
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: damaged, expected a JSON object")
+    return data
 
 
 def _number(value: Any) -> float | None:
@@ -122,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{p.prog}: error: matplotlib is not installed (pip install -e '.[tools]')",
               file=sys.stderr)
         return 2
-    except ArtifactError as e:
+    except NoisyStudentError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     out = args.out or (opened[0].root / "rounds.png" if len(opened) == 1 else Path("rounds.png"))
