@@ -182,7 +182,7 @@ def check_config_change(path: Path, config: Config, allowed: tuple[str, ...] = (
         raise ConfigError([f"--allow-config-change {a!r} is not a config key" + (
             f" (did you mean {close[0]!r}?)"
             if (close := difflib.get_close_matches(a, names, n=1)) else "") for a in unknown])
-    diff = config_diff(load_json(path), config.to_dict())
+    diff = config_diff(load_json(path, dict), config.to_dict())
     diff.pop("out", None)
     lines = {k: f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in diff.items()}
     refused = [k for k in diff if not any(k == a or k.startswith(a + ".") for a in allowed)]
@@ -276,7 +276,7 @@ def open_run(config: Config, start: RunStart) -> tuple[RunDir, RunDir, list[str]
             raise RunDirError(f"{folder} is not finished, so --from-round {start.from_round} "
                               "cannot start after it; continue the run with --resume")
         source.verify(folder)
-    changes = config_diff(load_json(source.root / "config.json"), config.to_dict())
+    changes = config_diff(load_json(source.root / "config.json", dict), config.to_dict())
     return run_dir, source, [f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changes.items()]
 
 
@@ -285,7 +285,7 @@ def prepare_run_dir(run_dir: RunDir, source: RunDir, config: Config, start: RunS
     """Write what the run starts with; returns where an older run's round folders are (whose
     pseudo-labels may be reused), if any."""
     if start.resume or start.from_round is not None:
-        saved = load_json(source.root / "splits.json")
+        saved = load_json(source.root / "splits.json", dict)
         if saved != json.loads(json.dumps(splits)):
             raise RunDirError(f"{source.root / 'splits.json'}: the data splits made now differ "
                               "from the saved ones (has the data or data config changed?)")

@@ -89,7 +89,7 @@ class SoftLabels:
                 files.append(part_file(folder, record["stem"], ".classes.npy"))
             try:
                 arrays = [FileRows(f) for f in files]
-            except (OSError, ValueError) as e:
+            except Exception as e:  # noqa: BLE001 - numpy's header reader raises many types
                 raise SoftLabelError(f"{files[0]}: cannot read the soft pseudo-labels ({e})") from e
             if any(len(a) != record["rows"] for a in arrays):
                 raise SoftLabelError(f"{files[0]}: {len(arrays[0])} rows, its record says "

@@ -116,7 +116,7 @@ def build_card(run: FinishedRun, which: str | int, weights: Path, x: torch.Tenso
                files: dict[str, str]) -> dict[str, Any]:
     rung = 0 if which == "teacher" else int(which) + 1
     folder = "teacher" if which == "teacher" else f"round_{which}"
-    test = load_json(run.root / folder / "metrics.json").get("test", {})
+    test = load_json(run.root / folder / "metrics.json", dict).get("test", {})
     import onnx
     import onnxruntime
 
