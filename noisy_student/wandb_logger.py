@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from .checkpoint import load_json, save_json
+from .checkpoint import RunDirError, load_json, save_json
 from .config import TrackingConfig
 from .pseudo_label import PseudoLabels, confidence_extremes
 
@@ -120,7 +120,15 @@ class WandbLogger:
             return None
 
     def _ids(self) -> dict[str, Any]:
-        ids = load_json(self.ids_path) if self.ids_path.is_file() else {}
+        """The wandb group and run ids of this run (wandb.json); a damaged file is replaced:
+        the phases it named start new wandb runs, in a new group."""
+        try:
+            ids = load_json(self.ids_path, dict) if self.ids_path.is_file() else {}
+        except RunDirError as e:
+            warnings.warn(f"wandb: {e}; starting new wandb runs", RuntimeWarning, stacklevel=2)
+            ids = {}
+        if not isinstance(ids.get("runs", {}), dict):
+            ids = {}
         ids.setdefault("group", f"{self.base}-{_new_id()[:6]}")
         ids.setdefault("runs", {})
         return ids

@@ -1,5 +1,6 @@
 """wandb tracking, offline: read back with wandb's own reader (`wandb leet inspect --json`)."""
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -142,6 +143,22 @@ def test_resume_continues_the_same_wandb_run(offline):
     recs = records(out)[first["runs"]["round_0"]]
     assert len(of_type(recs, "run")) == 2 and len(recs) > 0
     assert len(list((out / "wandb").glob(f"offline-run-*-{first['runs']['teacher']}"))) == 1
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe not utf-8", b"[1, 2]", b'{"runs": 3}', b""])
+def test_a_damaged_wandb_json_is_replaced_and_the_run_goes_on(offline, damage):
+    config = offline.with_overrides(["rounds=1"])
+    run(config)
+    out = config.out_dir
+    (out / "wandb.json").write_bytes(damage)
+    (out / "round_0" / "DONE").unlink()
+    (out / "round_0" / "student.safetensors").unlink()
+    with pytest.warns(RuntimeWarning, match="wandb.json") if damage[:1] in (b"\xff", b"[", b"") \
+            else contextlib.nullcontext():
+        summary = run(config, resume=True)
+    assert len(summary["rounds"]) == 1
+    ids = json.loads((out / "wandb.json").read_text())
+    assert set(ids["runs"]) == {"round_0"}  # a new wandb run for the phase that ran again
 
 
 def test_mode_resolution(tmp_path):
