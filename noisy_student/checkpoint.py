@@ -163,7 +163,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         header = json.loads(data[len(CKPT_MAGIC):end])
         expected_bytes, expected_sha = int(header["bytes"]), str(header["sha256"])
-        int(header["step"]), int(header["epoch"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: damaged checkpoint header ({e})") from e
     if header.get("format") != CKPT_FORMAT:
@@ -238,6 +237,8 @@ class TrainCheckpoints:
         for path in reversed(self.paths()):
             try:
                 header, state = load_checkpoint(path)
+                if not (type(header.get("step")) is int and type(header.get("epoch")) is int):
+                    raise CheckpointError(f"{path}: damaged checkpoint header (no step or epoch)")
             except CheckpointError as e:
                 damaged.append(str(e))
                 print(f"resume: skipping {e}", flush=True)
