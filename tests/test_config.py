@@ -121,7 +121,7 @@ def test_configuration_reference_is_generated_from_the_config_and_names_every_ke
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert doc == configuration_doc(), "out of date: run python tools/make_docs.py"
-    keys = [k for k, v in _flat(Config().to_dict())]
+    keys = [k for k, _ in _leaves(Config().to_dict())]
     assert len(keys) > 80
     for key in keys:
         assert f"| `{key}` |" in doc, key
@@ -141,11 +141,3 @@ def test_every_declared_range_is_enforced():
             value = lo if lo_open else lo - 1
             with pytest.raises(ConfigError, match=f"{section}.{f.name} = .* is out of range"):
                 Config().with_overrides([f"{section}.{f.name}={value}"])
-
-
-def _flat(d, prefix=""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
