@@ -90,7 +90,9 @@ QUICK = {
     "fashion_mnist": ["data.unlabeled_limit=3000", "data.test_limit=1000",
                       "train.teacher_epochs=5", "train.epochs=1", "rounds=2"],
 }
-SUPERVISED_EPOCHS = 15  # full mode; --quick uses one round's steps
+# full mode (--quick uses one round's steps). 15 was not converged on Fashion-MNIST: seed 100 gave
+# 90.68% test top-1 after 15 epochs, 92.24% after 30 (commit 5158d44)
+SUPERVISED_EPOCHS = 30
 ABLATIONS = {  # name -> overrides of the recipe's config (the paper: removing noise hurts)
     "no input noise": ["noise.enabled=false"],
     "no model noise": ["model.drop_rate=0", "model.drop_path_rate=0"],
