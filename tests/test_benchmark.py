@@ -286,6 +286,13 @@ def test_the_peers_table_puts_the_recipe_first_with_minutes_ratios():
     text = "\n".join(report["peers_section"](data))
     assert "| Noisy Student (this project) | noisy-student | 88.00 | - | 100 | 1.0 | 1.00 |" in text
     assert "| fixmatch | usb 0.3.2 | 82.00 ± 2.83 | - | 100, 101 | 1.2 | 1.20 |" in text
+    assert "different machines" not in text  # no provenance to compare: nothing said
+    here = {"commit": "a" * 40, "machine": {"cpu": "Intel"}}
+    data["runs"] = {"quality": here, "peers": here}
+    assert "different machines" not in "\n".join(report["peers_section"](data))
+    data["runs"]["peers"] = {"commit": "b" * 40, "machine": {"cpu": "AMD"}}
+    said = "\n".join(report["peers_section"](data))
+    assert "made at commit bbbbbbbb on AMD" in said and "commit aaaaaaaa on Intel" in said
 
 
 def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path):

@@ -223,7 +223,23 @@ def peers_section(data: dict[str, Any]) -> list[str]:
         lines += [f"### {name}", "", *table(["method", "framework", "test top-1 (%)",
                                              "validation top-1 (%)", "seeds", "minutes",
                                              "minutes / recipe's"], head + rows)]
-    return lines
+    return lines + _peers_made_apart(data.get("runs", {}))
+
+
+def _peers_made_apart(runs: dict[str, Any]) -> list[str]:
+    """A warning when the peer rows and our rows were made by different code or machines: the
+    peers' budget was our minutes on their machine, so the minutes ratio compares two runs."""
+    peers, ours = runs.get("peers", {}), runs.get("quality", {})
+    where = {k: (r.get("machine") or {}).get("cpu") for k, r in (("peers", peers),
+                                                                  ("ours", ours))}
+    if not peers or not ours or (peers.get("commit"), where["peers"]) == (
+            ours.get("commit"), where["ours"]):
+        return []
+    return ["", f"The peer rows were made at commit {str(peers.get('commit'))[:8]} on "
+                f"{where['peers']}, each given our recipe's minutes on that machine; our row at "
+                f"commit {str(ours.get('commit'))[:8]} on {where['ours']}: the last column "
+                "compares runs on different machines and code, until the peers are run again "
+                "beside our rows."]
 
 
 def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
