@@ -173,9 +173,10 @@ class Loop:
             result = self.train(0, None, "teacher", folder, {"model": c.model_for(0)})
             model, before = result.model, result.seconds_before
         metrics = self.evaluate(model)
+        scores = _scores(metrics)
         sha = self.save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
-                **_scores(metrics), "loaded_from": c.model.teacher_checkpoint,
+                **scores, "loaded_from": c.model.teacher_checkpoint,
                 "seconds": round(time.perf_counter() - start + before, 2)}
         if self.main:
             save_json(folder / "metrics.json", {**info, **metrics})
@@ -184,7 +185,7 @@ class Loop:
         self.tracker.log("teacher", **info)
         self.tracker.end_phase()
         self.summary["teacher"] = info
-        return Teacher(model, info["model"], sha, _scores(metrics))
+        return Teacher(model, info["model"], sha, scores)
 
     def finished_teacher(self) -> Teacher:
         """Round 0's teacher from a finished `teacher/` folder."""

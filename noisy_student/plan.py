@@ -125,4 +125,4 @@ def format_plan(plans: list[PhasePlan], device: torch.device, notes: list[str]) 
 
 def plan_record(plans: list[PhasePlan]) -> dict[str, Any]:
     return {"phases": [asdict(p) for p in plans],
-            "minutes": round(float(np.sum([p.minutes for p in plans])), 1)}
+            "minutes": round(sum(p.minutes for p in plans), 1)}

@@ -6,6 +6,7 @@ correct result or exit status 2 with one message naming the file. Never a traceb
 matrix would take minutes), a different sample whenever DAMAGE_SEED changes."""
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -117,9 +118,14 @@ def check(code: int, message: str, damaged: Path, root: Path) -> None:
             f"the message does not name {name}: {message}")
 
 
+@functools.cache
+def tool_mains() -> dict:
+    return {name: runpy.run_path(str(ROOT / "tools" / f"{name}.py"))["main"]
+            for name in ("evaluate", "inspect_pseudo_labels", "plot_rounds", "export")}
+
+
 def readers(config, image: Path):
-    tools = {name: runpy.run_path(str(ROOT / "tools" / f"{name}.py"))["main"]
-             for name in ("evaluate", "inspect_pseudo_labels", "plot_rounds", "export")}
+    tools = tool_mains()
     return {
         "--resume": lambda out: run(config.with_overrides([f'out="{out}"']), resume=True),
         "--from-round 1": lambda out: run(config.with_overrides([f'out="{out}"']), from_round=1),
