@@ -238,12 +238,29 @@ def test_the_report_marks_older_code_and_judges_the_ceiling():
     assert "| 100 (report) |" in text and "| abcdef01 |" in text and "older code" not in text
     assert "Report seeds: never used for a choice." in text
     assert ("Ceiling, seed 100: fully supervised 91.00% after 15 epochs, 91.15% after 30 "
-            "(+0.15 points): converged.") in text
+            "(+0.15 points).\n\nconverged.") in text
     text = "\n".join(section("d", _one_seed_quality(0.85, 0.88, 0.91, longer=0.913), "tree2"))
     assert "| abcdef01 (older code) |" in text
-    assert "91.30% after 30 (+0.30 points): **not converged**" in text
+    assert "91.30% after 30 (+0.30 points).\n\n**not converged**" in text
     assert "No convergence check of the ceiling yet." in "\n".join(
         section("d", _one_seed_quality(0.85, 0.88, 0.91)))
+
+
+def test_the_ceiling_is_judged_on_its_mean_move_and_a_shared_one_once():
+    """Per-seed ceilings: the verdict is on the mean of their moves (+0.30 and -0.26: +0.02,
+    converged, though each alone moves more than 0.2); one shared ceiling is reported once."""
+    ceiling = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["_ceiling"]
+    seeds = [{"seed": seed, "supervised": {"top1": 0.9, "epochs": 30},
+              "supervised_longer": {"top1": 0.9 + move, "epochs": 60}}
+             for seed, move in ((100, 0.003), (101, -0.0026))]
+    text = "\n".join(ceiling(seeds))
+    assert "seed 101: fully supervised 90.00% after 30 epochs, 89.74% after 60" in text
+    assert "Mean move over 2 ceilings: +0.02 points: converged." in text
+    shared = [{**x, "ceiling_seed": 100, "supervised_longer": seeds[0]["supervised_longer"]}
+              for x in seeds]
+    text = "\n".join(ceiling(shared))
+    assert text.count("Ceiling, seed") == 1 and "seed 100's, serves every seed" in text
+    assert text.endswith("**not converged** (moves 0.2 points or more).\n")
 
 
 def test_the_report_says_whether_removing_noise_hurts_on_validation():
