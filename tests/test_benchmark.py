@@ -313,6 +313,12 @@ def test_the_peers_table_puts_the_recipe_first_with_minutes_ratios():
     data["runs"]["peers"] = {"commit": "b" * 40, "machine": {"cpu": "AMD"}}
     said = "\n".join(report["peers_section"](data))
     assert "made at commit bbbbbbbb on AMD" in said and "commit aaaaaaaa on Intel" in said
+    assert "on different package code and machines" in said
+    tools_only = {"commit": "c" * 40, "machine": {"cpu": "Intel"}, "package_code": "t1"}
+    data["runs"] = {"quality": {**here, "package_code": "t1"}, "peers": tools_only}
+    assert "different" not in "\n".join(report["peers_section"](data))  # a tools-only commit
+    data["runs"]["peers"] = {**tools_only, "package_code": "t0"}
+    assert "on different package code, until" in "\n".join(report["peers_section"](data))
 
 
 def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path):

@@ -244,19 +244,24 @@ def peers_section(data: dict[str, Any]) -> list[str]:
 
 
 def _peers_made_apart(runs: dict[str, Any]) -> list[str]:
-    """A warning when the peer rows and our rows were made by different code or machines: the
-    peers' budget was our minutes on their machine, so the minutes ratio compares two runs."""
+    """A warning when the peer rows and our rows were made by different package code or on
+    different machines: the peers' budget was our minutes on their machine, so the minutes
+    ratio would compare two runs. (A commit that changed only the tools does not count.)"""
     peers, ours = runs.get("peers", {}), runs.get("quality", {})
-    where = {k: (r.get("machine") or {}).get("cpu") for k, r in (("peers", peers),
-                                                                  ("ours", ours))}
-    if not peers or not ours or (peers.get("commit"), where["peers"]) == (
-            ours.get("commit"), where["ours"]):
+    if not peers or not ours:
+        return []
+    code = {k: r.get("package_code") or r.get("commit") for k, r in (("peers", peers),
+                                                                    ("ours", ours))}
+    cpu = {k: (r.get("machine") or {}).get("cpu") for k, r in (("peers", peers), ("ours", ours))}
+    apart = [what for what, d in (("package code", code), ("machines", cpu))
+             if d["peers"] != d["ours"]]
+    if not apart:
         return []
     return ["", f"The peer rows were made at commit {str(peers.get('commit'))[:8]} on "
-                f"{where['peers']}, each given our recipe's minutes on that machine; our row at "
-                f"commit {str(ours.get('commit'))[:8]} on {where['ours']}: the last column "
-                "compares runs on different machines and code, until the peers are run again "
-                "beside our rows."]
+                f"{cpu['peers']}, each given our recipe's minutes on that machine; our rows at "
+                f"commit {str(ours.get('commit'))[:8]} on {cpu['ours']}: the last column "
+                f"compares runs on different {' and '.join(apart)}, until the peers are run "
+                "again beside our rows."]
 
 
 def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
