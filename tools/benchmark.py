@@ -50,7 +50,6 @@ import statistics
 import subprocess
 import sys
 import time
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -256,13 +255,12 @@ def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, A
                            splits.labeled.labels, steps, config.train.batch_size, splits)
     ceiling_seed = REPORT_SEEDS[0] if dataset in SHARED_CEILING and not quick else seed
     supervised, longer = ceiling(work, dataset, config.replace(seed=ceiling_seed), steps, quick)
-    best = max(supervised, longer, key=itemgetter("top1"))  # the gap: to the best measured
-    gap = best["top1"] - labels_only["top1"]
+    gap = bench_report.best_ceiling({"supervised": supervised, "supervised_longer": longer})[
+        "top1"] - labels_only["top1"]
     return {"seed": seed, "role": role(seed), "model": config.model_for(config.rounds),
             "recipe": recipe_fingerprint(config), **splits.record["counts"],
             "noisy_student": ns, "labels_only": labels_only, "supervised": supervised,
             "supervised_longer": longer, "ceiling_seed": ceiling_seed,
-            "ceiling": {"top1": best["top1"], "epochs": best["epochs"]},
             "gain": ns["final_top1"] - labels_only["top1"],
             "gap_closed": (ns["final_top1"] - labels_only["top1"]) / gap if gap > 0 else None,
             "config": identity(config)}
@@ -295,7 +293,7 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
             "teacher": lambda s: s["noisy_student"]["teacher_top1"],
             "noisy_student": lambda s: s["noisy_student"]["final_top1"],
             "noisy_student_val": lambda s: s["noisy_student"].get("final_val_top1"),
-            "supervised": lambda s: s.get("ceiling", s["supervised"])["top1"],
+            "supervised": lambda s: bench_report.best_ceiling(s)["top1"],
             "gain": lambda s: s["gain"],
             "gap_closed": lambda s: s["gap_closed"]}
     out = {k: stat([f(s) for s in per_seed]) for k, f in pick.items()
