@@ -95,6 +95,10 @@ class ModelConfig:
         "or a torchvision / timm weights name for tv_* / timm_model (downloaded when online)")
     pretrained_for: Literal["teacher", "all"] = knob("teacher", "the models that start from "
                                                      "model.pretrained")
+    student_init: Literal["scratch", "teacher"] = knob(
+        "scratch", "where each round's student starts: new weights (the paper), or the weights "
+        "of the model before it (round 0's teacher, then the last student; a warm start, for "
+        "students the same model as their teacher)")
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,13 @@ class TrainConfig:
         0, "at least this many optimizer steps for round 0's teacher, whatever the size of the "
         "set: its epochs are raised to reach it; 0: off", lo=0)
     min_steps: int = knob(0, "the same for each round's student", lo=0)
+    teacher_consistency: bool = knob(
+        False, "round 0's teacher also learns from the unlabeled images (FixMatch): its own "
+        "un-noised prediction on a weak view (crop and flip) above consistency_threshold is the "
+        "target of a strong view (the student noise); unlabeled_ratio * batch_size images per "
+        "step, weighted by loss.pseudo_weight")
+    consistency_threshold: float = knob(0.95, "see teacher_consistency", lo=0, hi=1,
+                                        hi_open=True)
     sanity_gate: bool = knob(True, "stop after round 0's teacher when it is near chance or its "
                              "pseudo-labels cover few classes (--force goes past it once)")
     ema_decay: float = knob(0.0, "0: off; else the EMA weights are evaluated and teach the next "

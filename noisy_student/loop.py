@@ -9,6 +9,7 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from .checkpoint import (RunDirError, TrainCheckpoints, arrays_sha256, load_json, load_weights,
                          save_json, save_npz, save_weights, weights_sha256)
 from .config import Config
-from .data import NoisedDataset, load_source, make_splits
+from .data import NoisedDataset, TwoViews, load_source, make_splits
 from .metrics import classification_metrics
 from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
@@ -134,23 +135,23 @@ class Loop:
 
     def train(self, rung: int, pseudo: PseudoLabels | None, tag: str, folder: Path,
               context: dict[str, Any]) -> TrainResult:
-        """Train ladder rung `rung`: round 0's teacher on the labels, or a student on labels
-        and `pseudo`; its checkpoints in `folder`/checkpoints, the final one kept."""
-        c, s = self.config, self.splits
-        model = build_model(c, rung, s)
-        loss = build_student_loss(c.loss, with_pseudo=pseudo is not None)
-        labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
-                                c.seed)
-        pseudo_ds = None if pseudo is None else NoisedDataset(
-            s.unlabeled.images, pseudo.training_targets(), self.noise, s.mean, s.std,
-            c.seed + 7919 * rung, index=pseudo.indices)
+        """Train ladder rung `rung`: round 0's teacher on the labels (and, with
+        train.teacher_consistency, the unlabeled images' view pairs), or a student on labels and
+        `pseudo`; its checkpoints in `folder`/checkpoints, the final one kept."""
+        c = self.config
+        model = build_model(c, rung, self.splits)
+        if pseudo is not None and c.model.student_init == "teacher":
+            load_weights(model, self.weights_before(rung - 1))
+        consistency = pseudo is None and c.train.teacher_consistency
+        loss = build_student_loss(c.loss, with_pseudo=pseudo is not None,
+                                  consistency=c.train.consistency_threshold if consistency
+                                  else None)
         epochs, min_steps = ((c.train.epochs, c.train.min_steps) if pseudo is not None else
                              (c.train.teacher_epochs, c.train.teacher_min_steps))
         ck = c.checkpoint
         checkpoints = TrainCheckpoints(folder / "checkpoints", {"phase": tag, **context}, ck.keep,
                                        ck.every_steps, ck.every_minutes, self.start.resume)
-        data = TrainData(labeled, pseudo_ds, epochs, min_steps, seed=c.seed * 1000 + rung,
-                         num_workers=c.data.num_workers, batch_noise=self.batch_noise)
+        data = self.train_data(rung, pseudo, consistency, epochs, min_steps)
         hooks = TrainHooks(tag, self.tracker, self.monitor, checkpoints=checkpoints,
                            stop=self.stop)
         result = train_model(model, loss, c.train, self.device, data, hooks,
@@ -158,6 +159,33 @@ class Loop:
         if self.main:
             checkpoints.prune(1)  # the phase's final checkpoint stays
         return result
+
+    def train_data(self, rung: int, pseudo: PseudoLabels | None, consistency: bool,
+                   epochs: int, min_steps: int) -> TrainData:
+        """Rung `rung`'s training sets, noised: the labeled images, the pseudo-labeled items
+        or, for a consistency teacher, the unlabeled images' (weak, strong) view pairs."""
+        c, s = self.config, self.splits
+        labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
+                                c.seed)
+        pseudo_ds = None if pseudo is None else NoisedDataset(
+            s.unlabeled.images, pseudo.training_targets(), self.noise, s.mean, s.std,
+            c.seed + 7919 * rung, index=pseudo.indices)
+        views, weak_batch = None, None
+        if consistency:  # weak: crop and flip only
+            weak, weak_batch = build_student_noise(
+                dataclasses.replace(c.noise, num_ops=0), s.channels)
+            views = TwoViews(s.unlabeled.images, weak, self.noise, s.mean, s.std, c.seed + 7919)
+        return TrainData(labeled, pseudo_ds, epochs, min_steps, seed=c.seed * 1000 + rung,
+                         num_workers=c.data.num_workers, batch_noise=self.batch_noise,
+                         views=views, weak_batch_noise=weak_batch)
+
+    def weights_before(self, k: int) -> Path:
+        """The weights round k's student starts from when warm-started: the teacher the round
+        was given (--from-round K --teacher), else round k-1's student, else round 0's teacher."""
+        rd = self.run_dir
+        given = rd.round(k) / "teacher.safetensors"
+        return given if given.is_file() else (
+            rd.round(k - 1) / "student.safetensors" if k else rd.teacher / "model.safetensors")
 
     # ---- round 0's teacher ---------------------------------------------------------------------
     def initial_teacher(self) -> Teacher:
@@ -177,6 +205,7 @@ class Loop:
         sha = self.save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
                 **scores, "loaded_from": c.model.teacher_checkpoint,
+                "consistency": c.train.teacher_consistency and not c.model.teacher_checkpoint,
                 "seconds": round(time.perf_counter() - start + before, 2)}
         if self.main:
             save_json(folder / "metrics.json", {**info, **metrics})

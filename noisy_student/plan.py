@@ -71,17 +71,21 @@ def make_plan(config: Config, splits: Splits, sizes: list[int], device: torch.de
     plans, step, infer = [], {}, {}
     for rung in range(c.rounds + 1):
         student = rung > 0
+        views = not student and c.train.teacher_consistency  # + weak views, forward only
         g = phase_geometry(c.train, len(s.labeled), len(s.unlabeled) if student else None,
                            c.train.epochs if student else c.train.teacher_epochs,
-                           c.train.min_steps if student else c.train.teacher_min_steps)
+                           c.train.min_steps if student else c.train.teacher_min_steps,
+                           n_unlabeled=len(s.unlabeled) if views else None)
         batch, name = g.batch_labeled + g.batch_pseudo, c.model_for(rung)
         if (name, batch) not in step:
             step[name, batch] = step_seconds(build_model(c, rung, s), batch, shape,
                                              s.num_classes, device)
         infer[name] = step[name, batch] / batch / 3  # a forward pass: about a third
-        noise = noise_seconds * batch
-        per_step = (max(step[name, batch], noise / c.data.num_workers) if c.data.num_workers
-                    else step[name, batch] + noise)
+        weak = g.batch_pseudo if views else 0
+        noise = noise_seconds * (batch + weak)
+        train = step[name, batch] + weak * infer[name]
+        per_step = (max(train, noise / c.data.num_workers) if c.data.num_workers
+                    else train + noise)
         labeling = len(s.unlabeled) * infer[c.model_for(rung - 1)] if student else 0.0
         seconds = g.steps * per_step + 6 * scored * infer[name] + labeling
         plans.append(PhasePlan(f"round {rung - 1} student" if student else "teacher", name,
