@@ -510,14 +510,26 @@ def test_a_tried_variant_is_run_kept_in_the_results_and_listed_later(quick, tmp_
     assert "| no smoothing |" in (tmp_path / "B.md").read_text()
 
 
-def test_a_variant_that_would_change_the_loaded_teacher_is_refused(quick, tmp_path):
-    tmp, _ = quick
+def test_a_variant_of_the_teacher_trains_its_own(quick, tmp_path):
+    """A variant that changes round 0's teacher's own settings trains its teacher (the whole
+    loop); one that changes the students loads the recipe's."""
+    tmp, data = quick
     shutil.copytree(tmp / "work", tmp_path / "work")
     bench = _bench()
+    ran, made = [], {k: v for k, v in data["ablations"]["digits"]["recipe"].items()
+                     if k != "seed"}
+    bench["noisy_student"] = lambda config, job, continues=None: ran.append(config) or made
     args = ["ablations", "--quick", "--dataset", "digits", "--results", str(tmp_path / "r.json"),
             "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
-    with pytest.raises(SystemExit, match="changes round 0's teacher"):
-        bench["main"](args + ["--try", "longer teacher", "train.teacher_epochs=40"])
+    bench["main"](args + ["--try", "longer teacher", "train.teacher_epochs=40",
+                          "--try", "consistency", "train.teacher_consistency=true",
+                          "--try", "warm", 'model.student_init="teacher"'])
+    longer = [c for c in ran if c.train.teacher_epochs == 40]
+    own = [c for c in ran if c.train.teacher_consistency]
+    warm = [c for c in ran if c.model.student_init == "teacher"]
+    assert len(longer) == len(own) == len(warm) == 1
+    assert longer[0].model.teacher_checkpoint is None and own[0].model.teacher_checkpoint is None
+    assert warm[0].model.teacher_checkpoint and warm[0].train.teacher_epochs == 0
 
 
 def test_variants_are_read_against_the_recipe_over_the_tuning_seeds():
