@@ -128,6 +128,9 @@ class PseudoLabelConfig:
                          "(round 0's teacher, then each round's student)", lo=1)
     ensemble_average: Literal["probs", "logits"] = knob("probs", "what the ensemble averages "
                                                         "(Hinton et al. 2015)")
+    flip_average: bool = knob(False, "the teacher labels each image and its mirror image and "
+                              "averages their probabilities (needs noise.flip: mirror-symmetric "
+                              "classes)")
     specialists: int = knob(
         0, "a generalist teacher plus specialists (Hinton et al. 2015): k-means on the "
         "covariance of its predictions into this many groups, one specialist per group of 2+ "
@@ -388,6 +391,9 @@ def _training_rules(c: Config) -> list[str]:
     if pl.specialists and pl.ensemble > 1:
         p.append("pseudo_label.specialists needs one generalist teacher: set "
                  "pseudo_label.ensemble = 1")
+    if pl.flip_average and not c.noise.flip:
+        p.append("pseudo_label.flip_average shows the teacher mirror images: it needs "
+                 "noise.flip = true (classes that are mirror-symmetric)")
     if lo.distill_smoothing and lo.distillation != "hard":
         p.append("loss.distill_smoothing smooths hard distillation targets: it needs "
                  "loss.distillation = 'hard'")
