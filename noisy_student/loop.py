@@ -78,9 +78,11 @@ class Loop:
         self.older_run = (prepare_run_dir(self.run_dir, source, config, start,
                                          self.splits.record, changes) if self.main else None)
         self.older_run = distributed.broadcast(self.older_run)
-        cuda = self.device.type == "cuda"
-        self.inference_speed = {"amp": config.train.amp and cuda,
+        self.inference_speed = {"amp": config.train.bf16(self.device.type),
                                 "channels_last": config.train.channels_last}
+        if self.main and config.train.amp_cpu and not _cpu_has_amx():
+            print("note: train.amp_cpu on a CPU without AMX bf16 units: bf16 autocast may be "
+                  "slower here than float32 (the run's plan times it)", flush=True)
         mode = resolve_mode(config.tracking.mode) if self.main else "disabled"
         self.tracker = Tracker(self.run_dir.root / "metrics.jsonl" if self.main else None,
                                None if mode == "disabled" else
@@ -449,6 +451,12 @@ class Loop:
         return Teacher(model.to(self.device), entry["student"], metrics["student_sha256"],
                        {s: entry[f"student_{s}"] for s in SCORES
                         if entry.get(f"student_{s}") is not None})
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units), where amp_cpu pays."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 @contextlib.contextmanager

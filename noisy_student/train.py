@@ -248,7 +248,7 @@ class Trainer:
                  pretrained: bool = False) -> None:
         self.loss_fn, self.cfg, self.device, self.data, self.hooks = (loss_fn, cfg, device,
                                                                       data, hooks)
-        self.cuda = device.type == "cuda"
+        self.cuda, self.bf16 = device.type == "cuda", cfg.bf16(device.type)
         self.world = distributed.world_size() if distributed.active() else 1
         self.main = not distributed.active() or distributed.is_main_process()
         self.geometry = g = phase_geometry(
@@ -447,7 +447,7 @@ class Trainer:
         as a Noisy Student teacher labels, but online (FixMatch's weak-view targets)."""
         self.model.eval()
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.cfg.amp and self.cuda):
+                            enabled=self.bf16):
             logits = self.model(weak)
         train_mode(self.model, self.frozen)
         fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
@@ -491,7 +491,7 @@ class Trainer:
         """Logits, loss, its parts, and why the step must be skipped (or None)."""
         n_lab = len(y_lab)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.cfg.amp and self.cuda):
+                            enabled=self.bf16):
             logits = self.net(x)  # [B / world, num_classes], or a (class, dist) pair
         logits = _each(logits, lambda z: z.float())
         if q_pse is not None:
