@@ -190,6 +190,16 @@ def test_ratios_come_from_measured_times(quick, speed_training):
     assert noise["noised_train_images_per_second"] == pytest.approx(noised[0].images_per_second)
     assert torch_backend["images_per_second"] == pytest.approx(noised[1].images_per_second)
     assert torch_backend["noise_images_per_second"] > 0  # timed inside bench_speed alone
+    # train.amp_cpu off and on, the last two timed runs, each against its own bare loop
+    variants = data["speed"]["cpu_variants"]
+    timed = [r for tag, r in speed_training if tag == "speed"][-2:]
+    assert list(variants) == ["amp_cpu=False", "amp_cpu=True"]
+    for v, run in zip(variants.values(), timed):
+        assert v["framework_images_per_second"] == pytest.approx(
+            v["batch"] * run.steps / run.seconds)
+    off, on = (v["framework_images_per_second"] for v in variants.values())
+    report = (quick[0] / "B.md").read_text()
+    assert f"| amp_cpu=True | {on:.0f} | {on / off:.2f} |" in report
 
 
 def _bench():
