@@ -95,6 +95,10 @@ class ModelConfig:
         "or a torchvision / timm weights name for tv_* / timm_model (downloaded when online)")
     pretrained_for: Literal["teacher", "all"] = knob("teacher", "the models that start from "
                                                      "model.pretrained")
+    student_init: Literal["scratch", "teacher"] = knob(
+        "scratch", "where each round's student starts: new weights (the paper), or the weights "
+        "of the model before it (round 0's teacher, then the last student; a warm start, for "
+        "students the same model as their teacher)")
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class PseudoLabelConfig:
                          "(round 0's teacher, then each round's student)", lo=1)
     ensemble_average: Literal["probs", "logits"] = knob("probs", "what the ensemble averages "
                                                         "(Hinton et al. 2015)")
+    flip_average: bool = knob(False, "the teacher labels each image and its mirror image and "
+                              "averages their probabilities (needs noise.flip: mirror-symmetric "
+                              "classes)")
     specialists: int = knob(
         0, "a generalist teacher plus specialists (Hinton et al. 2015): k-means on the "
         "covariance of its predictions into this many groups, one specialist per group of 2+ "
@@ -171,6 +178,13 @@ class TrainConfig:
         0, "at least this many optimizer steps for round 0's teacher, whatever the size of the "
         "set: its epochs are raised to reach it; 0: off", lo=0)
     min_steps: int = knob(0, "the same for each round's student", lo=0)
+    teacher_consistency: bool = knob(
+        False, "round 0's teacher also learns from the unlabeled images (FixMatch): its own "
+        "un-noised prediction on a weak view (crop and flip) above consistency_threshold is the "
+        "target of a strong view (the student noise); unlabeled_ratio * batch_size images per "
+        "step, weighted by loss.pseudo_weight")
+    consistency_threshold: float = knob(0.95, "see teacher_consistency", lo=0, hi=1,
+                                        hi_open=True)
     sanity_gate: bool = knob(True, "stop after round 0's teacher when it is near chance or its "
                              "pseudo-labels cover few classes (--force goes past it once)")
     ema_decay: float = knob(0.0, "0: off; else the EMA weights are evaluated and teach the next "
@@ -179,7 +193,10 @@ class TrainConfig:
     max_skipped_steps: int = knob(0, "steps with a non-finite loss or gradient skipped before "
                                   "training stops", lo=0)
     device: Literal["auto", "cpu", "cuda"] = knob("auto", "auto: CUDA when there is one")
-    amp: bool = knob(True, "bf16 autocast (CUDA only; float32 on CPU)")
+    amp: bool = knob(True, "bf16 autocast on CUDA (on a CPU only with amp_cpu)")
+    amp_cpu: bool = knob(False, "bf16 autocast on a CPU too: about twice the steps per second "
+                         "where the CPU has AMX bf16 units (Intel Xeon 4th generation and later), "
+                         "slower where it has no bf16 instructions; needs amp")
     channels_last: bool = knob(True, "channels_last memory format (any device)")
     compile: bool = knob(False, "torch.compile the training forward (checkpoints stay "
                          "uncompiled)")
@@ -187,6 +204,10 @@ class TrainConfig:
                                 "batch (CUDA)")
     eval_batch_size: int = knob(1024, "inference batch", lo=1)
     log_every: int = knob(50, "steps between metrics.jsonl step lines", lo=1)
+
+    def bf16(self, device_type: str) -> bool:
+        """Whether training and inference on a device of this type run under bf16 autocast."""
+        return self.amp and (device_type == "cuda" or self.amp_cpu)
 
 
 @dataclass(frozen=True)
@@ -377,6 +398,12 @@ def _training_rules(c: Config) -> list[str]:
     if pl.specialists and pl.ensemble > 1:
         p.append("pseudo_label.specialists needs one generalist teacher: set "
                  "pseudo_label.ensemble = 1")
+    if c.train.amp_cpu and not c.train.amp:
+        p.append("train.amp_cpu turns on bf16 autocast on a CPU as train.amp does on CUDA: it "
+                 "needs train.amp = true")
+    if pl.flip_average and not c.noise.flip:
+        p.append("pseudo_label.flip_average shows the teacher mirror images: it needs "
+                 "noise.flip = true (classes that are mirror-symmetric)")
     if lo.distill_smoothing and lo.distillation != "hard":
         p.append("loss.distill_smoothing smooths hard distillation targets: it needs "
                  "loss.distillation = 'hard'")

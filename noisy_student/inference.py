@@ -56,6 +56,23 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
 
 
+class FlipAverage(nn.Module):
+    """A teacher that also sees each image mirrored (test-time augmentation): returns logits
+    whose softmax is the average of the two views' probabilities,
+
+        log( (softmax(z(x)) + softmax(z(flip(x)))) / 2 ),   flip = left-right on NCHW
+
+    Only for classes that are mirror-symmetric (the same condition as `noise.flip`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([self.model(x).float(), self.model(x.flip(-1)).float()])
+        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(2)
+
+
 def _libc_malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim

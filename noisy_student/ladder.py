@@ -63,6 +63,12 @@ def check_ladder(config: Config, splits: Splits) -> list[int]:
             problems.append(f"{where} cannot take {h}x{w} images with {ch} channels "
                             f"({str(e).splitlines()[0]}); use larger images (data.image_size) "
                             "or a model for small inputs")
+    if config.model.student_init == "teacher":
+        problems += [f"model.student_init = 'teacher' starts round {r - 1}'s student from its "
+                     f"teacher's weights, so it must be the same model: {config.model_for(r)} "
+                     f"is not {config.model_for(r - 1)}"
+                     for r in range(1, config.rounds + 1)
+                     if config.model_for(r) != config.model_for(r - 1)]
     if problems:
         raise ConfigError(problems)
     if not config.model.allow_smaller_student:

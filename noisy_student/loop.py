@@ -9,6 +9,7 @@ frozen and un-noised, labels the unlabeled images; a student of equal or larger 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from .checkpoint import (RunDirError, TrainCheckpoints, arrays_sha256, load_json, load_weights,
                          save_json, save_npz, save_weights, weights_sha256)
 from .config import Config
-from .data import NoisedDataset, load_source, make_splits
+from .data import NoisedDataset, TwoViews, load_source, make_splits
 from .metrics import classification_metrics
 from .inference import FrozenTeacher, predict_logits
 from .losses import build_student_loss
@@ -30,7 +31,7 @@ from .noise_batch import build_student_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
                            merge_parts, stored_labels)
 from .soft_labels import link_parts
-from .teachers import Teacher, ensemble_of_last, with_specialists
+from .teachers import Teacher, ensemble_of_last, flip_averaged, with_specialists
 from .plan import format_plan, make_plan, noise_seconds_per_image, plan_record
 from .presets import saved_config, settle_ladder
 from .run_dir import RunStart, open_run, prepare_run_dir
@@ -77,9 +78,11 @@ class Loop:
         self.older_run = (prepare_run_dir(self.run_dir, source, config, start,
                                          self.splits.record, changes) if self.main else None)
         self.older_run = distributed.broadcast(self.older_run)
-        cuda = self.device.type == "cuda"
-        self.inference_speed = {"amp": config.train.amp and cuda,
+        self.inference_speed = {"amp": config.train.bf16(self.device.type),
                                 "channels_last": config.train.channels_last}
+        if self.main and config.train.amp_cpu and not _cpu_has_amx():
+            print("note: train.amp_cpu on a CPU without AMX bf16 units: bf16 autocast may be "
+                  "slower here than float32 (the run's plan times it)", flush=True)
         mode = resolve_mode(config.tracking.mode) if self.main else "disabled"
         self.tracker = Tracker(self.run_dir.root / "metrics.jsonl" if self.main else None,
                                None if mode == "disabled" else
@@ -134,23 +137,23 @@ class Loop:
 
     def train(self, rung: int, pseudo: PseudoLabels | None, tag: str, folder: Path,
               context: dict[str, Any]) -> TrainResult:
-        """Train ladder rung `rung`: round 0's teacher on the labels, or a student on labels
-        and `pseudo`; its checkpoints in `folder`/checkpoints, the final one kept."""
-        c, s = self.config, self.splits
-        model = build_model(c, rung, s)
-        loss = build_student_loss(c.loss, with_pseudo=pseudo is not None)
-        labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
-                                c.seed)
-        pseudo_ds = None if pseudo is None else NoisedDataset(
-            s.unlabeled.images, pseudo.training_targets(), self.noise, s.mean, s.std,
-            c.seed + 7919 * rung, index=pseudo.indices)
+        """Train ladder rung `rung`: round 0's teacher on the labels (and, with
+        train.teacher_consistency, the unlabeled images' view pairs), or a student on labels and
+        `pseudo`; its checkpoints in `folder`/checkpoints, the final one kept."""
+        c = self.config
+        model = build_model(c, rung, self.splits)
+        if pseudo is not None and c.model.student_init == "teacher":
+            load_weights(model, self.weights_before(rung - 1))
+        consistency = pseudo is None and c.train.teacher_consistency
+        loss = build_student_loss(c.loss, with_pseudo=pseudo is not None,
+                                  consistency=c.train.consistency_threshold if consistency
+                                  else None)
         epochs, min_steps = ((c.train.epochs, c.train.min_steps) if pseudo is not None else
                              (c.train.teacher_epochs, c.train.teacher_min_steps))
         ck = c.checkpoint
         checkpoints = TrainCheckpoints(folder / "checkpoints", {"phase": tag, **context}, ck.keep,
                                        ck.every_steps, ck.every_minutes, self.start.resume)
-        data = TrainData(labeled, pseudo_ds, epochs, min_steps, seed=c.seed * 1000 + rung,
-                         num_workers=c.data.num_workers, batch_noise=self.batch_noise)
+        data = self.train_data(rung, pseudo, consistency, epochs, min_steps)
         hooks = TrainHooks(tag, self.tracker, self.monitor, checkpoints=checkpoints,
                            stop=self.stop)
         result = train_model(model, loss, c.train, self.device, data, hooks,
@@ -158,6 +161,33 @@ class Loop:
         if self.main:
             checkpoints.prune(1)  # the phase's final checkpoint stays
         return result
+
+    def train_data(self, rung: int, pseudo: PseudoLabels | None, consistency: bool,
+                   epochs: int, min_steps: int) -> TrainData:
+        """Rung `rung`'s training sets, noised: the labeled images, the pseudo-labeled items
+        or, for a consistency teacher, the unlabeled images' (weak, strong) view pairs."""
+        c, s = self.config, self.splits
+        labeled = NoisedDataset(s.labeled.images, s.labeled.labels, self.noise, s.mean, s.std,
+                                c.seed)
+        pseudo_ds = None if pseudo is None else NoisedDataset(
+            s.unlabeled.images, pseudo.training_targets(), self.noise, s.mean, s.std,
+            c.seed + 7919 * rung, index=pseudo.indices)
+        views, weak_batch = None, None
+        if consistency:  # weak: crop and flip only
+            weak, weak_batch = build_student_noise(
+                dataclasses.replace(c.noise, num_ops=0), s.channels)
+            views = TwoViews(s.unlabeled.images, weak, self.noise, s.mean, s.std, c.seed + 7919)
+        return TrainData(labeled, pseudo_ds, epochs, min_steps, seed=c.seed * 1000 + rung,
+                         num_workers=c.data.num_workers, batch_noise=self.batch_noise,
+                         views=views, weak_batch_noise=weak_batch)
+
+    def weights_before(self, k: int) -> Path:
+        """The weights round k's student starts from when warm-started: the teacher the round
+        was given (--from-round K --teacher), else round k-1's student, else round 0's teacher."""
+        rd = self.run_dir
+        given = rd.round(k) / "teacher.safetensors"
+        return given if given.is_file() else (
+            rd.round(k - 1) / "student.safetensors" if k else rd.teacher / "model.safetensors")
 
     # ---- round 0's teacher ---------------------------------------------------------------------
     def initial_teacher(self) -> Teacher:
@@ -177,6 +207,7 @@ class Loop:
         sha = self.save_weights(model, folder / "model.safetensors", {"model": c.model_for(0)})
         info = {"model": c.model_for(0), "params": self.sizes[0], "sha256": sha,
                 **scores, "loaded_from": c.model.teacher_checkpoint,
+                "consistency": c.train.teacher_consistency and not c.model.teacher_checkpoint,
                 "seconds": round(time.perf_counter() - start + before, 2)}
         if self.main:
             save_json(folder / "metrics.json", {**info, **metrics})
@@ -230,8 +261,9 @@ class Loop:
         return self.composite_teacher(k, teacher), source
 
     def composite_teacher(self, k: int, teacher: Teacher) -> Teacher:
-        """Round k's teacher as an ensemble of the last models, or with specialists, when the
-        config asks for it (teachers.py); its scores are measured anew."""
+        """Round k's teacher as an ensemble of the last models, or with specialists, either one
+        averaged over mirror images, when the config asks for it (teachers.py); its scores are
+        measured anew."""
         c, made = self.config.pseudo_label, None
         if c.ensemble > 1:
             made = ensemble_of_last(self.config, self.run_dir, self.splits, self.device, k,
@@ -241,6 +273,8 @@ class Loop:
                                              self.batch_noise, self.device, self.tracker, k,
                                              teacher.model, teacher.name, teacher.sha256)
             self.specialist_reports[k] = {**report, "generalist_top1": teacher.scores["top1"]}
+        if c.flip_average:
+            made = flip_averaged(*(made or (teacher.model, teacher.name, teacher.sha256)))
         if made is not None and made[0] is not teacher.model:
             model, name, sha = made
             teacher = Teacher(model, name, sha, _scores(self.evaluate(model)))
@@ -417,6 +451,12 @@ class Loop:
         return Teacher(model.to(self.device), entry["student"], metrics["student_sha256"],
                        {s: entry[f"student_{s}"] for s in SCORES
                         if entry.get(f"student_{s}") is not None})
+
+
+def _cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units), where amp_cpu pays."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 @contextlib.contextmanager

@@ -81,6 +81,23 @@ class HardDistillation(nn.Module):
         return loss, {"hard_distill": loss.detach()}
 
 
+class Consistency(nn.Module):
+    """FixMatch's unlabeled term (Sohn et al. 2020) for round 0's teacher:
+    (1 / B) sum_b 1[max q_b >= tau] CE(z_s(strong view b), argmax q_b), where q_b is the model's
+    own un-noised prediction on the weak view of the same image (no gradient). Logged with the
+    share of the B images above the threshold (`mask`)."""
+
+    def __init__(self, threshold: float = 0.95) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, logits: torch.Tensor, weak_probs: torch.Tensor) -> tuple[torch.Tensor, Parts]:
+        confidence, target = weak_probs.max(dim=-1)  # [B], [B]
+        mask = (confidence >= self.threshold).float()
+        loss = (F.cross_entropy(logits.float(), target, reduction="none") * mask).mean()
+        return loss, {"consistency": loss.detach(), "mask": mask.mean()}
+
+
 Logits = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # one head, or (class, distillation)
 
 
@@ -88,7 +105,8 @@ class StudentLoss(nn.Module):
     """total = labeled_weight * CE_eps(z_s[labeled], y) + pseudo_weight * D(z_s[pseudo], q).
 
     D is one of `KDLoss`, `SoftTargetCE`, `HardDistillation`. Without pseudo-labeled images
-    (round 0's teacher) the total is the labeled term alone.
+    (round 0's teacher) the total is the labeled term alone, or with train.teacher_consistency
+    D = `Consistency` on the strong views, q its own predictions on the weak ones.
 
     A student with a distillation token (DeiT) gives logit pairs (z_cls, z_dist): the class head
     learns from the labels and the distillation head from the teacher,
@@ -132,10 +150,15 @@ class StudentLoss(nn.Module):
         return total, parts
 
 
-def build_student_loss(cfg: LossConfig, with_pseudo: bool = True) -> StudentLoss:
-    """The loss a round's student (or, with_pseudo=False, round 0's teacher) trains with."""
+def build_student_loss(cfg: LossConfig, with_pseudo: bool = True,
+                       consistency: float | None = None) -> StudentLoss:
+    """The loss a round's student (or, with_pseudo=False, round 0's teacher) trains with;
+    `consistency`: round 0's teacher also learns from unlabeled view pairs, with this threshold
+    (weighted by pseudo_weight)."""
     pseudo: nn.Module | None = None
-    if with_pseudo:
+    if consistency is not None:
+        pseudo = Consistency(consistency)
+    elif with_pseudo:
         pseudo = {"kd": lambda: KDLoss(cfg.temperature), "soft_ce": SoftTargetCE,
                   "hard": lambda: HardDistillation(cfg.distill_smoothing)}[cfg.distillation]()
     return StudentLoss(LabelSmoothingCE(cfg.label_smoothing), pseudo, cfg.labeled_weight,

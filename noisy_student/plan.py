@@ -45,16 +45,19 @@ def _timed(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def step_seconds(model: nn.Module, batch: int, shape: tuple[int, int, int],
-                 num_classes: int, device: torch.device, repeats: int = 2) -> float:
+                 num_classes: int, device: torch.device, repeats: int = 2,
+                 bf16: bool = False) -> float:
     """Seconds of one training step's forward and backward pass on a random batch (the
-    optimizer's update, a small part, is left out: no optimizer runs outside training)."""
+    optimizer's update, a small part, is left out: no optimizer runs outside training), under
+    bf16 autocast when training uses it."""
     model.to(device).train()
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, num_classes, (batch,), device=device)
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        out = model(x)  # logits, or a (class, distillation) pair
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)  # logits, or a (class, distillation) pair
         sum(nn.functional.cross_entropy(z, y) for z in (out if isinstance(out, tuple)
                                                       else (out,))).backward()
         if device.type == "cuda":
@@ -71,17 +74,22 @@ def make_plan(config: Config, splits: Splits, sizes: list[int], device: torch.de
     plans, step, infer = [], {}, {}
     for rung in range(c.rounds + 1):
         student = rung > 0
+        views = not student and c.train.teacher_consistency  # + weak views, forward only
         g = phase_geometry(c.train, len(s.labeled), len(s.unlabeled) if student else None,
                            c.train.epochs if student else c.train.teacher_epochs,
-                           c.train.min_steps if student else c.train.teacher_min_steps)
+                           c.train.min_steps if student else c.train.teacher_min_steps,
+                           n_unlabeled=len(s.unlabeled) if views else None)
         batch, name = g.batch_labeled + g.batch_pseudo, c.model_for(rung)
         if (name, batch) not in step:
             step[name, batch] = step_seconds(build_model(c, rung, s), batch, shape,
-                                             s.num_classes, device)
+                                             s.num_classes, device,
+                                             bf16=c.train.bf16(device.type))
         infer[name] = step[name, batch] / batch / 3  # a forward pass: about a third
-        noise = noise_seconds * batch
-        per_step = (max(step[name, batch], noise / c.data.num_workers) if c.data.num_workers
-                    else step[name, batch] + noise)
+        weak = g.batch_pseudo if views else 0
+        noise = noise_seconds * (batch + weak)
+        train = step[name, batch] + weak * infer[name]
+        per_step = (max(train, noise / c.data.num_workers) if c.data.num_workers
+                    else train + noise)
         labeling = len(s.unlabeled) * infer[c.model_for(rung - 1)] if student else 0.0
         seconds = g.steps * per_step + 6 * scored * infer[name] + labeling
         plans.append(PhasePlan(f"round {rung - 1} student" if student else "teacher", name,

@@ -67,7 +67,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a plain-text table (fractions shown as percentages)."""
     t = summary["teacher"]
     val = f"validation {pct(t.get('val_top1'))}%, " if t.get("val_top1") is not None else ""
-    lines = [f"labels-only teacher {t['model']}: top-1 {val}test {pct(t['top1'])}%  "
+    kind = "consistency" if t.get("consistency") else "labels-only"  # round 0's teacher
+    lines = [f"{kind} teacher {t['model']}: top-1 {val}test {pct(t['top1'])}%  "
              f"({t['seconds']} s)"]
     header = ["round", "teacher", "student", "params", "teacher val", "teacher test",
               "student val", "student test", "test top5", "val ECE", "test ECE", "PL items",

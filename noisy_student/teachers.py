@@ -1,5 +1,5 @@
-"""A round's teacher beyond one model: an ensemble of the last models (Hinton et al. 2015), or a
-generalist with specialists (`specialists.py`). Each gives `(module, name, sha256)`: the sha256
+"""A round's teacher beyond one model: an ensemble of the last models (Hinton et al. 2015), a
+generalist with specialists (`specialists.py`), either of them averaged over mirror images. Each gives `(module, name, sha256)`: the sha256
 of a composite teacher hashes its members' identities, so its pseudo-labels can be reused."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import load_weights, weights_sha256
 from .config import Config
 from .data import Splits
-from .inference import Ensemble
+from .inference import Ensemble, FlipAverage
 from .ladder import build_model
 from .noise import Noise
 from .run_dir import RunDir
@@ -71,3 +71,8 @@ def with_specialists(config: Config, splits: Splits, noise: Noise | None, batch_
         return generalist, name, sha, report
     shas = [sha] + [weights_sha256(s.state_dict()) for s in teacher.specialists]
     return teacher, f"{name} + {report['specialists']} specialists", combined_sha256(shas), report
+
+
+def flip_averaged(model: nn.Module, name: str, sha: str) -> tuple[nn.Module, str, str]:
+    """The teacher averaged over each image and its mirror image (`pseudo_label.flip_average`)."""
+    return FlipAverage(model), f"{name}, flip-averaged", combined_sha256([sha, "flip"])

@@ -27,7 +27,7 @@ from .errors import TrainingError  # noqa: F401 (raised here, importable from he
 from . import distributed
 from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
-from .data import NoisedDataset, normalize
+from .data import NoisedDataset, TwoViews, normalize
 from .losses import StudentLoss
 from .optim import build_optimizer, freeze_backbone, lr_factor, train_mode
 from .signals import GracefulStop, Interrupted
@@ -122,7 +122,7 @@ class PhaseGeometry:
     epochs: int
     steps_per_epoch: int
     batch_labeled: int
-    batch_pseudo: int  # 0 for round 0's teacher
+    batch_pseudo: int  # pseudo-labeled (or consistency) items; 0 for a labels-only teacher
 
     @property
     def steps(self) -> int:
@@ -130,14 +130,17 @@ class PhaseGeometry:
 
 
 def phase_geometry(cfg: TrainConfig, n_labeled: int, n_pseudo: int | None, epochs: int,
-                   min_steps: int = 0, world: int = 1) -> PhaseGeometry:
+                   min_steps: int = 0, world: int = 1,
+                   n_unlabeled: int | None = None) -> PhaseGeometry:
     """A phase's batches and length: an epoch is one pass over the pseudo-labeled items (a
-    student) or the labeled images (round 0's teacher); `epochs` is raised until the phase
-    has at least `min_steps` steps. Each rank takes 1/world of every batch (rounded down to a
-    multiple of it)."""
+    student) or the labeled images (round 0's teacher, also when it takes `n_unlabeled`
+    images for its consistency loss, `unlabeled_ratio` times its labeled batch per step);
+    `epochs` is raised until the phase has at least `min_steps` steps. Each rank takes 1/world
+    of every batch (rounded down to a multiple of it)."""
     b_lab = min(cfg.batch_size, n_labeled) // world * world
-    b_pse = (min(cfg.batch_size * cfg.unlabeled_ratio, n_pseudo) // world * world
-             if n_pseudo is not None else 0)
+    extra = n_pseudo if n_pseudo is not None else n_unlabeled
+    b_pse = (min(cfg.batch_size * cfg.unlabeled_ratio, extra) // world * world
+             if extra is not None else 0)
     n, b = (n_pseudo, b_pse) if n_pseudo is not None else (n_labeled, b_lab)
     per_epoch = math.ceil(n / b) if b else 0
     if per_epoch:
@@ -174,6 +177,10 @@ class TrainData:
     # noise.backend = "torch": the datasets deliver clean images and each uint8 batch is noised
     # on the training device, from a generator seeded by (seed, step, rank)
     batch_noise: BatchNoiseFn | None = None
+    # round 0's teacher with a consistency loss: unlabeled (weak, strong) view pairs; the
+    # targets of the strong views are the model's own predictions on the weak ones
+    views: TwoViews | None = None
+    weak_batch_noise: BatchNoiseFn | None = None  # the batch noise of the weak views
 
 
 @dataclass
@@ -241,13 +248,14 @@ class Trainer:
                  pretrained: bool = False) -> None:
         self.loss_fn, self.cfg, self.device, self.data, self.hooks = (loss_fn, cfg, device,
                                                                       data, hooks)
-        self.cuda = device.type == "cuda"
+        self.cuda, self.bf16 = device.type == "cuda", cfg.bf16(device.type)
         self.world = distributed.world_size() if distributed.active() else 1
         self.main = not distributed.active() or distributed.is_main_process()
         self.geometry = g = phase_geometry(
             cfg, len(data.labeled), None if data.pseudo is None else len(data.pseudo),
-            data.epochs, data.min_steps, self.world)
-        if g.batch_labeled == 0 or (data.pseudo is not None and g.batch_pseudo == 0):
+            data.epochs, data.min_steps, self.world,
+            None if data.views is None else len(data.views))
+        if g.batch_labeled == 0 or (self._extra() is not None and g.batch_pseudo == 0):
             raise TrainingError(f"{hooks.tag}: train.batch_size = {cfg.batch_size} is smaller "
                                 f"than the {self.world} ranks; each rank needs at least one "
                                 "image per step")
@@ -292,8 +300,8 @@ class Trainer:
         self.streams = (
             _stream(d.labeled, g.batch_labeled, d.seed, d.num_workers, self.cuda,
                     start=step * g.batch_labeled),
-            _stream(d.pseudo, g.batch_pseudo, d.seed + 1, d.num_workers, self.cuda,
-                    start=step * g.batch_pseudo) if d.pseudo is not None else None)
+            _stream(self._extra(), g.batch_pseudo, d.seed + 1, d.num_workers, self.cuda,
+                    start=step * g.batch_pseudo) if self._extra() is not None else None)
         if saved is not None:  # after the streams, whose creation draws from torch's RNG
             self._restore_rng(saved["rng"])
         self.clock, start_step = Clock(self.state), step
@@ -394,28 +402,56 @@ class Trainer:
         progress.close()
         self._end_epoch(epoch, time.perf_counter() - start, seen)
 
+    def _extra(self) -> NoisedDataset | TwoViews | None:
+        """What each step takes besides labeled images: pseudo-labeled items or view pairs."""
+        return self.data.pseudo if self.data.pseudo is not None else self.data.views
+
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The step's images (labeled first), noised and normalized on the device, the labeled
-        images' classes and the pseudo-labeled items' targets."""
-        t, (labeled, pseudo), q_pse = time.perf_counter(), self.streams, None
+        images' classes and the other items' targets: their pseudo-labels, or for view pairs
+        the model's own predictions on the weak views (the strong views are trained on)."""
+        t, (labeled, extra), q_pse, weak = time.perf_counter(), self.streams, None, None
         x, y_lab = next(labeled)
-        if pseudo is not None:
-            x_pse, q_pse = next(pseudo)
-            x = torch.cat([x, x_pse])  # [B_lab + B_pse, C, H, W]
+        if extra is not None:
+            x_extra, q_pse = next(extra)
+            if self.data.views is not None:  # [b, 2, C, H, W]: (weak, strong) pairs
+                weak, x_extra, q_pse = x_extra[:, 0], x_extra[:, 1], None
+            x = torch.cat([x, x_extra])  # [B_lab + B_pse, C, H, W]
         self.clock.parts["data_wait"] += time.perf_counter() - t
         if q_pse is not None:
             q_pse = q_pse.to(self.device, non_blocking=True)
+        x = self._on_device(x, self.data.batch_noise, salt=0)
+        if weak is not None:
+            q_pse = self._own_targets(self._on_device(weak, self.data.weak_batch_noise, salt=1))
+        return x, y_lab.to(self.device, non_blocking=True), q_pse
+
+    def _on_device(self, x: torch.Tensor, batch_noise: BatchNoiseFn | None,
+                   salt: int) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> on the device, batch-noised (noise.backend = "torch", from a
+        generator seeded by (seed, step, rank, salt)) and normalized, in the memory format."""
         x = x.to(self.device, non_blocking=True)  # uint8 [B, C, H, W]
-        if self.data.batch_noise is not None:  # data time (host time: on a GPU, launches)
+        if batch_noise is not None:  # data time (host time: on a GPU, launches)
             t = time.perf_counter()
             g = torch.Generator(self.device).manual_seed(
-                (self.data.seed * 1_000_003 + self.state.step) * 4099 + distributed.rank())
-            x = self.data.batch_noise(x, g)
+                (self.data.seed * 1_000_003 + self.state.step) * 4099 + distributed.rank()
+                + salt * 7919)
+            x = batch_noise(x, g)
             self.clock.parts["data_wait"] += time.perf_counter() - t
         x = normalize(x, self.data.labeled.mean, self.data.labeled.std)  # float32 [B, C, H, W]
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y_lab.to(self.device, non_blocking=True), q_pse
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    @torch.no_grad()
+    def _own_targets(self, weak: torch.Tensor) -> torch.Tensor:
+        """Probabilities [B, C] the model gives the weak views un-noised: in eval mode (no
+        dropout or stochastic depth, batch norm's running statistics) and without a gradient,
+        as a Noisy Student teacher labels, but online (FixMatch's weak-view targets)."""
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.bf16):
+            logits = self.model(weak)
+        train_mode(self.model, self.frozen)
+        fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
+        return fused.float().softmax(1)
 
     def _step(self, x: torch.Tensor, y_lab: torch.Tensor, q_pse: torch.Tensor | None,
               epoch: int) -> dict[str, float]:
@@ -455,7 +491,7 @@ class Trainer:
         """Logits, loss, its parts, and why the step must be skipped (or None)."""
         n_lab = len(y_lab)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.cfg.amp and self.cuda):
+                            enabled=self.bf16):
             logits = self.net(x)  # [B / world, num_classes], or a (class, dist) pair
         logits = _each(logits, lambda z: z.float())
         if q_pse is not None:

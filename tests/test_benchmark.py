@@ -190,6 +190,16 @@ def test_ratios_come_from_measured_times(quick, speed_training):
     assert noise["noised_train_images_per_second"] == pytest.approx(noised[0].images_per_second)
     assert torch_backend["images_per_second"] == pytest.approx(noised[1].images_per_second)
     assert torch_backend["noise_images_per_second"] > 0  # timed inside bench_speed alone
+    # train.amp_cpu off and on, the last two timed runs, each against its own bare loop
+    variants = data["speed"]["cpu_variants"]
+    timed = [r for tag, r in speed_training if tag == "speed"][-2:]
+    assert list(variants) == ["amp_cpu=False", "amp_cpu=True"]
+    for v, run in zip(variants.values(), timed):
+        assert v["framework_images_per_second"] == pytest.approx(
+            v["batch"] * run.steps / run.seconds)
+    off, on = (v["framework_images_per_second"] for v in variants.values())
+    report = (quick[0] / "B.md").read_text()
+    assert f"| amp_cpu=True | {on:.0f} | {on / off:.2f} |" in report
 
 
 def _bench():
@@ -510,14 +520,26 @@ def test_a_tried_variant_is_run_kept_in_the_results_and_listed_later(quick, tmp_
     assert "| no smoothing |" in (tmp_path / "B.md").read_text()
 
 
-def test_a_variant_that_would_change_the_loaded_teacher_is_refused(quick, tmp_path):
-    tmp, _ = quick
+def test_a_variant_of_the_teacher_trains_its_own(quick, tmp_path):
+    """A variant that changes round 0's teacher's own settings trains its teacher (the whole
+    loop); one that changes the students loads the recipe's."""
+    tmp, data = quick
     shutil.copytree(tmp / "work", tmp_path / "work")
     bench = _bench()
+    ran, made = [], {k: v for k, v in data["ablations"]["digits"]["recipe"].items()
+                     if k != "seed"}
+    bench["noisy_student"] = lambda config, job, continues=None: ran.append(config) or made
     args = ["ablations", "--quick", "--dataset", "digits", "--results", str(tmp_path / "r.json"),
             "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
-    with pytest.raises(SystemExit, match="changes round 0's teacher"):
-        bench["main"](args + ["--try", "longer teacher", "train.teacher_epochs=40"])
+    bench["main"](args + ["--try", "longer teacher", "train.teacher_epochs=40",
+                          "--try", "consistency", "train.teacher_consistency=true",
+                          "--try", "warm", 'model.student_init="teacher"'])
+    longer = [c for c in ran if c.train.teacher_epochs == 40]
+    own = [c for c in ran if c.train.teacher_consistency]
+    warm = [c for c in ran if c.model.student_init == "teacher"]
+    assert len(longer) == len(own) == len(warm) == 1
+    assert longer[0].model.teacher_checkpoint is None and own[0].model.teacher_checkpoint is None
+    assert warm[0].model.teacher_checkpoint and warm[0].train.teacher_epochs == 0
 
 
 def test_variants_are_read_against_the_recipe_over_the_tuning_seeds():
@@ -569,6 +591,12 @@ def test_variants_whose_runs_are_gone_are_kept_while_the_recipe_figures_are_the_
     args = ["ablations", "--quick", "--dataset", "digits", "--results", str(results),
             "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work"),
             "--variants", "no model noise"]
+    assert bench["main"](args) == 0
+    assert json.loads(results.read_text())["ablations"]["digits"]["no input noise"] == gone
+    assert "kept from the results file" in capsys.readouterr().out
+    edited = json.loads(results.read_text())
+    edited["ablations"]["digits"]["recipe"]["rounds"][0]["timing"]["train"] += 5.0  # same run,
+    results.write_text(json.dumps(edited))  # timed again
     assert bench["main"](args) == 0
     assert json.loads(results.read_text())["ablations"]["digits"]["no input noise"] == gone
     assert "kept from the results file" in capsys.readouterr().out

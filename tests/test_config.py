@@ -69,6 +69,8 @@ def test_cross_field_rules():
     with pytest.raises(ConfigError, match="image_folder"):
         Config.from_dict({"data": {"source": "image_folder"}})
     Config.from_dict({"pseudo_label": {"kind": "hard"}, "loss": {"distillation": "hard"}})
+    with pytest.raises(ConfigError, match="train.amp_cpu .* needs train.amp = true"):
+        Config.from_dict({"train": {"amp": False, "amp_cpu": True}})
 
 
 def test_fingerprint_changes_with_its_sections_only():

@@ -127,6 +127,23 @@ def test_noised_dataset_is_a_function_of_seed_pass_and_index():
     assert np.allclose(batch[0, 0].numpy(), (images[3, :, :, 0] / 255 - 0.2) / 0.5, atol=1e-6)
 
 
+def test_two_views_pair_a_weak_and_a_strong_view_of_one_image():
+    """A view pair: the weak view as its own NoisedDataset makes it (here no noise: the image
+    itself), the strong one from the next seed; the pair depends only on (seed, pass, index)."""
+    from noisy_student.data import TwoViews
+    from noisy_student.noise import build_noise
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    strong = build_noise(True, 2, 9, True, 1, 1)
+    views = TwoViews(images, None, strong, [0.5], [0.5], seed=3)
+    pair, unknown = views[(1, 2)]
+    assert pair.shape == (2, 1, 8, 8) and pair.dtype == torch.uint8 and int(unknown) == -1
+    assert (pair[0, 0].numpy() == images[2, :, :, 0]).all()
+    alone = NoisedDataset(images, np.arange(4), strong, [0.5], [0.5], seed=4)
+    assert (pair[1] == alone[(1, 2)][0]).all() and (views[(1, 2)][0] == pair).all()
+    assert len(views) == 4
+
+
 def _image_tree(root: Path) -> None:
     rng = np.random.default_rng(0)
     for split, per_class in (("labeled", 4), ("test", 3), ("val", 2)):

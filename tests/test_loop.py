@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from noisy_student.checkpoint import RunDirError
 from noisy_student.config import ConfigError
@@ -312,3 +314,55 @@ def test_overwrite_replaces_the_old_run_but_not_other_files(tiny_config):
     run(tiny_config.with_overrides(["rounds=1"]), overwrite=True)
     assert not (out / "round_1").exists()  # no stale round of the old run
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_warm_started_student_starts_from_its_teacher(tiny_config):
+    """model.student_init = 'teacher': at a vanishing learning rate each student ends where it
+    began, on the weights of the model before it (round 0's teacher, then round 0's student);
+    from scratch it does not. A student of another model is refused with the reason."""
+    still = tiny_config.with_overrides(['model.ladder=["cnn_tiny"]', "train.lr=1e-12",
+                                        "train.weight_decay=0"])
+    run(still.with_overrides(['model.student_init="teacher"']))
+    out = tiny_config.out_dir
+
+    def params(path):
+        return {k: v for k, v in load_file(path).items() if "running" not in k
+                and "num_batches" not in k}
+
+    teacher, first, second = (params(out / p) for p in (
+        "teacher/model.safetensors", "round_0/student.safetensors", "round_1/student.safetensors"))
+    for earlier, later in ((teacher, first), (first, second)):
+        assert all(torch.allclose(earlier[k], later[k], atol=1e-6) for k in earlier)
+    run(still.with_overrides([f'out="{out}-scratch"', "rounds=1"]))
+    scratch = params(Path(f"{out}-scratch") / "round_0/student.safetensors")
+    assert not all(torch.allclose(teacher[k], scratch[k], atol=1e-3) for k in teacher)
+    with pytest.raises(ConfigError, match="round 1's student from its teacher's weights, so it "
+                                          "must be the same model: cnn_small is not cnn_tiny"):
+        Loop(tiny_config.with_overrides(['model.student_init="teacher"']),
+             RunStart(overwrite=True))
+
+
+def _teacher_steps(out):
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x.get("event") == "step" and x.get("phase") == "teacher"]
+
+
+def test_a_consistency_teacher_learns_from_view_pairs_of_the_unlabeled_images(tiny_config):
+    """train.teacher_consistency: round 0's teacher takes unlabeled_ratio x batch_size view pairs
+    a step besides its labeled batch, for as many steps as without them (3 epochs of 50 labeled
+    images at 16: 12 steps), logging the consistency loss and the share of images above the
+    threshold: every image at 0.1 (no prediction over 10 classes is less sure), none at a
+    threshold no prediction reaches, where the unlabeled term is zero at every step."""
+    config = tiny_config.with_overrides(["rounds=1", "train.teacher_consistency=true",
+                                         "train.consistency_threshold=0.1"])
+    run(config)
+    steps = _teacher_steps(config.out_dir)
+    assert [x["step"] for x in steps] == [2, 4, 6, 8, 10, 12]
+    assert all(x["pseudo_mask"] == 1 and x["pseudo_consistency"] > 0 for x in steps)
+    never = config.with_overrides([f'out="{tiny_config.out_dir}-never"',  # batch noise too
+                                   "train.consistency_threshold=0.9999999",
+                                   'noise.backend="torch"'])
+    run(never)
+    steps = _teacher_steps(never.out_dir)
+    assert len(steps) == 6 and all(x["pseudo_consistency"] == 0 == x["pseudo_mask"]
+                                   for x in steps)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from noisy_student.config import LossConfig
-from noisy_student.losses import (HardDistillation, KDLoss, LabelSmoothingCE, SoftTargetCE,
-                                  StudentLoss, build_student_loss)
+from noisy_student.losses import (Consistency, HardDistillation, KDLoss, LabelSmoothingCE,
+                                  SoftTargetCE, StudentLoss, build_student_loss)
 
 DEIT_HARD = LossConfig(distillation="hard", label_smoothing=0.0, labeled_weight=0.5,
                        pseudo_weight=0.5)
@@ -111,3 +111,22 @@ def test_student_loss_weights_and_parts():
     only_labeled, parts = build_student_loss(kd, with_pseudo=False)(z_l, y)
     assert set(parts) == {"labeled_ce", "total"}
     assert torch.allclose(only_labeled, F.cross_entropy(z_l, y))
+
+
+def test_consistency_by_hand():
+    """FixMatch's term: the first view's own prediction (0.96) passes the 0.95 threshold, its
+    strong view's logits (0, 0) cost CE = ln 2 against class 0; the second (0.6) is masked.
+    Mean over both images: ln 2 / 2, half of them kept. In the teacher's total it is weighted
+    by pseudo_weight."""
+    weak = torch.tensor([[0.96, 0.04], [0.6, 0.4]])
+    strong = torch.tensor([[0.0, 0.0], [5.0, 0.0]], requires_grad=True)
+    loss, parts = Consistency(0.95)(strong, weak)
+    assert loss.item() == pytest.approx(math.log(2) / 2)
+    assert parts["mask"].item() == 0.5
+    loss.backward()  # d/dz of CE(z, 0) / 2 for the kept row: (softmax(z) - onehot(0)) / 2
+    assert torch.allclose(strong.grad, torch.tensor([[-0.25, 0.25], [0.0, 0.0]]))
+    teacher = build_student_loss(LossConfig(label_smoothing=0.0, pseudo_weight=2.0),
+                                 with_pseudo=False, consistency=0.95)
+    total, parts = teacher(torch.zeros(1, 2), torch.tensor([1]), strong, weak)
+    assert total.item() == pytest.approx(math.log(2) + 2 * math.log(2) / 2)
+    assert set(parts) >= {"labeled_ce", "pseudo_consistency", "pseudo_mask"}

@@ -36,6 +36,10 @@ def test_min_steps_raise_the_epochs_of_small_sets_only():
     g = phase_geometry(cfg, 200, 3800, epochs=8, min_steps=2401)
     assert (g.batch_labeled, g.batch_pseudo, g.steps_per_epoch, g.epochs) == (64, 192, 20, 121)
     assert phase_geometry(cfg, 200, 3800, epochs=8).epochs == 8  # no minimum: the epochs
+    # a consistency teacher: epochs over its 200 labeled images, 192 unlabeled ones a step
+    g = phase_geometry(cfg, 200, None, epochs=30, min_steps=0, n_unlabeled=3800)
+    assert (g.steps_per_epoch, g.epochs, g.batch_labeled, g.batch_pseudo) == (4, 30, 64, 192)
+    assert phase_geometry(cfg, 200, None, 30, n_unlabeled=100).batch_pseudo == 100
     # two ranks: batches rounded down to a multiple of the ranks
     assert phase_geometry(replace(cfg, batch_size=7), 100, None, 1, world=2).batch_labeled == 6
 

@@ -8,6 +8,7 @@ import torch
 
 from noisy_student.checkpoint import load_npz, save_npz
 from noisy_student.config import PseudoLabelConfig
+from noisy_student.errors import ConfigError
 from noisy_student.inference import FrozenTeacher
 from noisy_student.models import create_model
 from noisy_student.pseudo_label import PseudoLabels, make_pseudo_labels, select
@@ -279,6 +280,37 @@ def test_ensemble_averages_probabilities_or_logits_by_hand():
     assert torch.allclose(logits, torch.tensor([[1.0, 0.5, -0.25]] * 2))
     with pytest.raises(ValueError, match="'probs' or 'logits'"):
         Ensemble([Fixed(za)], "votes")
+
+
+def test_flip_average_averages_the_two_views_probabilities_by_hand():
+    from noisy_student.inference import FlipAverage
+
+    class LeftColumn(torch.nn.Module):  # logits = [x[..., 0], -x[..., 0]] summed over rows
+        def forward(self, x):
+            a = x[:, 0, :, 0].sum(-1)
+            return torch.stack([a, -a], -1)
+
+    x = torch.tensor([[[[1.0, 0.0, 3.0]]]])  # one image 1x1x3: left column 1, mirrored 3
+    p = FlipAverage(LeftColumn())(x).softmax(-1)
+    expected = (torch.softmax(torch.tensor([1.0, -1.0]), 0)
+                + torch.softmax(torch.tensor([3.0, -3.0]), 0)) / 2
+    assert torch.allclose(p[0], expected, atol=1e-6)
+
+
+def test_flip_average_needs_mirror_symmetric_classes(tiny_config):
+    with pytest.raises(ConfigError, match="noise.flip = true"):
+        tiny_config.with_overrides(["pseudo_label.flip_average=true", "noise.flip=false"])
+
+
+def test_a_run_whose_teachers_average_over_mirror_images(tiny_config):
+    from noisy_student.loop import run
+
+    summary = run(tiny_config.with_overrides(["pseudo_label.flip_average=true", "noise.flip=true",
+                                              'model.ladder=["cnn_tiny"]']))
+    name = summary["rounds"][0]["teacher"]
+    assert name == "cnn_tiny, flip-averaged"
+    meta = PseudoLabels.load(tiny_config.out_dir / "round_0" / "pseudo_labels.npz").meta
+    assert meta["teacher"] == name
 
 
 def test_a_run_whose_teachers_are_ensembles_of_the_last_models(tiny_config):

@@ -96,6 +96,26 @@ def test_training_is_reproducible_and_ema_is_what_comes_back():
     assert not torch.equal(ema.model.head.weight, raw.head.weight)
 
 
+def test_amp_cpu_runs_the_forward_in_bf16_on_a_cpu_and_amp_alone_does_not():
+    seen = []
+
+    class _Spy(_Linear):
+        def forward(self, x):
+            out = super().forward(x)
+            seen.append(out.dtype)
+            return out
+
+    _train(TrainConfig(batch_size=8, device="cpu", amp=True), model=_Spy())
+    assert set(seen) == {torch.float32}  # train.amp is CUDA's alone
+    seen.clear()
+    result = _train(TrainConfig(batch_size=8, device="cpu", amp=True, amp_cpu=True), model=_Spy())
+    assert set(seen) == {torch.bfloat16} and len(seen) == result.steps
+    assert result.model.head.weight.dtype == torch.float32  # autocast: the weights stay float32
+    assert [TrainConfig(amp=a, amp_cpu=c).bf16(d) for a, c, d in [
+        (True, False, "cpu"), (True, True, "cpu"), (True, False, "cuda"), (False, False, "cuda")]
+    ] == [False, True, True, False]
+
+
 def test_pseudo_batches_use_the_ratio_and_log_every_part():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (30, 4, 4, 1), dtype=np.uint8)

@@ -311,11 +311,15 @@ def speed_section(sp: dict[str, Any]) -> list[str]:
                 ["workers", "img/s", "waiting for data"],
                 [[w, f"{v['images_per_second']:.0f}", f"{100 * v['data_wait_fraction']:.1f}%"]
                  for w, v in nz["by_workers"].items()])]
-    if "cuda_variants" in sp:
-        rows = [[k, f"{v['framework_images_per_second']:.0f}", f"{v['ratio']:.3f}"]
-                for k, v in sp["cuda_variants"].items()]
-        lines += ["### GPU: bf16 autocast and channels_last", "",
-                  *table(["setting", "train img/s", "framework / bare"], rows)]
+    for key, title in (("cpu_variants", "CPU: bf16 autocast (`train.amp_cpu`), side by side"),
+                       ("cuda_variants", "GPU: bf16 autocast and channels_last")):
+        if key in sp:
+            first = next(iter(sp[key].values()))["framework_images_per_second"]
+            rows = [[k, f"{v['framework_images_per_second']:.0f}",
+                     f"{v['framework_images_per_second'] / first:.2f}", f"{v['ratio']:.3f}"]
+                    for k, v in sp[key].items()]
+            lines += [f"### {title}", "", *table(
+                ["setting", "train img/s", "img/s / first row's", "framework / bare"], rows)]
     if "round_split" in sp:
         rs = sp["round_split"]
         rows = [[k, f"{v:.2f}", f"{100 * rs['share'][k]:.1f}"] for k, v in rs["seconds"].items()]

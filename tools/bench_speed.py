@@ -77,7 +77,7 @@ def train_step(config: Config, steps: int, device: torch.device, shape: Shape = 
     q = torch.from_numpy(targets[b_lab:b_lab + b_pse]).to(device)
     optimizer = build_optimizer(bare_model, t)
     bare_model.train()
-    amp = t.amp and device.type == "cuda"
+    amp = t.bf16(device.type)
 
     def bare_step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -110,7 +110,7 @@ def inference(config: Config, n: int, device: torch.device,
     model.to(device).eval()
     batch = config.pseudo_label.batch_size
     channels_last = config.train.channels_last
-    amp = config.train.amp and device.type == "cuda"
+    amp = config.train.bf16(device.type)
     predict_logits(model, images[:batch], [0.5], [0.25], batch, device, amp, channels_last)
     _sync(device)
     start = time.perf_counter()
@@ -235,5 +235,9 @@ def measure(round_config: Config, work: Path, quick: bool = False,
                 variants[f"amp={amp},channels_last={cl}"] = train_step(cfg, steps,
                                                                        torch.device("cuda"))
         out["cuda_variants"] = variants
+    # train.amp_cpu: bf16 autocast on the CPU against float32, side by side
+    out["cpu_variants"] = {f"amp_cpu={on}": train_step(
+        fashion.with_overrides([f"train.amp_cpu={str(on).lower()}"]), steps, torch.device("cpu"))
+        for on in (False, True)}
     out["round_split"] = round_split(round_config, work / "speed-round", round_run)
     return out

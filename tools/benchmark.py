@@ -350,9 +350,11 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
               save: Callable[[dict[str, Any]], None] | None = None,
               tries: dict[str, list[str]] | None = None,
               earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The recipe against one change at a time, on a tuning seed, read on validation. Every
+    """The recipe against one change at a time, on a tuning seed, read on validation. A
     variant's students learn from the recipe run's round 0 teacher (loaded, not retrained), so
-    only the student side differs; a variant with more rounds continues the recipe's run. The
+    only the student side differs, unless the variant changes the teacher's own settings
+    (`teacher_side`): then it trains its own; a variant with more rounds continues the
+    recipe's run. The
     recipe's loop is the quality benchmark's job of the same seed (reused when finished); each
     variant is a job of its own (reused when finished). `only` runs just the variants named; the
     others are listed when finished earlier. `tries`: more variants, name -> overrides (`--try`;
@@ -369,12 +371,8 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
             results[name] = {"same_as_recipe": True, **results["recipe"]}
             continue
         longer = config.rounds > base.rounds and config.replace(rounds=base.rounds) == base
-        if (config.model.ladder[0], config.train.teacher_epochs) != (
-                base.model.ladder[0], base.train.teacher_epochs):
-            raise SystemExit(f"ablation {name!r}: {' '.join(overrides)} changes round 0's "
-                             "teacher, which every variant loads from the recipe's run; try it "
-                             "as a recipe of its own (quality) instead")
-        if not longer:  # more rounds continue the recipe's run; others retrain its students
+        own_teacher = teacher_side(config) != teacher_side(base)
+        if not longer and not own_teacher:  # others retrain the students of the recipe's run
             config = config.with_overrides([f'model.teacher_checkpoint="{teacher}"',
                                             "train.teacher_epochs=0"])
         job = loop_job(work, dataset, config, kind=f"ablation {name}")
@@ -389,20 +387,36 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
                                           **results}}
 
 
+def teacher_side(config: Config) -> tuple[Any, ...]:
+    """The settings that make round 0's teacher and nothing else: a variant that changes one of
+    them trains its own teacher (the whole loop); every other variant loads the recipe's."""
+    t = config.train
+    return (config.model.ladder[0], t.teacher_epochs, t.teacher_min_steps,
+            t.teacher_consistency, t.consistency_threshold)
+
+
 def carried(earlier: dict[str, Any], results: dict[str, Any],
             say: bool = False) -> dict[str, Any]:
     """The earlier results' variants that were not listed now (their runs are gone), kept when
-    they were measured against the same recipe figures as now; with `say`, said either way."""
+    they were measured against the same recipe accuracies as now (a recipe run made again at
+    other code or on another day, the same training); with `say`, said either way."""
     gone = {k: v for k, v in earlier.items() if k not in results}
     if not gone:
         return {}
-    same = all(earlier.get("recipe", {}).get(k) == results["recipe"].get(k)
-               for k in ("final_top1", "final_val_top1", "rounds"))
+    same = accuracies(earlier.get("recipe", {})) == accuracies(results["recipe"])
     if say:
         why = ("kept from the results file (same recipe figures, runs not here)" if same else
                "dropped from the results file (measured against other recipe figures)")
         print(f"{why}: {', '.join(sorted(gone))}")
     return gone if same else {}
+
+
+def accuracies(run: dict[str, Any]) -> list[Any]:
+    """A loop result's figures of quality, per round and final (not its timing, which differs
+    between two runs of the same training)."""
+    return [run.get("final_top1"), run.get("final_val_top1"),
+            [(r["student_top1"], r.get("student_val_top1"), r["pseudo_label_accuracy"])
+             for r in run.get("rounds", [])]]
 
 
 def ablation_key(dataset: str, seed: int) -> str:

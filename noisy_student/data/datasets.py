@@ -62,3 +62,23 @@ class NoisedDataset(Dataset):
         if self.noise is not None:
             image = self.noise(image, np.random.default_rng([self.seed, p, i]))
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), self.targets[i]
+
+
+class TwoViews(Dataset):
+    """Item `(p, i)`: `(uint8 [2, C, H, W], -1)`, a weakly and a strongly noised view of unlabeled
+    image i (FixMatch's pair; the -1 stands for its unknown class). Each view's noise is drawn
+    as `NoisedDataset`'s is, the weak one from seed `seed`, the strong one from `seed + 1`."""
+
+    def __init__(self, images: np.ndarray, weak: Noise | None, strong: Noise | None,
+                 mean: list[float], std: list[float], seed: int) -> None:
+        unknown = np.full(len(images), -1)
+        self.weak = NoisedDataset(images, unknown, weak, mean, std, seed)
+        self.strong = NoisedDataset(images, unknown, strong, mean, std, seed + 1)
+        self.mean, self.std = self.weak.mean, self.weak.std
+
+    def __len__(self) -> int:
+        return len(self.weak)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        (weak, unknown), (strong, _) = self.weak[key], self.strong[key]
+        return torch.stack([weak, strong]), unknown
