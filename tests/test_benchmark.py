@@ -346,10 +346,14 @@ def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path
     assert loop.parent == tmp_path / "f" and loop.name.startswith("noisy_student-seed100-")
     assert folders(config.with_overrides(['out="elsewhere"'])) == (loop, base)
     for teacher_side in ("pseudo_label.threshold=0.5", "train.teacher_epochs=10",
-                         "train.epochs=9"):
+                         "train.epochs=9", 'model.student_init="scratch"',
+                         "loss.distill_smoothing=0.1", "loss.pseudo_weight=0.5",
+                         "train.teacher_consistency=true", "train.min_steps=10"):
         other = folders(config.with_overrides([teacher_side]))
         assert other[0] != loop and other[1] == base, teacher_side
-    for trained in ("noise.magnitude=5", "model.drop_rate=0.3", "seed=101", "train.lr=0.1"):
+    for trained in ("noise.magnitude=5", "model.drop_rate=0.3", "seed=101", "train.lr=0.1",
+                    "loss.label_smoothing=0", "train.amp_cpu=false",
+                    "rounds=3"):  # the baseline's network is seeded by its rung
         other = folders(config.with_overrides([trained]))
         assert other[0] != loop and other[1] != base, trained
     monkeypatch.setattr(sys.modules["bench_runs"], "package_code", lambda: "another tree")
