@@ -22,9 +22,9 @@ from noisy_student import Config, run_recipe
 
 def make_config() -> Config:
     config = fashion_config()
-    return config.replace(
-        name="transfer",
-        model=replace(config.model, pretrained_for="all"),
+    return config.replace(  # every model starts from the weights: no warm start from a teacher
+        name="transfer", rounds=2,
+        model=replace(config.model, pretrained_for="all", student_init="scratch"),
         train=replace(config.train, teacher_epochs=30, epochs=4),
     )  # finetune and backbone_lr_scale are set with the weights, in `configure`
 
