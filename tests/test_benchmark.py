@@ -298,6 +298,8 @@ def test_the_report_says_whether_removing_noise_hurts_on_validation():
     assert "no model noise -0.35 pts (lower, within two of the seeds' standard deviations: " \
         "unclear)" in "\n".join(section("fashion_mnist", a, 0.0019))
     assert "-0.35 pts (hurts)" in "\n".join(section("fashion_mnist", a))  # no spread to judge by
+    a["no model noise"]["provenance"] = {"machine": {"cores": 2, "torch_threads": 1}}
+    assert "| 90.00 | 2.0 (1 of 2 cores) |" in "\n".join(section("fashion_mnist", a))
     assert "removing noise" not in "\n".join(section("d", {"recipe": variant(0.9)}))
 
 

@@ -30,6 +30,15 @@ def made_by(result: dict[str, Any], current: str | None) -> str:
     return text
 
 
+def minutes(result: dict[str, Any]) -> str:
+    """A run's minutes, saying when its torch threads were fewer than the machine's cores (run
+    beside another job: its minutes are not the recipe's on an idle machine)."""
+    m = result.get("provenance", {}).get("machine", {})
+    threads, cores = m.get("torch_threads"), m.get("cores")
+    slow = threads is not None and cores is not None and threads < cores
+    return f"{result['seconds'] / 60:.1f}" + (f" ({threads} of {cores} cores)" if slow else "")
+
+
 def mean_std(s: dict[str, float], scale: float = 100.0) -> str:
     if s["n"] == 1:
         return f"{scale * s['mean']:.2f}"
@@ -71,7 +80,7 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None) ->
             pct(x["noisy_student"].get("final_val_top1")), pct(best_ceiling(x)["top1"]),
             f"{x['labels_only']['steps']} x {x['labels_only']['batch']}",
             f"{best_ceiling(x)['steps']} x {best_ceiling(x)['batch']}",
-            f"{x['noisy_student']['seconds'] / 60:.1f}",
+            minutes(x["noisy_student"]),
             made_by(x["noisy_student"], current)] for x in seeds]
     lines += table(["seed", "labels-only", "teacher", "students by round (test)",
                     "final student (validation)", "supervised", "labels-only steps x batch",
@@ -156,7 +165,7 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
                      "" if variant == "recipe" else f"{100 * (r[key] - base):+.2f}",
                      " / ".join(pct(x.get(round_key)) for x in r["rounds"]),
                      " / ".join(pct(x["pseudo_label_accuracy"]) for x in r["rounds"]),
-                     f"{r['seconds'] / 60:.1f}", made_by(r, current)])
+                     minutes(r), made_by(r, current)])
     on = "validation" if key == "final_val_top1" else "test (a run without validation)"
     lines = [f"### Ablations: {name} (seed {a['recipe'].get('seed', 0)}, read on {on})", "",
              *table(["variant", "final student (validation)", "vs recipe (pts)",
