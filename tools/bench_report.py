@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TARGETS = {"train_step": 1.10, "inference": 1.10}  # framework / bare at most
 WAIT_TARGET = 0.10  # share of a training run spent waiting for noised batches
-# the recipe's final student against labels-only: (gain in top-1, share of the gap closed)
-QUALITY_TARGETS = {"fashion_mnist": (0.05, 0.60)}
+
+
+@dataclass(frozen=True)
+class QualityTarget:
+    """What a data set's recipe is asked for (issue 24), judged on the report seeds' mean: the
+    final student against labels-only on the same split."""
+    gap_closed: float | None = None  # at least this share of the gap to full supervision ...
+    minutes: float | None = None  # ... with every seed's whole recipe in at most this long
+    stretch_gain: float | None = None  # the stretch: a gain of at least this (top-1)
+    gain_sds: float | None = None  # a gain above this many standard deviations over seeds
+
+
+QUALITY_TARGETS = {"fashion_mnist": QualityTarget(gap_closed=0.60, minutes=45.0,
+                                                  stretch_gain=0.05),
+                   "digits": QualityTarget(gain_sds=2.0)}
 CONVERGED = 0.002  # a ceiling trained twice as long moves less than this: converged
 
 
@@ -71,9 +85,10 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None) ->
            mean_std(s["gain"]) + " pts",
            mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"]
     lines += ["Test top-1 (%):", "", *table(header, [row])]
-    lines += _target(name, s)
+    lines += _target(name, s, [x for x in seeds if x["seed"] in used])
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
+    lines += _where_it_stops(s)
     per = [[f"{x['seed']} ({x['role']})", pct(x["labels_only"]["top1"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
@@ -88,19 +103,50 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None) ->
     return lines + _ceiling(seeds)
 
 
-def _target(name: str, s: dict[str, Any]) -> list[str]:
-    if name not in QUALITY_TARGETS or "gap_closed" not in s:
+def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[str]:
+    """The target's verdict, each part with the figure it was judged on."""
+    goal = QUALITY_TARGETS.get(name)
+    if goal is None or "gain" not in s:
         return []
-    gain, closed = QUALITY_TARGETS[name]
-    met = s["gain"]["mean"] >= gain and s["gap_closed"]["mean"] >= closed
-    gap = s["supervised"]["mean"] - s["labels_only"]["mean"]
-    lines = [f"Target: a gain of at least {100 * gain:.0f} points and at least "
-             f"{100 * closed:.0f}% of the gap closed (mean over seeds): {_ok(met)}.", ""]
-    if gap > 0:
-        lines += [f"The gap to full supervision is {100 * gap:.2f} points, so the gain asked "
-                  f"for is {100 * gain / gap:.0f}% of it and the share asked for is "
-                  f"{100 * closed * gap:.2f} points.", ""]
+    gain, lines = s["gain"], []
+    if goal.gap_closed is not None and "gap_closed" in s:
+        closed = s["gap_closed"]["mean"]
+        worst = max(x["noisy_student"]["seconds"] / 60 for x in seeds)
+        met = closed >= goal.gap_closed and (goal.minutes is None or worst <= goal.minutes)
+        within = (f", every seed's whole recipe in at most {goal.minutes:.0f} minutes"
+                  if goal.minutes is not None else "")
+        lines += [f"Target: at least {100 * goal.gap_closed:.0f}% of the gap closed (mean over "
+                  f"seeds){within}: {_ok(met)} ({100 * closed:.1f}% closed, the longest seed "
+                  f"{worst:.1f} minutes).", ""]
+        gap = s["supervised"]["mean"] - s["labels_only"]["mean"]
+        if gap > 0:
+            lines += [f"The gap to full supervision is {100 * gap:.2f} points: "
+                      f"{100 * goal.gap_closed:.0f}% of it is a gain of "
+                      f"{100 * goal.gap_closed * gap:.2f} points.", ""]
+    if goal.stretch_gain is not None:
+        lines += [f"Stretch: a gain of at least {100 * goal.stretch_gain:.0f} points: "
+                  f"{_ok(gain['mean'] >= goal.stretch_gain)} ({100 * gain['mean']:+.2f}).", ""]
+    if goal.gain_sds is not None and gain["n"] > 1:
+        bar = goal.gain_sds * gain["std"]
+        lines += [f"Target: a gain above {goal.gain_sds:g} standard deviations over seeds: "
+                  f"{_ok(gain['mean'] > bar)} ({100 * gain['mean']:+.2f} against "
+                  f"{100 * bar:.2f}).", ""]
     return lines
+
+
+def _where_it_stops(s: dict[str, Any]) -> list[str]:
+    """What limits the gain, measured: how much each round's pseudo-labels improve on the last
+    round's, and how far the final student ends under its own pseudo-labels' accuracy."""
+    rounds = s["rounds"]
+    if len(rounds) < 2:
+        return []
+    accuracy = [r["pseudo_label_accuracy"]["mean"] for r in rounds]
+    steps = ", ".join(f"{100 * (b - a):+.2f}" for a, b in zip(accuracy, accuracy[1:]))
+    under = accuracy[-1] - rounds[-1]["student_top1"]["mean"]
+    return [f"Where it stops: each round's pseudo-labels are {steps} points more accurate than "
+            f"the round before's; the final student's test top-1 is {100 * under:.2f} points "
+            "under the accuracy of the pseudo-labels it learned from (on the kept unlabeled "
+            "images).", ""]
 
 
 def best_ceiling(seed: dict[str, Any]) -> dict[str, Any]:
