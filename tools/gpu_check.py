@@ -384,8 +384,10 @@ def prepare(folder: Path) -> str:
                         "--only-binary=:all:", "--python-version", "3.12", "--implementation",
                         "cp", *platforms, "-d", str(wheels), f"{name}=={version(name)}"],
                        check=True)
-    if FASHION_FILES.is_dir():
-        shutil.copytree(FASHION_FILES, folder / "fashion-mnist", dirs_exist_ok=True)
+    if not FASHION_FILES.is_dir():  # the end-to-end part would fail there, minutes too late
+        raise SystemExit(f"gpu_check: no Fashion-MNIST files in {FASHION_FILES}: "
+                         "apt-get install dataset-fashion-mnist, then prepare again")
+    shutil.copytree(FASHION_FILES, folder / "fashion-mnist", dirs_exist_ok=True)
     return device_command()
 
 
