@@ -97,6 +97,25 @@ def test_a_part_out_of_time_is_recorded_and_the_next_still_runs(tmp_path):
     assert "not: end_to_end" in done.stdout
 
 
+def test_a_run_is_finished_only_when_every_round_has_its_metrics(tmp_path):
+    """summary.json is rewritten after every round, so it cannot tell a cut run from a whole
+    one (the H200's first check called a run cut in its last round finished)."""
+    figures = runpy.run_path(str(TOOL))["end_to_end_figures"]
+    (tmp_path / "config.json").write_text(json.dumps({"rounds": 2}))
+    (tmp_path / "summary.json").write_text("{}")
+    for phase, m in (("teacher", {"seconds": 60.0, "top1": 0.5}),
+                     ("round_0", {"seconds": 30.0, "student_top1": 0.6})):
+        (tmp_path / phase).mkdir()
+        (tmp_path / phase / "metrics.json").write_text(json.dumps(m))
+    cut = figures(tmp_path, "digits")
+    assert not cut["finished"] and cut["minutes"] == pytest.approx(1.5)
+    (tmp_path / "round_1").mkdir()
+    (tmp_path / "round_1" / "metrics.json").write_text(json.dumps({"seconds": 30.0,
+                                                                   "student_top1": 0.7}))
+    whole = figures(tmp_path, "digits")
+    assert whole["finished"] and [p["test_top1"] for p in whole["phases"]] == [0.5, 0.6, 0.7]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_failing_part_is_recorded_with_its_error(tmp_path):
     done, report = _check(tmp_path, "--parts", "pseudo_label")  # --device cuda, no CUDA here

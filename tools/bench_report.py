@@ -404,6 +404,7 @@ def memory_section(mem: dict[str, Any]) -> list[str]:
                     "anonymous RSS: loaded / labeled / items read (MB)", "seconds"], rows)]
 
 
+GPU_PARTS = ("train_step", "noise", "pseudo_label", "compile", "torchrun", "end_to_end")  # run order
 TINY_NOTE = " --tiny (toy sizes on the CPU: the code paths, not their speed)"
 
 
@@ -417,7 +418,8 @@ def gpu_section(g: dict[str, Any]) -> list[str]:
              f"{g['versions']['torch']}, {g['machine']['cores']} CPU cores, "
              f"{g['date']}. Each part ran in a process of its own with its own time limit.", "",
              *table(["part", "status", "seconds"],
-                    [[n, p["status"], f"{p.get('seconds', 0):.1f}"] for n, p in parts.items()])]
+                    [[n, parts[n]["status"], f"{parts[n].get('seconds', 0):.1f}"]
+                     for n in GPU_PARTS if n in parts])]
     for name, render in (("train_step", _gpu_train_step), ("noise", _gpu_noise),
                          ("pseudo_label", _gpu_pseudo_label), ("compile", _gpu_compile),
                          ("torchrun", _gpu_phases), ("end_to_end", _gpu_phases)):
@@ -486,7 +488,8 @@ def _gpu_phases(name: str, p: dict[str, Any]) -> list[str]:
                  f"GPU MiB {_mib(p.get('peak_gpu_mib'))})")
     rows = [[x["phase"], f"{x['seconds'] / 60:.2f}", pct(x["val_top1"]), pct(x["test_top1"])]
             for x in p["phases"]]
-    return [title, "", *table(["phase", "minutes", "validation top-1", "test top-1"], rows)]
+    return [title, "", *table(["phase", "minutes", "validation top-1", "test top-1"], rows),
+            *([f"The run: {p['note']}.", ""] if p.get("note") else [])]
 
 
 def _ok(passed: bool) -> str:
