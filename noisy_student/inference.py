@@ -92,6 +92,18 @@ def release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
+def _one_ahead(items: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Each item once the next one is made: the GPU has the next batch queued while this one is
+    read back, rather than idling until the host sends it."""
+    previous = None
+    for item in items:
+        if previous is not None:
+            yield previous
+        previous = item
+    if previous is not None:
+        yield previous
+
+
 def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: list[float],
                 batch_size: int = 1024, device: torch.device | str = "cpu",
                 amp: bool = False, channels_last: bool = False,
@@ -106,19 +118,25 @@ def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: li
     model.eval()
     if channels_last:  # weights in the same memory format as the inputs
         model.to(memory_format=torch.channels_last)
+    def launch(start: int) -> torch.Tensor:
+        """Batch `start`'s logits, queued on the device (not waited for)."""
+        x = to_uint8(images[start:start + batch_size])
+        if device.type == "cuda":  # pinned: the copy does not wait for the queued batch
+            x = x.pin_memory()
+        x = normalize(x.to(device, non_blocking=True), mean, std)  # a quarter of the bytes travel
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return model(x).float()
+
     try:
         with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                x = to_uint8(images[start:start + batch_size]).to(device, non_blocking=True)
-                x = normalize(x, mean, std)  # on the device: a quarter of the bytes travel
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = model(x).float().cpu()
-                yield logits
+            launched = (launch(start) for start in range(0, len(images), batch_size))
+            for logits in (_one_ahead(launched) if device.type == "cuda" else launched):
+                yield logits.cpu()
                 release_freed_memory()  # else RSS grows with the images seen
                 if progress is not None:
-                    progress.update(len(x))  # type: ignore[attr-defined]
+                    progress.update(len(logits))  # type: ignore[attr-defined]
                 if check is not None:
                     check()
     finally:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import NoiseConfig
+from .data.datasets import device_constant
 from .noise import _SMOOTH, OP_TABLE, Noise, RandAugment, build_noise, op_value
 
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
@@ -58,8 +59,8 @@ class BatchNoise:
             y = pad_crop(y, self.crop_padding, offsets[0], offsets[1])
         if self.flip:
             y = torch.where((rand(b) < 0.5).view(-1, 1, 1, 1), y.flip(-1), y)
-        values = torch.tensor(self.values, device=dev)
-        signed = torch.tensor(self.signed, device=dev)
+        values = device_constant(tuple(self.values), dev)
+        signed = device_constant(tuple(self.signed), dev, torch.bool)
         for _ in range(self.num_ops):
             which = torch.randint(0, len(self.ops), (b,), generator=generator, device=dev)
             sign = torch.where(signed[which] & (rand(b) < 0.5), -1.0, 1.0)
@@ -82,7 +83,8 @@ class BatchNoise:
 
 
 def _member(which: torch.Tensor, ks: list[int]) -> torch.Tensor:
-    return torch.isin(which, torch.tensor(ks, device=which.device)).view(-1, 1, 1, 1)
+    return torch.isin(which, device_constant(tuple(ks), which.device, torch.long)).view(
+        -1, 1, 1, 1)
 
 
 def pad_crop(y: torch.Tensor, p: int, oy: torch.Tensor, ox: torch.Tensor) -> torch.Tensor:
@@ -155,9 +157,12 @@ def _equalize(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(step.view(b, c, 1, 1) > 0, out, y)
 
 
+_SMOOTH_ROWS = tuple(map(tuple, _SMOOTH.tolist()))  # hashable, for device_constant
+
+
 def _sharpness(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     c = y.shape[1]
-    kernel = torch.as_tensor(_SMOOTH, device=y.device).expand(c, 1, 3, 3)
+    kernel = device_constant(_SMOOTH_ROWS, y.device).expand(c, 1, 3, 3)
     smooth = F.conv2d(y, kernel, groups=c).round()  # [B, C, H - 2, W - 2]
     out = y.clone()
     out[:, :, 1:-1, 1:-1] = _blend(smooth, y[:, :, 1:-1, 1:-1], 1 + v)  # the border is kept

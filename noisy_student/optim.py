@@ -25,14 +25,16 @@ def is_head(name: str) -> bool:
     return name.split(".")[0].startswith("head")
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig,
-                    pretrained: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, pretrained: bool = False,
+                    fused: bool | None = None) -> torch.optim.Optimizer:
     """SGD (nesterov when momentum > 0) or AdamW; no weight decay on biases, norm weights and
     what a module names in its `no_weight_decay()` (timm's convention: a ViT's class and
     distillation tokens and position embedding, as in DeiT).
 
     Groups: head, then backbone (each with and without decay). For `pretrained` weights the
     backbone's lr is `lr * backbone_lr_scale`; frozen parameters (finetune = "head") are left out.
+    `fused` (default: when every parameter is on a GPU): PyTorch's fused kernels, which launch
+    less and skip a non-finite step on the device (`optimizer.found_inf`), without a host wait.
     """
     groups, exempt = [], no_decay_names(model)
     for part in ("head", "backbone"):
@@ -44,10 +46,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig,
             if chosen:
                 groups.append({"params": chosen, "weight_decay": cfg.weight_decay if decay else 0.0,
                                "lr": cfg.lr * scale, "part": part})
+    if fused is None:
+        params = [p for g in groups for p in g["params"]]
+        fused = (bool(params) and all(p.is_cuda for p in params)) or None
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.momentum > 0)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+                               nesterov=cfg.momentum > 0, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 def no_decay_names(model: nn.Module) -> set[str]:

@@ -28,6 +28,7 @@ from . import distributed
 from .checkpoint import CheckpointError, TrainCheckpoints
 from .config import TrainConfig
 from .data import NoisedDataset, TwoViews, normalize
+from .data.datasets import collate
 from .losses import StudentLoss
 from .optim import build_optimizer, freeze_backbone, lr_factor, train_mode
 from .signals import GracefulStop, Interrupted
@@ -78,7 +79,8 @@ def _stream(dataset: NoisedDataset, batch_size: int, seed: int, workers: int,
     sampler = RankSampler(StreamSampler(len(dataset), seed, start), batch_size,
                           distributed.rank() if world > 1 else 0, world)
     loader = DataLoader(dataset, batch_size=batch_size // world, sampler=sampler,
-                        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+                        num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                        collate_fn=collate)
     return iter(loader)
 
 
@@ -113,6 +115,28 @@ def _over_ranks(sums: dict[str, float], correct: int, seen: int,
     parts = distributed.gather((sums, correct, seen))
     mean = {k: sum(p[0][k] for p in parts) / world for k in sums}
     return mean, sum(p[1] for p in parts), sum(p[2] for p in parts)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One optimizer step's outcome, as device tensors until read: `step` (its number, before
+    it ran), the epoch, the images of the epoch so far, the lr it used, the labeled images it
+    classified right, the loss and gradient norm, whether both were finite (the step applied),
+    and the loss parts."""
+
+    step: int
+    epoch: int
+    seen: int
+    lr: float
+    correct: torch.Tensor
+    loss: torch.Tensor
+    norm: torch.Tensor
+    finite: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+    def why_skipped(self) -> str:
+        return (f"the loss is {self.loss.item()}" if not torch.isfinite(self.loss)
+                else f"the gradient norm is {self.norm.item()}")
 
 
 @dataclass(frozen=True)
@@ -275,6 +299,10 @@ class Trainer:
         if cfg.compile:  # self.model keeps the plain weights: checkpoints load without compiling
             self.net = torch.compile(self.net)
         self.state, self.resumed_from = TrainState(), None
+        # with a fused optimizer (CUDA's) a step's outcome is read, a wait for the GPU, once
+        # per log line, not per step: the optimizer skips a non-finite step on the device
+        self.pending: list[StepRecord] = []
+        self.defer = self.ema is None and any(g.get("fused") for g in self.optimizer.param_groups)
 
     def _place(self, model: nn.Module) -> nn.Module:
         """The model on the device, in its memory format, with SyncBatchNorm and a frozen
@@ -359,6 +387,7 @@ class Trainer:
         """A checkpoint of the whole state: every rank gives its random state, rank 0 writes."""
         ck = self.hooks.checkpoints
         assert ck is not None
+        self._read_steps()  # the saved sums and counts include every step taken
         t, total = time.perf_counter(), self.clock.total()
         self.state.seconds, self.state.timing = total.pop("seconds"), total
         rngs = distributed.gather(rng_state()) if self.world > 1 else [rng_state()]
@@ -385,20 +414,16 @@ class Trainer:
                             // self.world, f"{tag} epoch {epoch + 1}/{g.epochs}",
                             enabled=self.main)
         start, seen = time.perf_counter(), 0
-        last_log = (start, 0)  # time and images at the last step line
+        self.progress, self.last_log = progress, (start, 0)  # time and images at the last line
         for _ in range(first, g.steps_per_epoch):
             x, y_lab, q_pse = self._next_batch()
-            values = self._step(x, y_lab, q_pse, epoch)
             seen += len(x)
-            progress.update(len(x), **({"loss": values["total"]} if values else {}))
-            if self.state.step % self.cfg.log_every == 0 and values:
-                now = time.perf_counter()
-                self.hooks.tracker.log(
-                    "step", phase=tag, step=self.state.step, epoch=epoch + 1,
-                    lr=self.scheduler.get_last_lr()[0],
-                    images_per_second=(seen - last_log[1]) / (now - last_log[0]), **values)
-                last_log = (now, seen)
+            self._step(x, y_lab, q_pse, epoch, seen)
+            progress.update(len(x))
+            if not self.defer or self.state.step % self.cfg.log_every == 0:
+                self._read_steps()
             self._stop_or_save_mid_epoch(epoch)
+        self._read_steps()
         progress.close()
         self._end_epoch(epoch, time.perf_counter() - start, seen)
 
@@ -412,14 +437,18 @@ class Trainer:
         the model's own predictions on the weak views (the strong views are trained on)."""
         t, (labeled, extra), q_pse, weak = time.perf_counter(), self.streams, None, None
         x, y_lab = next(labeled)
+        parts = [x]
         if extra is not None:
             x_extra, q_pse = next(extra)
             if self.data.views is not None:  # [b, 2, C, H, W]: (weak, strong) pairs
                 weak, x_extra, q_pse = x_extra[:, 0], x_extra[:, 1], None
-            x = torch.cat([x, x_extra])  # [B_lab + B_pse, C, H, W]
+            parts.append(x_extra)
         self.clock.parts["data_wait"] += time.perf_counter() - t
         if q_pse is not None:
             q_pse = q_pse.to(self.device, non_blocking=True)
+        # each (pinned) part travels on its own, then [B_lab + B_pse, C, H, W] on the device: a
+        # cat on the host makes pageable memory, whose copy to a GPU waits for its queue
+        x = torch.cat([part.to(self.device, non_blocking=True) for part in parts])
         x = self._on_device(x, self.data.batch_noise, salt=0)
         if weak is not None:
             q_pse = self._own_targets(self._on_device(weak, self.data.weak_batch_noise, salt=1))
@@ -454,13 +483,15 @@ class Trainer:
         return fused.float().softmax(1)
 
     def _step(self, x: torch.Tensor, y_lab: torch.Tensor, q_pse: torch.Tensor | None,
-              epoch: int) -> dict[str, float]:
-        """One optimizer step; its loss parts, or {} when skipped (a non-finite loss or
-        gradient, within train.max_skipped_steps)."""
+              epoch: int, seen: int) -> None:
+        """One optimizer step, skipped when the loss or gradient is not finite (counted when
+        its record is read, within train.max_skipped_steps). Where `self.defer` holds and the
+        optimizer has state (a fused SGD's first step would leave its momentum unset), the skip
+        is decided on the device; otherwise here, which waits for the GPU."""
         n_lab, state = len(y_lab), self.state
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            logits, loss, parts, bad = self._forward_backward(x, y_lab, q_pse)
+            logits, loss, parts, norm = self._forward_backward(x, y_lab, q_pse)
         except torch.OutOfMemoryError as e:
             raise TrainingError(
                 f"{self.hooks.tag}: out of GPU memory at step {state.step} with {n_lab} "
@@ -469,26 +500,47 @@ class Trainer:
                 f"{self.cfg.unlabeled_ratio})" + ("" if self.cfg.amp else ", or turn on "
                                                  "train.amp") + f" ({e})") from e
         fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
-        state.correct += int((fused[:n_lab].argmax(1) == y_lab).sum())
-        if bad is not None:
-            self._skip(bad, epoch)
-            parts = {}
-        else:
+        # under DDP decide on the (all-reduced, identical) norm alone, so the ranks agree
+        finite = torch.isfinite(norm) & (torch.isfinite(loss) if self.world == 1 else True)
+        self.pending.append(StepRecord(
+            state.step, epoch, seen, self.scheduler.get_last_lr()[0],
+            (fused[:n_lab].argmax(1) == y_lab).sum(), loss.detach(), norm, finite,
+            {k: v.detach() for k, v in parts.items()}))
+        if self.defer and self.optimizer.state:
+            self.optimizer.found_inf = (~finite).float()  # the fused kernels skip on it
+            self.optimizer.step()
+        elif bool(finite):
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
         self.scheduler.step()
         state.step += 1
-        values = {k: float(v) for k, v in parts.items()}
-        for k, v in values.items():
-            state.sums[k] = state.sums.get(k, 0.0) + v
-        state.good += bool(values)
-        return values
+
+    def _read_steps(self) -> None:
+        """The pending steps' outcomes into the epoch's sums, the step lines and the skip count
+        (which may stop training): one wait for the GPU for all of them."""
+        tag, state, pending, self.pending = self.hooks.tag, self.state, self.pending, []
+        for r in pending:
+            state.correct += int(r.correct)
+            if not bool(r.finite):
+                self._skip(r)
+                continue
+            values = {k: float(v) for k, v in r.parts.items()}
+            for k, v in values.items():
+                state.sums[k] = state.sums.get(k, 0.0) + v
+            state.good += 1
+            self.progress.update(0, loss=values["total"])
+            if (r.step + 1) % self.cfg.log_every == 0:
+                now, (then, before) = time.perf_counter(), self.last_log
+                self.hooks.tracker.log(
+                    "step", phase=tag, step=r.step + 1, epoch=r.epoch + 1, lr=r.lr,
+                    images_per_second=(r.seen - before) / max(now - then, 1e-9), **values)
+                self.last_log = (now, r.seen)
 
     def _forward_backward(self, x: torch.Tensor, y_lab: torch.Tensor,
                           q_pse: torch.Tensor | None) -> tuple[Any, torch.Tensor,
-                                                               dict[str, Any], str | None]:
-        """Logits, loss, its parts, and why the step must be skipped (or None)."""
+                                                               dict[str, Any], torch.Tensor]:
+        """Logits, loss, its parts and the gradient norm (before clipping), on the device."""
         n_lab = len(y_lab)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.bf16):
@@ -504,27 +556,23 @@ class Trainer:
         norm = (nn.utils.clip_grad_norm_(params, self.cfg.grad_clip) if self.cfg.grad_clip > 0
                 else  # the norm only (for the check), no rescaling
                 nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
-        # under DDP decide on the (all-reduced, identical) norm alone, so the ranks agree
-        finite = bool(torch.isfinite(norm)) and (self.world > 1 or bool(torch.isfinite(loss)))
-        bad = None if finite else (f"the loss is {loss.item()}" if not torch.isfinite(loss)
-                                   else f"the gradient norm is {norm.item()}")
-        return logits, loss, parts, bad
+        return logits, loss, parts, norm
 
-    def _skip(self, bad: str, epoch: int) -> None:
-        """A non-finite step: the weights stay as they were; too many stop training."""
+    def _skip(self, r: StepRecord) -> None:
+        """A non-finite step, whose update was not applied: too many stop training."""
         state, cfg, ck = self.state, self.cfg, self.hooks.checkpoints
         state.skipped += 1
-        self.hooks.tracker.log("skipped_step", phase=self.hooks.tag, step=state.step,
+        bad, epoch = r.why_skipped(), r.epoch
+        self.hooks.tracker.log("skipped_step", phase=self.hooks.tag, step=r.step,
                                epoch=epoch + 1, reason=bad)
         if state.skipped > cfg.max_skipped_steps:
             last = ck.paths()[-1] if ck and ck.paths() else None
             raise TrainingError(
-                f"{self.hooks.tag}: {bad} at step {state.step} (epoch {epoch + 1}), "
+                f"{self.hooks.tag}: {bad} at step {r.step} (epoch {epoch + 1}), "
                 f"{state.skipped} non-finite steps so far (train.max_skipped_steps = "
                 f"{cfg.max_skipped_steps}); the last good checkpoint is {last or 'none yet'}; "
                 "lower train.lr, set train.grad_clip, or allow skipping with "
                 "train.max_skipped_steps")
-        self.optimizer.zero_grad(set_to_none=True)
 
     def _stop_or_save_mid_epoch(self, epoch: int) -> None:
         """One small all-reduce: a stop seen by any rank, a checkpoint due by rank 0's clock."""

@@ -253,3 +253,30 @@ def test_unlabeled_list_file_reads_the_listed_images(tmp_path):
         load_source(replace(listed, unlabeled_list=str(tmp_path / "nope.txt")))
     with pytest.raises(ConfigError, match="one of data.unlabeled_dir .* not both"):
         Config.from_dict({"data": {**folder.__dict__, "unlabeled_list": str(listing)}})
+
+
+def test_a_batch_of_clean_items_is_one_gather_equal_to_collating_them_one_by_one():
+    """`__getitems__` (the DataLoader's batch request) of un-noised in-memory items gives the
+    batch item-by-item collation gives, hard or soft targets, images repeated by the index; a
+    noised dataset still goes item by item (each item's noise from its own key)."""
+    from torch.utils.data import DataLoader, default_collate
+
+    from noisy_student.data.datasets import collate
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 5, 6, 3), dtype=np.uint8)
+    keys = [(1, 3), (0, 7), (2, 7), (1, 49), (0, 0)]
+    for targets in (np.arange(50) % 4, rng.random((50, 4)).astype(np.float32)):
+        data = NoisedDataset(images, targets, None, [0.5] * 3, [0.25] * 3, 0,
+                             index=rng.integers(0, 50, 50))
+        x, y = data.__getitems__(keys)
+        x_items, y_items = default_collate([data[k] for k in keys])
+        assert x.shape == (5, 3, 5, 6) and x.is_contiguous() and torch.equal(x, x_items)
+        assert y.dtype == y_items.dtype and torch.equal(y, y_items)
+        loader = DataLoader(data, batch_size=5, sampler=keys, collate_fn=collate)
+        assert all(torch.equal(a, b) for a, b in zip(next(iter(loader)), (x, y)))
+    noised = NoisedDataset(images, np.arange(50) % 4, lambda im, g: 255 - im, [0.5] * 3,
+                           [0.25] * 3, 0)
+    items = noised.__getitems__(keys)
+    assert isinstance(items, list) and len(items) == 5
+    assert torch.equal(items[0][0], torch.from_numpy(255 - images[3]).permute(2, 0, 1))

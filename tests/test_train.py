@@ -187,6 +187,51 @@ def test_non_finite_gradients_are_caught_too():
         _train(TrainConfig(batch_size=8, device="cpu"), model=_InfGrad())
 
 
+class _Events:
+    """A tracker that keeps what it is given."""
+
+    def __init__(self):
+        self.events = []
+
+    def log(self, kind, **fields):
+        self.events.append((kind, fields))
+
+
+def test_reading_step_outcomes_once_per_log_line_trains_as_reading_every_step(monkeypatch):
+    """With a fused optimizer (CUDA's default) a step's outcome stays on the device and is read
+    once per log line: the GPU is never waited for in between. A non-finite step is skipped on
+    the device (found_inf); the weights, the epoch records, the skip events and the step lines
+    are those of the plain path, which reads (waits) after every step."""
+    import functools
+
+    import noisy_student.train as train
+
+    def run(fused):
+        monkeypatch.setattr(train, "build_optimizer",
+                            functools.partial(build_optimizer, fused=fused))
+        torch.manual_seed(0)
+        model, events = _NaNAt({2, 4}), _Events()
+        cfg = TrainConfig(batch_size=8, device="cpu", max_skipped_steps=2, log_every=2)
+        loss = build_student_loss(LossConfig(label_smoothing=0.0), with_pseudo=False)
+        result = train_model(model, loss, cfg, torch.device("cpu"),
+                             TrainData(_data(), None, epochs=2), TrainHooks("t", events))
+        return result, events.events, model.head.weight.detach().clone()
+
+    (plain, plain_events, w_plain), (deferred, events, w) = run(None), run(True)
+    assert [h["skipped_steps"] for h in deferred.history] == [1, 1]  # steps 2 and 4
+    assert [(k, f["step"]) for k, f in events] == [(k, f["step"]) for k, f in plain_events]
+    assert [k for k, _ in events].count("skipped_step") == 2
+    assert torch.allclose(w, w_plain, atol=1e-6)  # fused and foreach kernels round alike here
+    for ours, theirs in zip(deferred.history, plain.history, strict=True):
+        assert ours["total"] == pytest.approx(theirs["total"], rel=1e-5)
+        assert ours["labeled_train_accuracy"] == theirs["labeled_train_accuracy"]
+    with pytest.raises(TrainingError, match=r"the loss is nan at step 4 .*2 non-finite steps"):
+        monkeypatch.setattr(train, "build_optimizer",
+                            functools.partial(build_optimizer, fused=True))
+        _train(TrainConfig(batch_size=8, device="cpu", max_skipped_steps=1, log_every=50),
+               model=_NaNAt({2, 4}))  # read at the epoch's end: still named by its step
+
+
 def test_out_of_gpu_memory_names_the_batch_settings():
     class _OOM(_Linear):
         def forward(self, x):

@@ -81,8 +81,8 @@ class Setting:
     steps: int
 
 
-FULL = {"tiny": False, "train_step": [Setting("wrn_28_2", (32, 32, 3), 64, 7, 30),
-                       Setting("tv_resnet50", (224, 224, 3), 64, 3, 15)],
+FULL = {"tiny": False, "train_step": [Setting("wrn_28_2", (32, 32, 3), 64, 7, 100),
+                       Setting("tv_resnet50", (224, 224, 3), 64, 3, 40)],
         "noise": Setting("wrn_28_2", (32, 32, 3), 64, 7, 20), "noise_images": 3000,
         "pseudo_label": Setting("wrn_28_2", (32, 32, 3), 0, 0, 0), "pseudo_images": 20_000,
         "compile": Setting("wrn_28_2", (32, 32, 3), 64, 7, 30)}

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 Noise = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -16,13 +17,21 @@ def to_uint8(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
 
 
+@functools.lru_cache(maxsize=64)
+def device_constant(values: tuple, device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small constant tensor on `device`, made once (never modify it): made anew each step,
+    it is copied from pageable host memory, which on a GPU waits for the queued work to end."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def normalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 [N, C, H, W] (any device) -> float32 (x / 255 - mean) / std, on x's device.
 
     Batches travel as uint8 (a quarter of the bytes to copy to a GPU) and are normalized here,
     once per batch, rather than per item in the DataLoader."""
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    m = device_constant(tuple(mean), x.device).view(1, -1, 1, 1)
+    s = device_constant(tuple(std), x.device).view(1, -1, 1, 1)
     return (x.float().div_(255.0) - m).div_(s)
 
 
@@ -62,6 +71,22 @@ class NoisedDataset(Dataset):
         if self.noise is not None:
             image = self.noise(image, np.random.default_rng([self.seed, p, i]))
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), self.targets[i]
+
+    def __getitems__(self, keys: list) -> list | tuple[torch.Tensor, torch.Tensor]:
+        """A batch of keys (PyTorch's DataLoader asks so): the items, or, for clean items of
+        in-memory images, the batch `(uint8 [B, C, H, W], targets [B, ...])` in one gather, as
+        `collate` would stack them (item by item, Python was most of a GPU step's data wait)."""
+        if (self.noise is not None or not isinstance(self.images, np.ndarray)
+                or not isinstance(self.targets, torch.Tensor)):
+            return [self[k] for k in keys]
+        i = np.array([k[1] if isinstance(k, tuple) else k for k in keys], dtype=np.int64)
+        x = torch.from_numpy(self.images[self.index[i]]).permute(0, 3, 1, 2).contiguous()
+        return x, self.targets[torch.from_numpy(i)]
+
+
+def collate(batch: list | tuple[torch.Tensor, torch.Tensor]) -> Any:
+    """The DataLoader's collate: a batch `__getitems__` made whole passes as it is."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
 
 
 class TwoViews(Dataset):
