@@ -211,16 +211,15 @@ def _one_seed_quality(labels_only, final, supervised, longer=None):
     def stat(x):
         return {"mean": x, "std": 0.0, "n": 1}
     gain = final - labels_only
+    made = {"commit": "abcdef0123", "dirty": False, "package_code": "tree1"}
     seed = {"seed": 100, "role": "report", "labeled": 1000, "validation": 1000,
             "unlabeled": 58000, "test": 10000, "model": "m",
             "labels_only": {"top1": labels_only, "steps": 10, "batch": 64},
             "supervised": {"top1": supervised, "steps": 20, "batch": 256, "epochs": 15},
             "supervised_longer": longer and {"top1": longer, "epochs": 30, "steps": 40,
-                                             "batch": 256},
+                                             "batch": 256, "provenance": made},
             "noisy_student": {"teacher_top1": 0.8, "seconds": 60.0, "final_val_top1": 0.85,
-                              "rounds": [{"student_top1": final}],
-                              "provenance": {"commit": "abcdef0123", "dirty": False,
-                                             "package_code": "tree1"}}}
+                              "rounds": [{"student_top1": final}], "provenance": made}}
     summary = {"labels_only": stat(labels_only), "teacher": stat(0.8),
                "supervised": stat(supervised), "gain": stat(gain),
                "gap_closed": stat(gain / (supervised - labels_only)),
@@ -272,10 +271,11 @@ def test_the_report_marks_older_code_and_judges_the_ceiling():
     assert "| 100 (report) |" in text and "| abcdef01 |" in text and "older code" not in text
     assert "Report seeds: never used for a choice." in text
     assert ("Ceiling, seed 100: fully supervised 91.00% after 15 epochs, 91.15% after 30 "
-            "(+0.15 points).\n\nconverged.") in text
+            "(+0.15 points), made at abcdef01.\n\nconverged.") in text
     text = "\n".join(section("d", _one_seed_quality(0.85, 0.88, 0.91, longer=0.913), "tree2"))
     assert "| abcdef01 (older code) |" in text
-    assert "91.30% after 30 (+0.30 points).\n\n**not converged**" in text
+    assert ("91.30% after 30 (+0.30 points), made at abcdef01 (older code).\n\n"
+            "**not converged**") in text
     assert "| 91.30 | 10 x 64 | 40 x 256 |" in text  # the gap is measured to the longer run
     assert "No convergence check of the ceiling yet." in "\n".join(
         section("d", _one_seed_quality(0.85, 0.88, 0.91)))
@@ -433,6 +433,36 @@ def test_quality_again_reuses_every_finished_job(quick, tmp_path):
                           str(results), "--markdown", str(tmp_path / "B.md"), "--work",
                           str(tmp_path / "work")]) == 0
     assert json.loads(results.read_text())["quality"] == data["quality"]
+
+
+def test_quality_can_take_the_ceiling_the_results_hold_instead_of_training_one(quick, tmp_path):
+    """--reuse-ceiling: the loop and labels-only come from their jobs, the ceiling and its check
+    from the results as they were made (nothing supervised is trained, though its jobs are
+    gone); results without a ceiling of that seed stop with the cause."""
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    for job in (tmp_path / "work" / "digits").glob("supervised-*"):
+        shutil.rmtree(job)
+    results = tmp_path / "r.json"
+    shutil.copy(tmp / "r.json", results)
+    bench = _bench()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the ceiling was trained")
+
+    bench["train_supervised"] = no_training
+    args = ["quality", "--quick", "--dataset", "digits", "--reuse-ceiling", "--results",
+            str(results), "--markdown", str(tmp_path / "B.md"), "--work", str(tmp_path / "work")]
+    assert bench["main"](args) == 0
+    (seed,) = json.loads(results.read_text())["quality"]["digits"]["seeds"]
+    (before,) = data["quality"]["digits"]["seeds"]
+    assert seed["supervised"] == before["supervised"]
+    assert seed["supervised_longer"] == before["supervised_longer"]
+    assert seed["supervised"]["provenance"]["commit"] == before["supervised"]["provenance"][
+        "commit"]
+    results.write_text("{}")
+    with pytest.raises(SystemExit, match="hold no digits ceiling of seed 0"):
+        bench["main"](args)
 
 
 def test_ablations_list_finished_variants_and_run_only_those_named(quick, tmp_path):

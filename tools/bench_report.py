@@ -100,7 +100,7 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None) ->
     lines += table(["seed", "labels-only", "teacher", "students by round (test)",
                     "final student (validation)", "supervised", "labels-only steps x batch",
                     "supervised steps x batch", "NS minutes", "commit"], per)
-    return lines + _ceiling(seeds)
+    return lines + _ceiling(seeds, current)
 
 
 def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[str]:
@@ -156,7 +156,7 @@ def best_ceiling(seed: dict[str, Any]) -> dict[str, Any]:
     return max(runs, key=lambda r: r["top1"])
 
 
-def _ceiling(seeds: list[dict[str, Any]]) -> list[str]:
+def _ceiling(seeds: list[dict[str, Any]], current: str | None = None) -> list[str]:
     """Whether the fully supervised ceiling has converged: trained twice as long, it moves less
     than CONVERGED, on average over the ceilings measured (one per seed, or one shared): a
     small test set (digits: one image is 0.19 points) resolves the mean of several."""
@@ -169,7 +169,9 @@ def _ceiling(seeds: list[dict[str, Any]]) -> list[str]:
         moves.append(longer["top1"] - x["supervised"]["top1"])
         lines.append(f"Ceiling, seed {seed}: fully supervised {pct(x['supervised']['top1'])}"
                      f"% after {x['supervised']['epochs']} epochs, {pct(longer['top1'])}% after "
-                     f"{longer['epochs']} ({100 * moves[-1]:+.2f} points).")
+                     f"{longer['epochs']} ({100 * moves[-1]:+.2f} points)"
+                     + (f", made at {made_by(longer, current)}." if "provenance" in longer
+                        else "."))
     move = statistics.fmean(moves)
     shared = len(checks) == 1 and len(seeds) > 1
     lines += ["", (f"One ceiling, seed {next(iter(checks))}'s, serves every seed (the seeds' "

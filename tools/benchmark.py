@@ -254,9 +254,11 @@ def loop_job(work: Path, dataset: str, config: Config, kind: str = "noisy_studen
     return Job.of(work, dataset, kind, config.seed, config=identity(config))
 
 
-def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, Any]:
+def quality_one(work: Path, dataset: str, seed: int, quick: bool,
+                reuse_ceiling: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One seed: the loop, then labels-only on the same splits and the fully supervised ceiling
-    (its own or the shared one, see SHARED_CEILING)."""
+    (its own or the shared one, see SHARED_CEILING); with `reuse_ceiling` (earlier results'
+    seeds) the ceiling and its check are theirs, as made (their commit and epochs say so)."""
     config = recipe_config(dataset, quick, [f"seed={seed}"])
     ns = noisy_student(config, loop_job(work, dataset, config))
     source = load_source(config.data)
@@ -265,9 +267,12 @@ def quality_one(work: Path, dataset: str, seed: int, quick: bool) -> dict[str, A
     labels_only = baseline(work, dataset, "labels_only", config, splits.labeled.images,
                            splits.labeled.labels, steps, config.train.batch_size, splits)
     ceiling_seed = REPORT_SEEDS[0] if dataset in SHARED_CEILING and not quick else seed
-    supervised, longer = ceiling(
-        work, dataset, config.replace(seed=ceiling_seed), steps, quick,
-        splits if ceiling_seed == seed else make_splits(source, config.data, ceiling_seed))
+    if reuse_ceiling is not None:
+        supervised, longer = earlier_ceiling(reuse_ceiling, dataset, ceiling_seed)
+    else:
+        supervised, longer = ceiling(
+            work, dataset, config.replace(seed=ceiling_seed), steps, quick,
+            splits if ceiling_seed == seed else make_splits(source, config.data, ceiling_seed))
     gap = bench_report.best_ceiling({"supervised": supervised, "supervised_longer": longer})[
         "top1"] - labels_only["top1"]
     return {"seed": seed, "role": role(seed), "model": config.model_for(config.rounds),
@@ -295,6 +300,16 @@ def ceiling(work: Path, dataset: str, config: Config, steps: int, quick: bool,
                  for n in (steps, 2 * steps))
 
 
+def earlier_ceiling(seeds: list[dict[str, Any]], dataset: str,
+                    ceiling_seed: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The ceiling of seed `ceiling_seed` and its check from earlier results' seeds."""
+    for s in seeds:
+        if s["seed"] == ceiling_seed and s.get("supervised"):
+            return s["supervised"], s.get("supervised_longer")
+    raise SystemExit(f"--reuse-ceiling: the results hold no {dataset} ceiling of seed "
+                     f"{ceiling_seed}; run quality without it to train one")
+
+
 def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over seeds of every headline figure."""
     def stat(values: list[float]) -> dict[str, float]:
@@ -319,12 +334,14 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
-            earlier: dict[str, Any]) -> dict[str, Any]:
+            earlier: dict[str, Any], reuse_ceiling: bool = False) -> dict[str, Any]:
     """Per data set: the new seeds, plus `earlier` results' seeds of the same recipe. The
-    summary is over the report seeds (over all seeds when none is a report seed)."""
+    summary is over the report seeds (over all seeds when none is a report seed).
+    `reuse_ceiling`: the earlier results' ceiling, not one trained at this code (hours)."""
     results = {}
     for dataset in datasets:
-        per_seed = [quality_one(work, dataset, seed, quick) for seed in seeds]
+        reused = earlier.get(dataset, {}).get("seeds", []) if reuse_ceiling else None
+        per_seed = [quality_one(work, dataset, seed, quick, reused) for seed in seeds]
         recipe = per_seed[0]["recipe"]
         kept = [s for s in earlier.get(dataset, {}).get("seeds", [])
                 if s["seed"] not in seeds and s.get("recipe") == recipe]
@@ -487,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="NAME KEY=VALUE",
                    help="ablations: one more variant, a name and its overrides (repeatable); "
                         "it stays in the results and is listed as the named ones")
+    p.add_argument("--reuse-ceiling", action="store_true",
+                   help="quality: the fully supervised ceiling and its check as the results "
+                        "hold them (made by the commit they name), not trained at this code: "
+                        "on Fashion-MNIST they take hours")
     p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
     p.add_argument("--work", type=Path, default=WORK,
                    help="where the runs go (default: %(default)s)")
@@ -501,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("quality", "all"):
         seeds = args.seeds or ([TUNING_SEEDS[0]] if args.quick else list(REPORT_SEEDS))
         earlier = load_json(path).get("quality", {}) if path.is_file() else {}
-        merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier), command)
+        merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier,
+                                       args.reuse_ceiling), command)
     if args.what in ("ablations", "all"):
         seeds = args.seeds or [TUNING_SEEDS[0]]
         if set(seeds) & set(REPORT_SEEDS):
