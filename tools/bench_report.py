@@ -318,7 +318,7 @@ def _peers_made_apart(runs: dict[str, Any]) -> list[str]:
                 f"{cpu['peers']}, each given our recipe's minutes on that machine; our rows at "
                 f"commit {str(ours.get('commit'))[:8]} on {cpu['ours']}: the last column "
                 f"compares runs on different {' and '.join(apart)}, until the peers are run "
-                "again beside our rows."]
+                "again beside our rows.", ""]
 
 
 def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
