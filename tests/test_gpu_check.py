@@ -159,3 +159,17 @@ def test_help_says_how_to_prepare_the_gpu_machine():
                           text=True, env=ENV, timeout=60)
     assert "gpu_check.py prepare" in done.stdout
     assert "--target /tmp/site .gpu_check/wheels/*.whl" in " ".join(done.stdout.split())
+
+
+def test_the_report_says_where_the_host_waited_for_the_gpu():
+    gpu_train_step = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["_gpu_train_step"]
+    row = {"model": "wrn_28_2", "shape": [32, 32, 3], "batch": 512, "ratio": 1.05,
+           "framework_images_per_second": 35000.0, "bare_images_per_second": 36750.0,
+           "target": 1.1, "peak_gpu_mib": 1000.0,
+           "host_waits": {"per_step": 0.25, "where": {"train.py:531": 20, "train.py:527": 5}}}
+    text = "\n".join(gpu_train_step("train_step", {"settings": [row]}))
+    assert "| 1.050 | <= 1.1 | met |" in text
+    assert ("The host waited for the GPU 0.2 times a step (`wrn_28_2`, CUDA's sync debug "
+            "mode), 20 at `train.py:531`, 5 at `train.py:527`.") in text
+    del row["host_waits"]
+    assert "waited" not in "\n".join(gpu_train_step("train_step", {"settings": [row]}))

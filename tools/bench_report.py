@@ -439,10 +439,15 @@ def _gpu_train_step(name: str, p: dict[str, Any]) -> list[str]:
              f"{r['framework_images_per_second']:.0f}", f"{r['bare_images_per_second']:.0f}",
              f"{r['ratio']:.3f}", f"<= {r['target']}", _ok(r["ratio"] <= r["target"]),
              _mib(r["peak_gpu_mib"])] for r in p["settings"]]
+    waits = p["settings"][0].get("host_waits")
     return ["### Training step: `train_model` against a bare loop (bf16 autocast on CUDA, "
             "channels_last)", "",
             *table(["model", "image", "batch", "framework img/s", "bare img/s", "ratio",
-                    "target", "", "peak GPU MiB"], rows)]
+                    "target", "", "peak GPU MiB"], rows),
+            *([f"The host waited for the GPU {waits['per_step']:.1f} times a step "
+               f"(`{p['settings'][0]['model']}`, CUDA's sync debug mode)"
+               + "".join(f", {n} at `{k}`" for k, n in waits["where"].items()) + ".", ""]
+              if waits else [])]
 
 
 def _gpu_noise(name: str, p: dict[str, Any]) -> list[str]:

@@ -126,13 +126,39 @@ def _peak(fn: Callable[[], dict[str, Any]], device: Any) -> dict[str, Any]:
 def part_train_step(sizes: dict[str, Any], device: Any, work: Path) -> dict[str, Any]:
     import bench_speed
 
-    rows = []
-    for s in sizes["train_step"]:
-        r = _peak(lambda: bench_speed.train_step(_config(s, device.type), s.steps, device,
-                                                 s.shape, _workers(device)), device)
-        rows.append({**r, "shape": list(s.shape), "workers": _workers(device),
-                     "target": TARGETS["train_step_ratio"]})
+    def measure(s: Setting) -> dict[str, Any]:
+        return bench_speed.train_step(_config(s, device.type), s.steps, device, s.shape,
+                                      _workers(device))
+
+    rows = [{**_peak(lambda: measure(s), device), "shape": list(s.shape),
+             "workers": _workers(device), "target": TARGETS["train_step_ratio"]}
+            for s in sizes["train_step"]]
+    if device.type == "cuda":  # the first setting again, untimed: where the host waits
+        first = sizes["train_step"][0]
+        rows[0]["host_waits"] = host_waits(lambda: measure(first), first.steps + 2)
     return {"settings": rows}
+
+
+def host_waits(run: Callable[[], Any], steps: int) -> dict[str, Any]:
+    """How often the host waits for the GPU in `run` of `steps` framework steps (its warm-up's
+    2 included; the bare loop has none): CUDA's sync debug mode warns at each implicit wait
+    (`.item()`, a copy to the host or from pageable memory); per step, and the lines that wait
+    most."""
+    import collections
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    waits = [w for w in caught if "synchroniz" in str(w.message)]
+    where = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in waits)
+    return {"per_step": len(waits) / steps, "where": dict(where.most_common(6))}
 
 
 def part_noise(sizes: dict[str, Any], device: Any, work: Path) -> dict[str, Any]:
