@@ -274,7 +274,7 @@ def end_to_end_figures(out: Path, recipe: str) -> dict[str, Any]:
     rounds = json.loads(config.read_text())["rounds"] if config.is_file() else None
     return {"recipe": recipe, "noise_backend": "torch", "phases": phases,
             "minutes": sum(p["seconds"] for p in phases) / 60,
-            "finished": len(phases) == 1 + (rounds or 0) and rounds is not None}
+            "finished": rounds is not None and len(phases) == 1 + rounds}
 
 
 def _phases(out: Path) -> list[dict[str, Any]]:
