@@ -341,19 +341,24 @@ def test_the_peers_table_puts_the_recipe_first_with_minutes_ratios():
     text = "\n".join(report["peers_section"](data))
     assert "| Noisy Student (this project) | noisy-student | 88.00 | - | 100 | 1.0 | 1.00 |" in text
     assert "| fixmatch | usb 0.3.2 | 82.00 ± 2.83 | - | 100, 101 | 1.2 | 1.20 |" in text
-    assert "different machines" not in text  # no provenance to compare: nothing said
-    here = {"commit": "a" * 40, "machine": {"cpu": "Intel"}}
-    data["runs"] = {"quality": here, "peers": here}
-    assert "different machines" not in "\n".join(report["peers_section"](data))
-    data["runs"]["peers"] = {"commit": "b" * 40, "machine": {"cpu": "AMD"}}
-    said = "\n".join(report["peers_section"](data))
-    assert "made at commit bbbbbbbb on AMD" in said and "commit aaaaaaaa on Intel" in said
-    assert "on different package code and machines" in said
+    assert "different machines" not in text  # the peers have no provenance: nothing said
+    ours = quality["seeds"][0]["noisy_student"]["provenance"]
+    ours.update(commit="a" * 40, machine={"cpu": "Intel"}, package_code="t1")
+
+    def said(*made):
+        for r, m in zip(data["peers"]["results"], made):
+            r.update(m)
+        return "\n".join(report["peers_section"](data))
+    assert "different" not in said(ours, ours)
+    text = said({"commit": "b" * 40, "machine": {"cpu": "AMD"}, "package_code": "t0"}, ours)
+    assert ("made at commit aaaaaaaa on Intel; commit bbbbbbbb on AMD, each" in text
+            and "our rows at commit aaaaaaaa on Intel:" in text)
+    assert "on different package code and machines, until" in text
     tools_only = {"commit": "c" * 40, "machine": {"cpu": "Intel"}, "package_code": "t1"}
-    data["runs"] = {"quality": {**here, "package_code": "t1"}, "peers": tools_only}
-    assert "different" not in "\n".join(report["peers_section"](data))  # a tools-only commit
-    data["runs"]["peers"] = {**tools_only, "package_code": "t0"}
-    assert "on different package code, until" in "\n".join(report["peers_section"](data))
+    assert "different" not in said(tools_only, tools_only)  # a commit that changed the tools
+    assert "on different package code, until" in said({**tools_only, "package_code": "t0"})
+    assert "on different machines, until" in said(*[{**tools_only, "machine": {}}] * 2)
+    assert "commit cccccccc on an unrecorded machine" in said()
 
 
 def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path):
@@ -550,6 +555,10 @@ def test_peers_get_the_recipe_minutes_of_their_seed_and_are_collected(monkeypatc
     assert [c[c.index("--method") + 1] for c in calls] == ["fixmatch", "flexmatch"]
     assert {c[c.index("--minutes") + 1] for c in calls} == {"1.55"}  # 93 s of the recipe
     assert out == {"results": [result]}
+    other = {**result, "seed": 101}  # made in another checkout: kept; its rerun replaces it
+    stale = {**result, "test_top1": 0.5}
+    assert bench["peers"](["digits"], [], [100], quality, [stale, other]) == {
+        "results": [other, result]}
     with pytest.raises(SystemExit, match="no quality result for digits seed 101"):
         bench["peers"](["digits"], ["fixmatch"], [101], quality)
 

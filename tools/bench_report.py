@@ -296,29 +296,41 @@ def peers_section(data: dict[str, Any]) -> list[str]:
                  f"{r['minutes_ratio']:.2f}" if "minutes_ratio" in r else "-"] for r in group]
         lines += [f"### {name}", "", *table(["method", "framework", "test top-1 (%)",
                                              "validation top-1 (%)", "seeds", "minutes",
-                                             "minutes / recipe's"], head + rows)]
-    return lines + _peers_made_apart(data.get("runs", {}))
+                                             "minutes / recipe's"], head + rows),
+                  *_peers_made_apart(name, quality.get(name, {}),
+                                     [r for r in data["peers"]["results"]
+                                      if r["dataset"] == name])]
+    return lines
 
 
-def _peers_made_apart(runs: dict[str, Any]) -> list[str]:
-    """A warning when the peer rows and our rows were made by different package code or on
-    different machines: the peers' budget was our minutes on their machine, so the minutes
-    ratio would compare two runs. (A commit that changed only the tools does not count.)"""
-    peers, ours = runs.get("peers", {}), runs.get("quality", {})
-    if not peers or not ours:
+def _peers_made_apart(name: str, quality: dict[str, Any],
+                      results: list[dict[str, Any]]) -> list[str]:
+    """A warning when a data set's peer rows and our rows were made by different package code
+    or on different machines, each result as its own provenance says: the peers' budget was
+    our minutes on their machine, so the minutes ratio would compare two runs. (A commit that
+    changed only the tools does not count.)"""
+    def made(p: dict[str, Any]) -> tuple[str, str, str | None]:
+        return (p.get("package_code") or p["commit"], p["commit"][:8],
+                (p.get("machine") or {}).get("cpu"))
+
+    ours = [s["noisy_student"].get("provenance") or {} for s in quality.get("seeds", [])
+            if s["seed"] in quality.get("summary_seeds", [s["seed"]])]
+    mine = {made(p) for p in ours if p.get("commit")}
+    theirs = {made(r) for r in results if r.get("commit")}
+    if not mine or not theirs:
         return []
-    code = {k: r.get("package_code") or r.get("commit") for k, r in (("peers", peers),
-                                                                    ("ours", ours))}
-    cpu = {k: (r.get("machine") or {}).get("cpu") for k, r in (("peers", peers), ("ours", ours))}
-    apart = [what for what, d in (("package code", code), ("machines", cpu))
-             if d["peers"] != d["ours"]]
+    apart = [what for what, i in (("package code", 0), ("machines", 2))
+             if {m[i] for m in mine} != {t[i] for t in theirs}]
     if not apart:
         return []
-    return ["", f"The peer rows were made at commit {str(peers.get('commit'))[:8]} on "
-                f"{cpu['peers']}, each given our recipe's minutes on that machine; our rows at "
-                f"commit {str(ours.get('commit'))[:8]} on {cpu['ours']}: the last column "
-                f"compares runs on different {' and '.join(apart)}, until the peers are run "
-                "again beside our rows.", ""]
+
+    def said(groups: set[tuple[str, str, str | None]]) -> str:
+        return "; ".join(f"commit {c} on {cpu or 'an unrecorded machine'}"
+                         for _, c, cpu in sorted(groups, key=lambda g: g[1:]))
+    return [f"The peer rows were made at {said(theirs)}, each given our recipe's minutes on "
+            f"that machine; our rows at {said(mine)}: the last column compares runs on "
+            f"different {' and '.join(apart)}, until the peers are run again beside our rows.",
+            ""]
 
 
 def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

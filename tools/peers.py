@@ -579,6 +579,7 @@ def run(spec: RunSpec) -> dict[str, Any]:
     if done.exists():
         return finished(spec, done)
     spec.out.mkdir(parents=True, exist_ok=True)
+    provenance()  # the code this run starts from, whatever is committed while it runs
     with cpu_shims() as shims:
         seed_everything(spec.seed)
         cfg, splits = recipe_splits(spec.dataset, spec.seed)
@@ -623,12 +624,13 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def git_state() -> dict[str, Any]:
-    """The commit, dirty flag and package code, as every benchmark result names them."""
+def provenance() -> dict[str, Any]:
+    """The commit, dirty flag and package code (as they were when first asked: `run` asks at
+    its start), versions and machine, as every benchmark result names them."""
     sys.path.insert(0, str(ROOT / "tools"))
-    from bench_runs import code_state
+    import bench_runs
 
-    return code_state()
+    return bench_runs.provenance()
 
 
 def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
@@ -636,8 +638,6 @@ def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
     """Everything one row of the side-by-side table needs, and what makes it checkable; no
     absolute path of this machine."""
     import importlib.metadata
-
-    import torch
 
     from noisy_student.models import count_params
 
@@ -669,9 +669,7 @@ def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
                     "drop_rate": 0.0, "drop_path_rate": 0.0, "in_chans": splits.channels,
                     "image_size": list(splits.labeled.images.shape[1:3])},
         "normalisation": {"mean": splits.mean, "std": splits.std},
-        "shims": shims, **git_state(), "torch": torch.__version__,
-        "machine": {"processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "shims": shims, **provenance(),
     }
 
 
