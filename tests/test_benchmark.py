@@ -326,7 +326,7 @@ def test_the_report_says_whether_removing_noise_hurts_on_validation():
     assert "removing noise" not in "\n".join(section("d", {"recipe": variant(0.9)}))
 
 
-def test_the_peers_table_puts_the_recipe_first_with_minutes_ratios():
+def test_the_peers_table_puts_the_recipe_first_and_pairs_the_peers_with_its_seeds():
     report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
 
     def peer(method, seed, top1, minutes):
@@ -337,10 +337,14 @@ def test_the_peers_table_puts_the_recipe_first_with_minutes_ratios():
     quality["summary"]["noisy_student"] = {"mean": 0.88, "std": 0.0, "n": 1}
     data = {"quality": {"d": quality},
             "peers": {"results": [peer("fixmatch", 100, 0.80, 1.0), peer("fixmatch", 101, 0.84,
-                                                                         1.4)]}}
+                                                                         1.4),
+                                  peer("pseudolabel", 100, 0.86, 1.5)]}}
     text = "\n".join(report["peers_section"](data))
-    assert "| Noisy Student (this project) | noisy-student | 88.00 | - | 100 | 1.0 | 1.00 |" in text
-    assert "| fixmatch | usb 0.3.2 | 82.00 ± 2.83 | - | 100, 101 | 1.2 | 1.20 |" in text
+    assert "| Noisy Student (this project) | noisy-student | 88.00 | - | 100 | 1.0 |  | 1.00 |" \
+        in text
+    # our recipe ran seed 100 only: no pairing for a peer that also ran 101
+    assert "| fixmatch | usb 0.3.2 | 82.00 ± 2.83 | - | 100, 101 | 1.2 | - | - |" in text
+    assert "| pseudolabel | usb 0.3.2 | 86.00 | - | 100 | 1.5 | -2.00 | 1.50 |" in text
     assert "different machines" not in text  # the peers have no provenance: nothing said
     ours = quality["seeds"][0]["noisy_student"]["provenance"]
     ours.update(commit="a" * 40, machine={"cpu": "Intel"}, package_code="t1")

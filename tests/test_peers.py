@@ -119,7 +119,8 @@ def test_peers_rows_mean_and_sample_sd():
     rows = peers.peers_rows([_result("fixmatch", 101, 0.84, 14.0, val=0.80),
                              _result("pseudolabel", 100, 0.70, 50.0),
                              _result("fixmatch", 100, 0.80, 10.0, val=0.78)],
-                            recipe_minutes={"fashion_mnist": 48.0})
+                            ours={"fashion_mnist": {100: {"top1": 0.83, "minutes": 40.0},
+                                                    101: {"top1": 0.83, "minutes": 56.0}}})
     assert [r["method"] for r in rows] == ["fixmatch", "pseudolabel"]
     fix, pl = rows
     assert fix["seeds"] == [100, 101] and fix["test_top1"]["n"] == 2
@@ -128,8 +129,13 @@ def test_peers_rows_mean_and_sample_sd():
     assert fix["minutes"]["mean"] == pytest.approx(12.0)
     assert fix["minutes"]["std"] == pytest.approx(math.sqrt(8.0))
     assert fix["validation_top1"]["mean"] == pytest.approx(0.79)
-    assert fix["minutes_ratio"] == pytest.approx(0.25)
+    assert fix["minutes_ratio"] == pytest.approx(12.0 / 48.0)  # ours on the same seeds
+    assert fix["vs_ours"]["mean"] == pytest.approx(-0.01)  # -0.03 and +0.01, seed by seed
+    assert fix["vs_ours"]["std"] == pytest.approx(math.sqrt(2 * 0.02 ** 2))
     assert pl["test_top1"] == {"mean": 0.70, "std": 0.0, "n": 1}
+    assert pl["minutes_ratio"] == pytest.approx(50.0 / 40.0)
+    lone = peers.peers_rows([_result("fixmatch", 102, 0.9, 1.0)], ours={"fashion_mnist": {}})
+    assert "vs_ours" not in lone[0] and "minutes_ratio" not in lone[0]  # no run of ours to pair
     assert pl["validation_top1"] is None
     with pytest.raises(ValueError, match="lacks"):
         peers.peers_rows([{"method": "fixmatch"}])

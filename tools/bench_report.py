@@ -273,34 +273,47 @@ def peers_section(data: dict[str, Any]) -> list[str]:
     rows_of = runpy.run_path(str(Path(__file__).with_name("peers.py")))["peers_rows"]
     quality = data.get("quality", {})
     ours = {name: q["summary"] for name, q in quality.items()}
-    minutes = {name: statistics.fmean(s["noisy_student"]["seconds"] / 60 for s in q["seeds"]
-                                      if s["seed"] in q.get("summary_seeds", [s["seed"]]))
-               for name, q in quality.items()}
+    per_seed = {name: {s["seed"]: {"top1": s["noisy_student"]["rounds"][-1]["student_top1"],
+                                   "minutes": s["noisy_student"]["seconds"] / 60}
+                       for s in q["seeds"] if s["seed"] in q.get("summary_seeds", [s["seed"]])}
+                for name, q in quality.items()}
+    minutes = {name: statistics.fmean(s["minutes"] for s in seeds.values())
+               for name, seeds in per_seed.items()}
     lines = ["## Peers: the established frameworks on the same split, network and budget", "",
              "Each peer trains the recipe's final network on the same labeled, unlabeled, "
              "validation and test images (the indices of `splits.json`), on this machine, for "
              "the wall-clock minutes our recipe took on that seed, with its own published "
-             "hyperparameters scaled to the budget (`tools/peers.py`, docs/peers.md).", ""]
-    for name, group in _by_dataset(rows_of(data["peers"]["results"], minutes)).items():
+             "hyperparameters scaled to the budget (`tools/peers.py`, docs/peers.md). The "
+             "last two columns compare each peer with our recipe on the seeds the peer ran: "
+             "its top-1 less ours, seed by seed, and its minutes over ours.", ""]
+    for name, group in _by_dataset(rows_of(data["peers"]["results"], per_seed)).items():
         head = []
         if name in ours:
             s = ours[name]
             head = [["Noisy Student (this project)", "noisy-student", mean_std(s["noisy_student"]),
                      mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
                      ", ".join(map(str, quality[name].get("summary_seeds", []))),
-                     f"{minutes[name]:.1f}", "1.00"]]
+                     f"{minutes[name]:.1f}", "", "1.00"]]
         rows = [[r["method"], f"{r['framework']} {r['framework_version']}",
                  mean_std(r["test_top1"]),
                  mean_std(r["validation_top1"]) if r["validation_top1"] else "-",
                  ", ".join(map(str, r["seeds"])), f"{r['minutes']['mean']:.1f}",
+                 _points(r["vs_ours"]) if "vs_ours" in r else "-",
                  f"{r['minutes_ratio']:.2f}" if "minutes_ratio" in r else "-"] for r in group]
         lines += [f"### {name}", "", *table(["method", "framework", "test top-1 (%)",
                                              "validation top-1 (%)", "seeds", "minutes",
+                                             "vs recipe, same seeds (pts)",
                                              "minutes / recipe's"], head + rows),
                   *_peers_made_apart(name, quality.get(name, {}),
                                      [r for r in data["peers"]["results"]
                                       if r["dataset"] == name])]
     return lines
+
+
+def _points(s: dict[str, float]) -> str:
+    """A difference of top-1 fractions in points, signed, with its sd when over seeds."""
+    sd = f" ± {100 * s['std']:.2f}" if s["n"] > 1 else ""
+    return f"{100 * s['mean']:+.2f}{sd}"
 
 
 def _peers_made_apart(name: str, quality: dict[str, Any],

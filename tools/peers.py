@@ -683,10 +683,13 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def peers_rows(results: list[dict[str, Any]],
-               recipe_minutes: dict[str, float] | None = None) -> list[dict[str, Any]]:
+               ours: dict[str, dict[int, dict[str, float]]] | None = None
+               ) -> list[dict[str, Any]]:
     """One row per (dataset, framework, version, method): test top-1 (a fraction) and minutes as
     {mean, std (sample), n}, the seeds, validation top-1 when every run has one, and, given our
-    recipe's minutes per data set, the ratio of the peer's mean minutes to ours."""
+    recipe's runs (`ours[dataset][seed]`: "top1" and "minutes") on every seed the peer ran,
+    the comparison on those same seeds: `vs_ours`, the peer's top-1 less ours seed by seed
+    (paired), and `minutes_ratio`, the peer's mean minutes over ours."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results:
         missing = [k for k in RESULT_KEYS if k not in r]
@@ -704,8 +707,12 @@ def peers_rows(results: list[dict[str, Any]],
                "validation_top1": None}
         if all(r.get("validation_top1") is not None for r in rs):
             row["validation_top1"] = _stats([float(r["validation_top1"]) for r in rs])
-        if recipe_minutes and dataset in recipe_minutes:
-            row["minutes_ratio"] = row["minutes"]["mean"] / recipe_minutes[dataset]
+        mine = (ours or {}).get(dataset, {})
+        if all(seed in mine for seed in row["seeds"]):
+            row["vs_ours"] = _stats([float(r["test_top1"]) - mine[r["seed"]]["top1"]
+                                     for r in rs])
+            row["minutes_ratio"] = row["minutes"]["mean"] / statistics.fmean(
+                mine[seed]["minutes"] for seed in row["seeds"])
         rows.append(row)
     return rows
 
