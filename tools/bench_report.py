@@ -341,7 +341,7 @@ def _peers_made_apart(name: str, quality: dict[str, Any],
         return "; ".join(f"commit {c} on {cpu or 'an unrecorded machine'}"
                          for _, c, cpu in sorted(groups, key=lambda g: g[1:]))
     return [f"The peer rows were made at {said(theirs)}, each given our recipe's minutes on "
-            f"that machine; our rows at {said(mine)}: the last column compares runs on "
+            f"that machine; our rows at {said(mine)}: the last two columns compare runs on "
             f"different {' and '.join(apart)}, until the peers are run again beside our rows.",
             ""]
 
