@@ -563,6 +563,9 @@ def test_peers_get_the_recipe_minutes_of_their_seed_and_are_collected(monkeypatc
     stale = {**result, "test_top1": 0.5}
     assert bench["peers"](["digits"], [], [100], quality, [stale, other]) == {
         "results": [other, result]}
+    lamda = {**result, "framework": "LAMDA-SSL"}  # the same method of another framework
+    assert bench["peers"](["digits"], [], [100], quality, [lamda]) == {
+        "results": [lamda, result]}
     with pytest.raises(SystemExit, match="no quality result for digits seed 101"):
         bench["peers"](["digits"], ["fixmatch"], [101], quality)
 

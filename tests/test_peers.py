@@ -1,9 +1,11 @@
-"""tools/peers.py without USB: the split, the budget arithmetic, the CPU shims, the exits, the
-table rows. The one test that needs `.peers-venv` is skipped where it is missing."""
+"""tools/peers.py (and tools/peers_lamda.py) without USB or LAMDA-SSL: the split, the budget
+arithmetic, the shims, the exits, the table rows. The tests that need `.peers-venv` are skipped
+where it is missing."""
 
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,11 @@ _spec = importlib.util.spec_from_file_location("peers", ROOT / "tools" / "peers.
 peers = importlib.util.module_from_spec(_spec)
 sys.modules["peers"] = peers  # dataclasses look their module up
 _spec.loader.exec_module(peers)
+sys.path.insert(0, str(ROOT / "tools"))
+import peers_lamda  # noqa: E402  (it imports `peers`: the module above)
+
+NEEDS_VENV = pytest.mark.skipif(not (peers.VENV / "bin" / "python").exists(),
+                                reason="needs .peers-venv (python tools/peers.py setup)")
 
 
 def test_split_is_the_recipe_split_and_hashes_its_indices():
@@ -191,10 +198,66 @@ def test_the_network_is_the_recipes_last_rung_without_model_noise():
         peers.net_builder(cfg, splits)(num_classes=3)
 
 
-@pytest.mark.skipif(not (peers.VENV / "bin" / "python").exists(),
-                    reason="needs .peers-venv (python tools/peers.py setup)")
-def test_peers_venv_imports_usb_under_the_shims():
+@NEEDS_VENV
+def test_peers_venv_imports_usb_and_lamda_under_the_shims():
     out = subprocess.run([str(peers.VENV / "bin" / "python"), str(ROOT / "tools" / "peers.py"),
                           "versions"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "torch 2.14.1" in out.stdout and "semilearn 0.3.2" in out.stdout
+    assert "LAMDA-SSL 1.0.2" in out.stdout
+
+
+def test_lamda_shims_patch_scikit_learn_and_restore_it():
+    import sklearn.base
+    import sklearn.utils
+    import sklearn.utils.extmath
+
+    before = sklearn.utils.__dict__.get("_approximate_mode")
+    estimator_type = sklearn.base.ClassifierMixin.__dict__.get("_estimator_type")
+    with peers_lamda.lamda_shims() as shims:
+        assert sklearn.utils._approximate_mode is sklearn.utils.extmath._approximate_mode
+        assert sklearn.base.ClassifierMixin._estimator_type == "classifier"
+        assert shims == peers_lamda.SHIMS
+    assert sklearn.utils.__dict__.get("_approximate_mode") is before
+    assert sklearn.base.ClassifierMixin.__dict__.get("_estimator_type") == estimator_type
+
+
+def test_a_gray_image_reaches_the_network_unchanged_through_three_channels():
+    gray = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 1), dtype=np.uint8)
+    three = peers_lamda.rgb(gray)
+    assert three.shape == (2, 5, 5, 3) and (three == gray).all()
+    assert peers_lamda.rgb(three) is three  # colour images as they are
+    net = torch.nn.Conv2d(1, 2, 3)
+    x = torch.from_numpy(gray).permute(0, 3, 1, 2).float()
+    wrapped = peers_lamda.channel_mean(net)
+    assert torch.equal(wrapped(x.expand(-1, 3, -1, -1)), net(x))
+    assert wrapped.net is net
+
+
+LAMDA_STEPS = """
+import sys, torch
+sys.path.insert(0, "tools")
+import peers, peers_lamda
+cfg, splits = peers.recipe_splits("digits", 0)
+with peers_lamda.lamda_shims():
+    alg = peers_lamda.fixmatch(splits, peers.recipe_network(cfg, splits), 12, False,
+                               stop_after_s=0.0)
+    peers_lamda.fit(alg, splits)
+    moved = any(not torch.equal(p, alg.ema.shadow[n])
+                for n, p in alg._network.named_parameters())
+    print(alg.it_total, len(alg.stamps), alg.ema.decay, moved,
+          0 <= peers_lamda.top1(alg, splits.test) <= 1)
+"""
+
+
+@NEEDS_VENV
+def test_lamda_fixmatch_trains_our_network_and_its_warm_up_stops_after_three_timed_steps():
+    """12 planned steps, a warm-up stop after 0 s: 3 steps, each timed; the EMA (decay
+    1 - 1 / (0.1 * 12)) has left the trained weights."""
+    out = subprocess.run([str(peers.VENV / "bin" / "python"), "-c", LAMDA_STEPS], cwd=ROOT,
+                         capture_output=True, text=True, timeout=240,
+                         env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    steps, stamps, decay, moved, scored = out.stdout.split()[-5:]
+    assert (steps, stamps, moved, scored) == ("3", "3", "True", "True")
+    assert float(decay) == pytest.approx(1 - 1 / 1.2)

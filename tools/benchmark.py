@@ -478,7 +478,7 @@ def peers(datasets: list[str], methods: list[str], seeds: list[int],
                                 "--dataset", dataset, "--method", method, "--seed", str(seed),
                                 "--minutes", minutes], check=True)
     found = PEERS["read_results"](sorted(map(str, PEER_RUNS.glob("*/result.json"))))
-    key = lambda r: (r["dataset"], r["method"], r["seed"])  # noqa: E731
+    key = lambda r: (r["dataset"], r["framework"], r["method"], r["seed"])  # noqa: E731
     here = set(map(key, found))
     return {"results": [r for r in earlier if key(r) not in here] + found}
 
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{TUNING_SEEDS[0]}), each read on its own and, variant against recipe, "
                         f"over the seeds")
     p.add_argument("--methods", nargs="+", choices=PEERS["METHODS"],
-                   default=list(PEERS["METHODS"]), help="peers: the USB methods to run")
+                   default=list(PEERS["METHODS"]), help="peers: the methods to run (USB's; lamda-fixmatch: LAMDA-SSL's FixMatch)")
     p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
     p.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), metavar="NAME",
                    help="ablations: run only these (the others are listed when they have "

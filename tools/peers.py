@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -45,6 +46,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".peers-venv"
 USB_VERSION = "0.3.2"
+LAMDA_VERSION = "1.0.2"  # FixMatch only, the second opinion (tools/peers_lamda.py)
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 USB_IMPORTS = ["numpy", "Pillow", "scikit-learn", "scipy", "scikit-image", "tqdm", "progress",
                "ruamel.yaml", "timm", "transformers<5", "tensorboard", "wandb"]
@@ -52,7 +54,8 @@ STUBBED = {"torchaudio": "no torchaudio release is built for torch 2.14; USB imp
                          "audio data sets only",
            "aim": "USB's hook module imports this tracker; it is used only with use_aim"}
 DATASETS = ("fashion_mnist", "digits")
-METHODS = ("fixmatch", "flexmatch", "pseudolabel", "meanteacher")
+METHODS = ("fixmatch", "flexmatch", "pseudolabel", "meanteacher", "lamda-fixmatch")
+LAMDA_METHODS = {"lamda-fixmatch"}  # run by tools/peers_lamda.py
 
 
 class UsageError(Exception):
@@ -70,7 +73,7 @@ def setup() -> None:
         venv.create(VENV, with_pip=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install"]
     steps = [pip + TORCH_PINS,
-             pip + ["--no-deps", f"semilearn=={USB_VERSION}"],
+             pip + ["--no-deps", f"semilearn=={USB_VERSION}", f"LAMDA-SSL=={LAMDA_VERSION}"],
              pip + USB_IMPORTS + TORCH_PINS,
              pip + ["-e", str(ROOT)] + TORCH_PINS]
     for cmd in steps:
@@ -83,8 +86,8 @@ def setup() -> None:
         raise UsageError("setup: .peers-venv cannot import USB under the shims:\n"
                          + check.stderr.strip()[-2000:])
     print(check.stdout.strip())
-    print(f"done: {VENV.relative_to(ROOT)}/ holds torch, semilearn {USB_VERSION} and this "
-          f"project; stubbed at run time: {', '.join(STUBBED)}")
+    print(f"done: {VENV.relative_to(ROOT)}/ holds torch, semilearn {USB_VERSION}, LAMDA-SSL "
+          f"{LAMDA_VERSION} and this project; stubbed at run time: {', '.join(STUBBED)}")
 
 
 # ------------------------------------------------------------------------- CPU shims, stubs
@@ -244,18 +247,23 @@ def usb_net(net: Any) -> Any:
     return UsbNet(net)
 
 
-def net_builder(cfg: Any, splits: Any) -> Any:
-    """USB's `net_builder`: the recipe's final network (last ladder rung), from our registry."""
+def recipe_network(cfg: Any, splits: Any) -> Any:
+    """The recipe's final network (last ladder rung), from our registry, without model noise."""
     from noisy_student.ladder import build_model
 
     plain = plain_config(cfg)
+    return build_model(plain, plain.rounds, splits)
+
+
+def net_builder(cfg: Any, splits: Any) -> Any:
+    """USB's `net_builder`: `recipe_network` with USB's interface."""
 
     def build(num_classes: int, pretrained: bool = False, pretrained_path: Any = None,
               **_: Any) -> Any:
         if num_classes != splits.num_classes:
             raise ValueError(f"USB asks for {num_classes} classes, the split has "
                              f"{splits.num_classes}")
-        return usb_net(build_model(plain, plain.rounds, splits))
+        return usb_net(recipe_network(cfg, splits))
 
     return build
 
@@ -633,26 +641,42 @@ def provenance() -> dict[str, Any]:
     return bench_runs.provenance()
 
 
-def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
-                seconds: dict[str, Any], tops: dict[str, float], shims: list[str]) -> dict:
-    """Everything one row of the side-by-side table needs, and what makes it checkable; no
-    absolute path of this machine."""
-    import importlib.metadata
-
+def common_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, seconds: dict[str, Any],
+                  tops: dict[str, float], network: Any) -> dict[str, Any]:
+    """What every peer's result holds, whatever its framework: the run, its minutes and plan,
+    top-1 (EMA and trained weights), the split, the network; no absolute path of this
+    machine."""
     from noisy_student.models import count_params
 
-    hp = hyperparameters(spec.method)
-    network = plain_config(cfg).model_for(cfg.rounds)
     return {
-        "method": spec.method, "framework": "USB (semilearn)",
-        "framework_version": importlib.metadata.version("semilearn"),
         "dataset": spec.dataset, "recipe": f"recipes/{spec.dataset}.py", "seed": spec.seed,
         "budget_minutes": spec.minutes,
         "minutes": {k: v / 60.0 for k, v in seconds.items()},
-        "iterations": int(alg.it), "planned_iterations": plan.num_train_iter,
+        "planned_iterations": plan.num_train_iter,
         "iteration_plan": {"sec_per_iter": plan.sec_per_iter, "warmup_iters": plan.warmup_iters,
                            "eval_estimate_s": plan.eval_estimate_s, "margin": 0.05,
                            "epochs": plan.epochs, "iters_per_epoch": plan.iters_per_epoch},
+        "test_top1": tops["test"], "validation_top1": tops.get("validation"),
+        "test_top1_raw": tops["test_raw"], "validation_top1_raw": tops.get("validation_raw"),
+        "split": split_record(splits),
+        "network": {"name": plain_config(cfg).model_for(cfg.rounds),
+                    "params": count_params(network), "drop_rate": 0.0, "drop_path_rate": 0.0,
+                    "in_chans": splits.channels,
+                    "image_size": list(splits.labeled.images.shape[1:3])},
+        "normalisation": {"mean": splits.mean, "std": splits.std},
+        **provenance(),
+    }
+
+
+def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
+                seconds: dict[str, Any], tops: dict[str, float], shims: list[str]) -> dict:
+    """Everything one row of the side-by-side table needs, and what makes it checkable."""
+    hp = hyperparameters(spec.method)
+    return {
+        "method": spec.method, "framework": "USB (semilearn)",
+        "framework_version": importlib.metadata.version("semilearn"),
+        **common_result(spec, cfg, splits, plan, seconds, tops, alg.model.net),
+        "iterations": int(alg.it),
         "batch_size": {"labeled": hp["batch_size"],
                        "unlabeled": hp["batch_size"] * hp["uratio"],
                        "eval": hp["eval_batch_size"]},
@@ -660,16 +684,9 @@ def make_result(spec: RunSpec, cfg: Any, splits: Any, plan: Plan, alg: Any,
                             "ema_m_published": hp["ema_m"], "num_train_iter": plan.num_train_iter,
                             "lr_schedule": "cosine, 7/16 of a cycle over num_train_iter",
                             "randaugment": list(RANDAUGMENT), "flip": bool(cfg.noise.flip)},
-        "test_top1": tops["test"], "validation_top1": tops.get("validation"),
-        "test_top1_raw": tops["test_raw"], "validation_top1_raw": tops.get("validation_raw"),
         "evaluated": "top1: USB's EMA weights after the last iteration (as USB reports); "
                      "top1_raw: the trained weights themselves",
-        "split": split_record(splits),
-        "network": {"name": network, "params": count_params(alg.model.net),
-                    "drop_rate": 0.0, "drop_path_rate": 0.0, "in_chans": splits.channels,
-                    "image_size": list(splits.labeled.images.shape[1:3])},
-        "normalisation": {"mean": splits.mean, "std": splits.std},
-        "shims": shims, **provenance(),
+        "shims": shims,
     }
 
 
@@ -749,16 +766,24 @@ def table(paths: list[str]) -> None:
               f"| {ms(r['validation_top1'], 100)} | {ms(r['minutes'])} |")
 
 
+def lamda_driver() -> Any:
+    """tools/peers_lamda.py, which imports this module as `peers`: one UsageError, one Plan."""
+    sys.modules.setdefault("peers", sys.modules[__name__])
+    import peers_lamda
+
+    return peers_lamda
+
+
 def versions() -> None:
     """What `.peers-venv` holds, imported the way `run` imports it."""
-    import importlib.metadata
-
-    with cpu_shims() as shims:
-        import semilearn  # noqa: F401  (the import is the check)
+    with cpu_shims() as shims, lamda_driver().lamda_shims() as more:
+        import semilearn  # noqa: F401  (the imports are the check)
         import torch
+        from LAMDA_SSL.Algorithm.Classification.FixMatch import FixMatch  # noqa: F401
 
         print(f"python {platform.python_version()}, torch {torch.__version__}, semilearn "
-              f"{importlib.metadata.version('semilearn')}; shims: {len(shims)}")
+              f"{importlib.metadata.version('semilearn')}, LAMDA-SSL "
+              f"{importlib.metadata.version('LAMDA-SSL')}; shims: {len(shims) + len(more)}")
 
 
 # ------------------------------------------------------------------------------------ main
@@ -815,8 +840,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "number")
             out = Path(args.out or ROOT / "runs" / "peers" /
                        f"{args.dataset}-{args.method}-seed{args.seed}")
-            run(RunSpec(args.dataset, args.method, args.seed, args.minutes, out,
-                        60.0 * args.checkpoint_minutes))
+            spec = RunSpec(args.dataset, args.method, args.seed, args.minutes, out,
+                           60.0 * args.checkpoint_minutes)
+            (lamda_driver().run if args.method in LAMDA_METHODS else run)(spec)
     except UsageError as e:
         print(f"peers: {e}", file=sys.stderr)
         return 2
