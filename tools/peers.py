@@ -5,7 +5,8 @@
     python tools/peers.py table runs/peers/*/result.json
 
 `setup` makes its own venv, `.peers-venv/` in the repo root (never the project's `.venv`), with
-torch 2.14.1 / torchvision 0.29.1, USB (`semilearn` 0.3.2) and this project (editable). USB's
+torch 2.14.1 / torchvision 0.29.1, USB (`semilearn` 0.3.2), LAMDA-SSL 1.0.2 (its FixMatch, the
+second opinion: `--method lamda-fixmatch`, tools/peers_lamda.py) and this project (editable). USB's
 metadata asks for torchaudio, which has no release for torch 2.14, so USB is installed with
 `--no-deps` and only what it imports when `import semilearn` runs: numpy, Pillow, scikit-learn,
 scipy, scikit-image, tqdm, progress, ruamel.yaml, timm, transformers (<5: USB imports
