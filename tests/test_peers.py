@@ -180,6 +180,11 @@ def test_a_finished_run_is_kept_and_another_runs_result_refused(tmp_path):
     longer = peers.RunSpec("digits", "fixmatch", 0, 55.0, tmp_path)
     with pytest.raises(peers.UsageError, match="choose another --out"):
         peers.run(longer)
+    lamda = {**result, "framework": "LAMDA-SSL"}  # made by --method lamda-fixmatch
+    peers._write_json(tmp_path / "result.json", lamda)
+    assert peers_lamda.run(peers.RunSpec("digits", "lamda-fixmatch", 0, 2.0, tmp_path)) == lamda
+    with pytest.raises(peers.UsageError, match="choose another --out"):
+        peers.run(spec)  # USB's fixmatch is another run
 
 
 def test_the_network_is_the_recipes_last_rung_without_model_noise():

@@ -565,12 +565,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_method(result: dict[str, Any]) -> str:
+    """The `--method` that made a result: USB's by its own name, LAMDA-SSL's prefixed."""
+    lamda = result["framework"] == "LAMDA-SSL"
+    return f"lamda-{result['method']}" if lamda else result["method"]
+
+
 def finished(spec: RunSpec, done: Path) -> dict[str, Any]:
     """The result already in `--out`, when it is this run's; another run's is an error."""
     try:
         result = json.loads(done.read_text())
-        ran = {k: result[k] for k in ("dataset", "method", "seed")}
-        ran["minutes"] = result["budget_minutes"]
+        ran = {"dataset": result["dataset"], "method": run_method(result),
+               "seed": result["seed"], "minutes": result["budget_minutes"]}
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise UsageError(f"{done}: not a readable peer result ({e}); delete it to run "
                          "again") from e

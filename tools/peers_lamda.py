@@ -78,17 +78,35 @@ def rgb(images: Any) -> Any:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def fixmatch(splits: Any, network: Any, num_iter: int, flip: bool,
-             stop_after_s: float | None = None) -> Any:
-    """LAMDA-SSL's FixMatch at `HP` for `num_iter` iterations (cosine over them), noting the
-    wall clock after each step; with `stop_after_s` (the warm-up) it stops once that many
-    seconds have passed since the first step and 3 steps are timed."""
-    import torch
-    from LAMDA_SSL.Algorithm.Classification.FixMatch import FixMatch
+def transforms(splits: Any, flip: bool) -> dict[str, Any]:
+    """LAMDA-SSL's FixMatch augmentations (`HP`), weak and strong, and the tensor transform that
+    follows them (normalised with the split's mean/std, per channel of the RGB images)."""
     from LAMDA_SSL.Augmentation.Vision.Cutout import Cutout
     from LAMDA_SSL.Augmentation.Vision.RandAugment import RandAugment
     from LAMDA_SSL.Augmentation.Vision.RandomCrop import RandomCrop
     from LAMDA_SSL.Augmentation.Vision.RandomHorizontalFlip import RandomHorizontalFlip
+    from LAMDA_SSL.Transform.ToTensor import ToTensor
+    from LAMDA_SSL.Transform.Vision.Normalization import Normalization
+    from sklearn.pipeline import Pipeline
+
+    times = 3 if splits.channels == 1 else 1
+    crop = [("RandomCrop", RandomCrop(padding=HP["crop_padding"], padding_mode="reflect"))]
+    weak = ([("RandomHorizontalFlip", RandomHorizontalFlip())] if flip else []) + crop
+    strong = weak + [("RandAugment", RandAugment(*HP["randaugment"], num_bins=10)),
+                     ("Cutout", Cutout(v=HP["cutout"], fill=(127,) * splits.channels * times))]
+    tensor = Pipeline([("ToTensor", ToTensor(dtype="float", image=True)),
+                       ("Normalization", Normalization(mean=list(splits.mean) * times,
+                                                       std=list(splits.std) * times))])
+    return {"weak": Pipeline(weak), "strong": Pipeline(strong), "tensor": tensor}
+
+
+def fixmatch(splits: Any, network: Any, num_iter: int, flip: bool,
+             stop_after_s: float | None = None) -> Any:
+    """LAMDA-SSL's FixMatch at `HP` for `num_iter` iterations (cosine over them), noting the
+    wall clock after each step in `.stamps`; with `stop_after_s` (the warm-up) it stops once
+    that many seconds have passed since the first step and 3 steps are timed."""
+    import torch
+    from LAMDA_SSL.Algorithm.Classification.FixMatch import FixMatch
     from LAMDA_SSL.Dataloader.LabeledDataloader import LabeledDataLoader
     from LAMDA_SSL.Dataloader.UnlabeledDataloader import UnlabeledDataLoader
     from LAMDA_SSL.Dataset.LabeledDataset import LabeledDataset
@@ -97,9 +115,6 @@ def fixmatch(splits: Any, network: Any, num_iter: int, flip: bool,
     from LAMDA_SSL.Sampler.RandomSampler import RandomSampler
     from LAMDA_SSL.Scheduler.CosineAnnealingLR import CosineAnnealingLR
     from LAMDA_SSL.Transform.ToImage import ToImage
-    from LAMDA_SSL.Transform.ToTensor import ToTensor
-    from LAMDA_SSL.Transform.Vision.Normalization import Normalization
-    from sklearn.pipeline import Pipeline
 
     class Cosine(CosineAnnealingLR):
         def init_scheduler(self, optimizer: Any) -> Any:
@@ -109,24 +124,15 @@ def fixmatch(splits: Any, network: Any, num_iter: int, flip: bool,
     class TimedFixMatch(FixMatch):
         def end_fit_batch(self, train_result: Any, *args: Any, **kwargs: Any) -> None:
             super().end_fit_batch(train_result, *args, **kwargs)
-            stamps.append(time.perf_counter())
-            if stop_after_s is not None and len(stamps) >= 3 and \
-                    stamps[-1] - stamps[0] >= stop_after_s:
+            self.stamps.append(time.perf_counter())
+            if stop_after_s is not None and len(self.stamps) >= 3 and \
+                    self.stamps[-1] - self.stamps[0] >= stop_after_s:
                 self.num_it_total = self.it_total + 1  # LAMDA's loop ends after this step
 
-    stamps: list[float] = []
-    channels = 3 if splits.channels == 1 else splits.channels
-    mean, std = (list(splits.mean) * 3, list(splits.std) * 3) if splits.channels == 1 else (
-        list(splits.mean), list(splits.std))
-    crop = [("RandomCrop", RandomCrop(padding=HP["crop_padding"], padding_mode="reflect"))]
-    weak = ([("RandomHorizontalFlip", RandomHorizontalFlip())] if flip else []) + crop
-    strong = weak + [("RandAugment", RandAugment(*HP["randaugment"], num_bins=10)),
-                     ("Cutout", Cutout(v=HP["cutout"], fill=(127,) * channels))]
-    tensor = Pipeline([("ToTensor", ToTensor(dtype="float", image=True)),
-                       ("Normalization", Normalization(mean=mean, std=std))])
+    t = transforms(splits, flip)
 
     def data(kind: Any) -> Any:
-        return kind(pre_transform=ToImage(), transform=tensor)
+        return kind(pre_transform=ToImage(), transform=t["tensor"])
 
     def evaluation() -> Any:
         return UnlabeledDataLoader(batch_size=HP["eval_batch_size"], num_workers=1)
@@ -139,8 +145,7 @@ def fixmatch(splits: Any, network: Any, num_iter: int, flip: bool,
         network=channel_mean(network) if splits.channels == 1 else network,
         optimizer=SGD(lr=HP["lr"], momentum=HP["momentum"], nesterov=HP["nesterov"]),
         scheduler=Cosine(T_max=num_iter, eta_min=0),
-        augmentation={"weak_augmentation": Pipeline(weak),
-                      "strong_augmentation": Pipeline(strong)},
+        augmentation={"weak_augmentation": t["weak"], "strong_augmentation": t["strong"]},
         labeled_dataset=data(LabeledDataset), unlabeled_dataset=data(UnlabeledDataset),
         valid_dataset=data(UnlabeledDataset), test_dataset=data(UnlabeledDataset),
         labeled_sampler=RandomSampler(replacement=True,
@@ -150,7 +155,7 @@ def fixmatch(splits: Any, network: Any, num_iter: int, flip: bool,
                                              drop_last=True),
         unlabeled_dataloader=UnlabeledDataLoader(num_workers=2, drop_last=True),
         valid_dataloader=evaluation(), test_dataloader=evaluation(), evaluation=None)
-    alg.stamps = stamps
+    alg.stamps = []  # the wall clock after each step
     return alg
 
 
