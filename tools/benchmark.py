@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{TUNING_SEEDS[0]}), each read on its own and, variant against recipe, "
                         f"over the seeds")
     p.add_argument("--methods", nargs="+", choices=PEERS["METHODS"],
-                   default=list(PEERS["METHODS"]), help="peers: the methods to run (USB's; lamda-fixmatch: LAMDA-SSL's FixMatch)")
+                   default=list(PEERS["METHODS"]),
+                   help="peers: the methods to run (USB's; lamda-fixmatch: LAMDA-SSL's FixMatch)")
     p.add_argument("--quick", action="store_true", help="minutes: small slices, few epochs")
     p.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), metavar="NAME",
                    help="ablations: run only these (the others are listed when they have "

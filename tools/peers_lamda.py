@@ -27,7 +27,6 @@ from unittest import mock
 
 import peers
 
-VERSION = "1.0.2"
 # LAMDA-SSL 1.0.2's Config/FixMatch.py: all but the number of iterations and the network
 HP: dict[str, Any] = {
     "batch_size": 64, "mu": 7, "threshold": 0.95, "lambda_u": 1.0, "T": 0.5, "lr": 0.03,
@@ -89,11 +88,11 @@ def transforms(splits: Any, flip: bool) -> dict[str, Any]:
     from LAMDA_SSL.Transform.Vision.Normalization import Normalization
     from sklearn.pipeline import Pipeline
 
-    times = 3 if splits.channels == 1 else 1
+    times = 3 // splits.channels  # the images are RGB (`rgb`): a gray one's channel 3 times
     crop = [("RandomCrop", RandomCrop(padding=HP["crop_padding"], padding_mode="reflect"))]
     weak = ([("RandomHorizontalFlip", RandomHorizontalFlip())] if flip else []) + crop
     strong = weak + [("RandAugment", RandAugment(*HP["randaugment"], num_bins=10)),
-                     ("Cutout", Cutout(v=HP["cutout"], fill=(127,) * splits.channels * times))]
+                     ("Cutout", Cutout(v=HP["cutout"], fill=(127, 127, 127)))]
     tensor = Pipeline([("ToTensor", ToTensor(dtype="float", image=True)),
                        ("Normalization", Normalization(mean=list(splits.mean) * times,
                                                        std=list(splits.std) * times))])
