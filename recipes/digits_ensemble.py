@@ -14,8 +14,10 @@ from noisy_student import Config, run_recipe
 
 def make_config() -> Config:
     config = digits_config()
+    # soft targets, as Hinton et al.'s ensembles (the digits recipe itself uses hard ones)
     return config.replace(name="digits_ensemble", pseudo_label=replace(
-        config.pseudo_label, ensemble=3, ensemble_average="probs"))
+        config.pseudo_label, kind="soft", ensemble=3, ensemble_average="probs"),
+        loss=replace(config.loss, distillation="soft_ce"))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from noisy_student import Config, run_recipe
 
 def make_config() -> Config:
     config = digits_config()
+    # soft targets, as Hinton et al.'s specialists (the digits recipe itself uses hard ones)
     return config.replace(name="digits_specialists", pseudo_label=replace(
-        config.pseudo_label, specialists=4, specialist_epochs=30))
+        config.pseudo_label, kind="soft", specialists=4, specialist_epochs=30),
+        loss=replace(config.loss, distillation="soft_ce"))
 
 
 if __name__ == "__main__":
