@@ -68,6 +68,23 @@ def test_epoch_plan_cuts_whole_epochs_of_about_two_minutes():
     assert peers.epoch_plan(5, 100.0) == (5, 1)  # slow steps: a checkpoint after each
 
 
+def test_measured_plan_from_a_warm_ups_timings(tmp_path):
+    spec = peers.RunSpec("digits", "fixmatch", 100, 10.0, tmp_path)
+    stamps = [3.0, 3.5, 4.0, 4.5]  # 0.5 s a step
+    # evaluation: 1 s for 100 probe images -> 2 x 5 s for 500 scored (EMA and trained) = 10 s;
+    # 600 s less 5% = 570, less 20 s spent and 10 s = 540 s: 1080 steps, 4 epochs of 240 kept
+    plan = peers.measured_plan(spec, stamps, 1.0, 100, 500, setup_s=12.0, warmup_s=8.0)
+    assert (plan.num_train_iter, plan.epochs, plan.iters_per_epoch) == (960, 4, 240)
+    assert (plan.sec_per_iter, plan.eval_estimate_s, plan.warmup_iters) == (0.5, 10.0, 4)
+    assert plan.spec == {"dataset": "digits", "method": "fixmatch", "seed": 100,
+                         "minutes": 10.0}
+    lamda = peers.measured_plan(spec, stamps, 1.0, 100, 500, 12.0, 8.0, checkpoints=False)
+    assert (lamda.num_train_iter, lamda.epochs, lamda.iters_per_epoch) == (1080, 1, 1080)
+    with pytest.raises(peers.UsageError, match="no training step fits"):
+        peers.measured_plan(peers.RunSpec("digits", "fixmatch", 100, 0.5, tmp_path), stamps,
+                            1.0, 100, 500, 12.0, 8.0)  # 28.5 s less 30 s
+
+
 def test_ema_momentum_keeps_usbs_value_on_long_runs_and_shortens_it_on_short_ones():
     assert peers.ema_momentum(1_048_576) == 0.999  # USB's published run
     assert peers.ema_momentum(10_000) == pytest.approx(0.999)  # horizon 1,000 = a tenth

@@ -380,6 +380,31 @@ def epoch_plan(num_iter: int, sec_per_iter: float, every_s: float = 120.0) -> tu
     return max(1, num_iter // per), per
 
 
+def measured_plan(spec: RunSpec, stamps: list[float], probe_s: float, probe_images: int,
+                  scored_images: int, setup_s: float, warmup_s: float,
+                  checkpoints: bool = True) -> Plan:
+    """The plan a warm-up's timings give, whichever framework was timed: seconds a step from its
+    step `stamps`; the final evaluation's estimate from one pass over `probe_images` that took
+    `probe_s`, scaled to the `scored_images` (test and validation) and doubled (EMA and trained
+    weights); the iterations that fit what is left of `--minutes` (`iteration_budget`), in
+    epochs of about `spec.checkpoint_s` seconds (`epoch_plan`), or in one without
+    `checkpoints`."""
+    sec_per_iter = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    eval_s = 2 * probe_s * scored_images / probe_images
+    spent_s = setup_s + warmup_s
+    num = iteration_budget(60.0 * spec.minutes, spent_s, sec_per_iter, eval_s)
+    if num < 1:
+        raise UsageError(f"--minutes {spec.minutes}: no training step fits (setup and warm-up "
+                         f"took {spent_s:.0f} s, a step {sec_per_iter:.2f} s, the evaluation "
+                         f"about {eval_s:.0f} s); give more minutes")
+    epochs, per = epoch_plan(num, sec_per_iter, spec.checkpoint_s) if checkpoints else (1, num)
+    print(f"[peers] warm-up: {sec_per_iter:.3f} s a step, evaluation ~{eval_s:.0f} s, setup and "
+          f"warm-up {spent_s:.0f} s -> {epochs * per} iterations ({epochs} x {per}) fit "
+          f"{spec.minutes} min less a 5% margin", flush=True)
+    return Plan(epochs * per, epochs, per, sec_per_iter, eval_s, setup_s, warmup_s, len(stamps),
+                spec_record(spec))
+
+
 # ------------------------------------------------------------------------- USB's algorithm
 
 @dataclasses.dataclass
@@ -503,8 +528,7 @@ def warm_up(spec: RunSpec, splits: Any, sets: dict[str, Any], builder: Any,
             setup_s: float) -> Plan:
     """Time a throw-away copy of the run (same method, data, network, batch sizes) for
     WARMUP_ITERS steps (fewer past WARMUP_SHARE of the budget) and one evaluation pass over the
-    labeled images; plan the iterations that fit what is left of `--minutes`
-    (`iteration_budget`), in epochs of about `checkpoint_s` seconds (`epoch_plan`)."""
+    labeled images; plan from those timings (`measured_plan`)."""
     import shutil
 
     start = time.perf_counter()
@@ -512,25 +536,14 @@ def warm_up(spec: RunSpec, splits: Any, sets: dict[str, Any], builder: Any,
     clock = clock_hook(None, 0.0, stop_after_s=WARMUP_SHARE * 60.0 * spec.minutes)
     alg = build_algorithm(usb_args(spec, splits, probe, False, "warmup"), builder, sets, clock)
     alg.train()
-    sec_per_iter = (clock.stamps[-1] - clock.stamps[0]) / (len(clock.stamps) - 1)
     t = time.perf_counter()
     top1(alg, "probe")
-    n_eval = len(sets["test"]) + (len(sets["validation"]) if "validation" in sets else 0)
-    eval_s = 2 * (time.perf_counter() - t) * n_eval / len(sets["probe"])  # EMA and trained
+    probe_s = time.perf_counter() - t
+    scored = len(sets["test"]) + (len(sets["validation"]) if "validation" in sets else 0)
     del alg
     shutil.rmtree(spec.out / "warmup", ignore_errors=True)
-    warmup_s = time.perf_counter() - start
-    num = iteration_budget(60.0 * spec.minutes, setup_s + warmup_s, sec_per_iter, eval_s)
-    if num < 1:
-        raise UsageError(f"--minutes {spec.minutes}: no training step fits (setup and warm-up "
-                         f"took {setup_s + warmup_s:.0f} s, a step {sec_per_iter:.2f} s, the "
-                         f"evaluation about {eval_s:.0f} s); give more minutes")
-    epochs, per = epoch_plan(num, sec_per_iter, spec.checkpoint_s)
-    print(f"[peers] warm-up: {sec_per_iter:.3f} s a step, evaluation ~{eval_s:.0f} s, setup and "
-          f"warm-up {setup_s + warmup_s:.0f} s -> {epochs * per} iterations ({epochs} x {per}) "
-          f"fit {spec.minutes} min less a 5% margin", flush=True)
-    return Plan(epochs * per, epochs, per, sec_per_iter, eval_s, setup_s, warmup_s,
-                len(clock.stamps), spec_record(spec))
+    return measured_plan(spec, clock.stamps, probe_s, len(sets["probe"]), scored, setup_s,
+                         time.perf_counter() - start)
 
 
 def load_plan(spec: RunSpec) -> tuple[Plan | None, float]:

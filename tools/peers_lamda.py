@@ -177,28 +177,19 @@ def top1(alg: Any, images: Any, ema: bool = True) -> float:
 def warm_up(spec: peers.RunSpec, splits: Any, network: Any, flip: bool,
             setup_s: float) -> peers.Plan:
     """`peers.warm_up` for LAMDA-SSL: a throw-away run timed for WARMUP_ITERS steps (fewer past
-    WARMUP_SHARE of the budget) and one evaluation over the labeled images; the iterations
-    that fit what is left of `--minutes`, in one epoch (there are no checkpoints)."""
+    WARMUP_SHARE of the budget) and one evaluation over the labeled images; the plan from those
+    timings (`peers.measured_plan`), in one epoch (LAMDA-SSL has no checkpoints)."""
     start = time.perf_counter()
     alg = fixmatch(splits, network, peers.WARMUP_ITERS, flip,
                    stop_after_s=peers.WARMUP_SHARE * 60.0 * spec.minutes)
     fit(alg, splits)
-    stamps = alg.stamps
-    sec_per_iter = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
     t = time.perf_counter()
     top1(alg, splits.labeled)
+    probe_s = time.perf_counter() - t
     scored = [splits.test] + ([v] if (v := peers._validation(splits)) is not None else [])
-    eval_s = 2 * (time.perf_counter() - t) * sum(map(len, scored)) / len(splits.labeled)
-    warmup_s = time.perf_counter() - start
-    num = peers.iteration_budget(60.0 * spec.minutes, setup_s + warmup_s, sec_per_iter, eval_s)
-    if num < 1:
-        raise peers.UsageError(f"--minutes {spec.minutes}: no training step fits (setup and "
-                               f"warm-up took {setup_s + warmup_s:.0f} s, a step "
-                               f"{sec_per_iter:.2f} s); give more minutes")
-    print(f"[peers] warm-up: {sec_per_iter:.3f} s a step, evaluation ~{eval_s:.0f} s -> {num} "
-          f"iterations fit {spec.minutes} min less a 5% margin", flush=True)
-    return peers.Plan(num, 1, num, sec_per_iter, eval_s, setup_s, warmup_s, len(stamps),
-                      peers.spec_record(spec))
+    return peers.measured_plan(spec, alg.stamps, probe_s, len(splits.labeled),
+                               sum(map(len, scored)), setup_s, time.perf_counter() - start,
+                               checkpoints=False)
 
 
 def run(spec: peers.RunSpec) -> dict[str, Any]:
