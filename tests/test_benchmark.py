@@ -281,6 +281,32 @@ def test_the_report_marks_older_code_and_judges_the_ceiling():
         section("d", _one_seed_quality(0.85, 0.88, 0.91)))
 
 
+def test_a_whole_section_made_by_older_package_code_is_marked(tmp_path):
+    """Sections without rows of their own commit (speed, memory, GPU) say theirs under their
+    heading and in the list of runs, marked when the package has changed since."""
+    write = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["write"]
+    provenance = {"commit": "abcdef0123", "dirty": False, "package_code": "tree1",
+                  "date": "2026-12-01 00:00 UTC",
+                  "machine": {"cpu": "cpu", "cores": 2, "torch_threads": 2, "gpu": None},
+                  "versions": {"python": "3", "torch": "2", "albumentations": "2",
+                               "numpy": "2"}}
+    data = {"runs": {"memory": {"command": "python tools/memory_check.py",
+                                "provenance": provenance}},
+            "memory": {"size": 32, "classes": 10, "rows": [
+                {"images": 1000, "lazy": True, "soft_label_mb": 1, "rss_now_mb": {},
+                 "peak_rss_after_load_mb": 100.0, "peak_rss_mb": 120.0,
+                 "total_seconds": 9.0}]}}
+    for current, mark in (("tree1", ""), ("tree2", " (older code)")):
+        md = tmp_path / f"{current}.md"
+        write(data, md, tmp_path / "plot.png", current)
+        text = md.read_text()
+        assert (f"## Memory: unlabeled sets larger than memory\n\nMade at commit "
+                f"abcdef01{mark}.\n\n32x32 RGB PNG files") in text
+        run = "`python tools/memory_check.py` on 2026-12-01 00:00 UTC at commit abcdef01"
+        assert f"{run}{mark};" in text
+        assert "| 1,000 | lazy | 1 | 100 | 120 |" in text
+
+
 def test_the_ceiling_is_judged_on_its_mean_move_and_a_shared_one_once():
     """Per-seed ceilings: the verdict is on the mean of their moves (+0.30 and -0.26: +0.02,
     converged, though each alone moves more than 0.2); one shared ceiling is reported once."""

@@ -110,6 +110,26 @@ def test_unlabeled_copies_of_test_or_labeled_images_are_left_out(capsys):
     assert "16 identical to test images" in capsys.readouterr().out
 
 
+def test_an_unlabeled_copy_of_a_validation_image_is_left_out(capsys):
+    """The split depends on labels and seed, not pixels: copy a validation image over one
+    unlabeled image and the same split leaves that one out, named as a validation copy."""
+    from noisy_student.data.sources import ImageSet, Source
+
+    images = np.random.default_rng(1).integers(0, 256, (60, 4, 4, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 20)
+    test = ImageSet(images[:5] // 2, labels[:5].copy(), ["a", "b", "c"])  # copies nothing
+    cfg = DataConfig(source="digits", labeled_per_class=2)
+    before = make_splits(Source(ImageSet(images, labels, ["a", "b", "c"]), test), cfg, 0)
+    v, u = before.record["validation"][0], before.record["unlabeled"][3]
+    assert before.record["leaks_excluded"] == {}
+    images[u] = images[v]
+    after = make_splits(Source(ImageSet(images, labels, ["a", "b", "c"]), test), cfg, 0)
+    assert after.record["leaks_excluded"] == {"validation": [u]}
+    assert after.record["unlabeled"] == [i for i in before.record["unlabeled"] if i != u]
+    assert after.record["validation"] == before.record["validation"]
+    assert "1 identical to validation images" in capsys.readouterr().out
+
+
 def test_noised_dataset_is_a_function_of_seed_pass_and_index():
     from noisy_student.noise import build_noise
 

@@ -422,8 +422,7 @@ def memory_section(mem: dict[str, Any]) -> list[str]:
         rows.append([f"{r['images']:,}", "lazy" if r["lazy"] else "in memory",
                      f"{r['soft_label_mb']}", f"{r['peak_rss_after_load_mb']:.0f}",
                      f"{r['peak_rss_mb']:.0f}", anon, f"{r['total_seconds']:.0f}"])
-    return ["## Memory: unlabeled sets larger than memory", "",
-            f"{mem['size']}x{mem['size']} RGB PNG files on disk, labeled by a teacher with "
+    return [f"{mem['size']}x{mem['size']} RGB PNG files on disk, labeled by a teacher with "
             f"{mem['classes']} outputs (soft labels written to disk), then 2,048 training items "
             "read; one fresh process per row.", "",
             *table(["unlabeled images", "mode", "soft labels on disk (MB)",
@@ -440,8 +439,7 @@ def gpu_section(g: dict[str, Any]) -> list[str]:
     gpu, parts = g.get("gpu") or {}, g["parts"]
     where = (f"{gpu['name']} ({gpu['memory_gib']:.0f} GiB), driver {gpu['driver']}, CUDA "
              f"{gpu['cuda']}" if gpu else f"no GPU ({g['device']})")
-    lines = ["## GPU: the CUDA path", "",
-             f"`tools/gpu_check.py`{TINY_NOTE if g['tiny'] else ''} on {where}, torch "
+    lines = [f"`tools/gpu_check.py`{TINY_NOTE if g['tiny'] else ''} on {where}, torch "
              f"{g['versions']['torch']}, {g['machine']['cores']} CPU cores, "
              f"{g['date']}. Each part ran in a process of its own with its own time limit.", "",
              *table(["part", "status", "seconds"],
@@ -545,7 +543,7 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
              "The latest run of each section (a section keeps the seeds and variants of "
              "earlier runs that the latest did not redo):", ""]
     for section, info in data.get("runs", {}).items():
-        lines.append(_run_line(section, info))
+        lines.append(_run_line(section, info, current))
     lines.append("")
     if "quality" in data:
         lines += ["## Quality: what the unlabeled images buy", ""]
@@ -563,17 +561,28 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
             lines += ablation_section(name, a, final["std"] if final.get("n", 0) > 1 else None,
                                       current)
         lines += tuning_section(data["ablations"])
-    if "speed" in data:
-        lines += ["## Speed: what the framework costs", "", *speed_section(data["speed"])]
-    if "memory" in data:
-        lines += memory_section(data["memory"])
-    if "gpu" in data:
-        lines += gpu_section(data["gpu"])
+    for section, heading, render in (
+            ("speed", "Speed: what the framework costs", speed_section),
+            ("memory", "Memory: unlabeled sets larger than memory", memory_section),
+            ("gpu", "GPU: the CUDA path", gpu_section)):
+        if section in data:
+            lines += [f"## {heading}", "", *_made_at(data, section, current),
+                      *render(data[section])]
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text("\n".join(lines).rstrip() + "\n")
 
 
-def _run_line(section: str, info: dict[str, Any]) -> str:
+def _made_at(data: dict[str, Any], section: str, current: str | None) -> list[str]:
+    """The commit a whole section was made at, marked (older code) when the package has
+    changed since: its figures may have moved."""
+    info = data.get("runs", {}).get(section)
+    if info is None:
+        return []
+    return [f"Made at commit {made_by({'provenance': info.get('provenance', info)}, current)}.",
+            ""]
+
+
+def _run_line(section: str, info: dict[str, Any], current: str | None) -> str:
     if "provenance" not in info and "machine" in info and "python" in info["machine"]:
         m = info["machine"]  # recorded before commits were
         return (f"- **{section}**: `{info['command']}` on {info['date']}, commit unrecorded; "
@@ -581,7 +590,7 @@ def _run_line(section: str, info: dict[str, Any]) -> str:
     p = info.get("provenance", info)
     m, v = p["machine"], p["versions"]
     return (f"- **{section}**: `{info['command']}` on {p['date']} at commit "
-            f"{made_by({'provenance': p}, None)}; {m['cpu']}, {m['cores']} cores, "
+            f"{made_by({'provenance': p}, current)}; {m['cpu']}, {m['cores']} cores, "
             f"{m['torch_threads']} torch threads, GPU {m['gpu'] or 'none'}; Python "
             f"{v['python']}, torch {v['torch']}, albumentations {v['albumentations']}, numpy "
             f"{v['numpy']}")
