@@ -500,6 +500,35 @@ def test_quality_can_take_the_ceiling_the_results_hold_instead_of_training_one(q
         bench["main"](args)
 
 
+def test_the_ceiling_trains_with_its_own_settings_and_the_report_names_them(quick, tmp_path):
+    """CEILING_OVERRIDES change the ceiling and its check, not labels-only (reused as it was);
+    each ceiling result names them, and so does the report's convergence line."""
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    bench = _bench()
+    bench["CEILING_OVERRIDES"] = {"digits": ["model.drop_rate=0.3", "noise.num_ops=0"]}
+    trained = []
+
+    def record(config, images, labels, epochs, batch, splits, job):
+        trained.append((job.kind, config.model.drop_rate, config.noise.num_ops, epochs))
+        return {"top1": 0.5 + epochs / 1000, "top5": 1.0, "ece": 0.1, "steps": epochs,
+                "batch": batch, "epochs": epochs, "images": len(images), "seconds": 1.0}
+
+    bench["train_supervised"] = record
+    results, md = tmp_path / "r.json", tmp_path / "B.md"
+    assert bench["main"](["quality", "--quick", "--dataset", "digits", "--results", str(results),
+                          "--markdown", str(md), "--work", str(tmp_path / "work")]) == 0
+    (seed,) = json.loads(results.read_text())["quality"]["digits"]["seeds"]
+    (before,) = data["quality"]["digits"]["seeds"]
+    epochs = before["supervised"]["epochs"]
+    assert trained == [("supervised", 0.3, 0, epochs), ("supervised", 0.3, 0, 2 * epochs)]
+    assert seed["labels_only"] == before["labels_only"]
+    assert seed["supervised"]["overrides"] == ["model.drop_rate=0.3", "noise.num_ops=0"]
+    assert seed["supervised_longer"]["top1"] == 0.5 + 2 * epochs / 1000
+    assert (f"Ceiling, seed 0, trained with `model.drop_rate=0.3`, `noise.num_ops=0`: fully "
+            f"supervised {50 + epochs / 10:.2f}% after {epochs} epochs") in md.read_text()
+
+
 def test_ablations_list_finished_variants_and_run_only_those_named(quick, tmp_path):
     tmp, data = quick
     shutil.copytree(tmp / "work", tmp_path / "work")

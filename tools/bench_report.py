@@ -167,7 +167,9 @@ def _ceiling(seeds: list[dict[str, Any]], current: str | None = None) -> list[st
     for seed, x in sorted(checks.items()):
         longer = x["supervised_longer"]
         moves.append(longer["top1"] - x["supervised"]["top1"])
-        lines.append(f"Ceiling, seed {seed}: fully supervised {pct(x['supervised']['top1'])}"
+        settings = ", ".join(f"`{o}`" for o in x["supervised"].get("overrides", []))
+        lines.append(f"Ceiling, seed {seed}{', trained with ' + settings if settings else ''}: "
+                     f"fully supervised {pct(x['supervised']['top1'])}"
                      f"% after {x['supervised']['epochs']} epochs, {pct(longer['top1'])}% after "
                      f"{longer['epochs']} ({100 * moves[-1]:+.2f} points)"
                      + (f", made at {made_by(longer, current)}." if "provenance" in longer
