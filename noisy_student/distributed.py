@@ -70,6 +70,7 @@ def setup(device: torch.device, timeout_s: float = 600.0) -> torch.device:
 
 def teardown() -> None:
     if active():
+        _CPU_GROUPS.clear()
         dist.destroy_process_group()
 
 
@@ -103,13 +104,27 @@ def gather(obj: Any) -> list[Any]:
 
 def agree(flags: list[bool]) -> list[bool]:
     """Each flag true on every rank when it is true on any (a stop signal seen by one rank, a
-    checkpoint due by rank 0's clock): one small all-reduce."""
+    checkpoint due by rank 0's clock): one small all-reduce, on the CPU (under nccl in a gloo
+    group of its own, so that asking, every step, never waits for the GPU's queued work)."""
     if not active():
         return flags
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group())
     return [bool(v) for v in t.tolist()]
+
+
+_CPU_GROUPS: dict[Any, Any] = {}  # the default group -> its gloo twin (nccl runs)
+
+
+def _cpu_group() -> Any:
+    """A group that reduces CPU tensors: the default one unless it is nccl's, else a gloo group
+    over the same ranks, made once (every rank asks at the same step, as `new_group` needs)."""
+    default = dist.group.WORLD
+    if dist.get_backend() != "nccl":
+        return default
+    if default not in _CPU_GROUPS:
+        _CPU_GROUPS[default] = dist.new_group(backend="gloo")
+    return _CPU_GROUPS[default]
 
 
 def shard(n: int) -> slice:

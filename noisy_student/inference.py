@@ -118,6 +118,7 @@ def iter_logits(model: nn.Module, images: np.ndarray, mean: list[float], std: li
     model.eval()
     if channels_last:  # weights in the same memory format as the inputs
         model.to(memory_format=torch.channels_last)
+
     def launch(start: int) -> torch.Tensor:
         """Batch `start`'s logits, queued on the device (not waited for)."""
         x = to_uint8(images[start:start + batch_size])

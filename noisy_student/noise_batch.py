@@ -40,8 +40,10 @@ class BatchNoise:
         policy = RandAugment(num_ops, magnitude, ops, channels)  # validates the same way
         self.num_ops, self.ops, self.channels = policy.num_ops, policy.ops, channels
         self.flip, self.crop_padding = bool(flip), int(crop_padding)
-        self.values = [op_value(n, magnitude) for n in self.ops]
-        self.signed = [OP_TABLE[n] is not None and OP_TABLE[n].signed for n in self.ops]
+        # tuples: device_constant makes each once per device (it caches on its arguments)
+        self.values = tuple(op_value(n, magnitude) for n in self.ops)
+        self.signed = tuple(OP_TABLE[n] is not None and OP_TABLE[n].signed for n in self.ops)
+        self.geometric = tuple(k for k, n in enumerate(self.ops) if n in _GEOMETRIC)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != self.channels:
@@ -59,8 +61,8 @@ class BatchNoise:
             y = pad_crop(y, self.crop_padding, offsets[0], offsets[1])
         if self.flip:
             y = torch.where((rand(b) < 0.5).view(-1, 1, 1, 1), y.flip(-1), y)
-        values = device_constant(tuple(self.values), dev)
-        signed = device_constant(tuple(self.signed), dev, torch.bool)
+        values = device_constant(self.values, dev)
+        signed = device_constant(self.signed, dev, torch.bool)
         for _ in range(self.num_ops):
             which = torch.randint(0, len(self.ops), (b,), generator=generator, device=dev)
             sign = torch.where(signed[which] & (rand(b) < 0.5), -1.0, 1.0)
@@ -69,8 +71,7 @@ class BatchNoise:
 
     def apply(self, y: torch.Tensor, which: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Sample i gets op `self.ops[which[i]]` at signed `value[i]`; y float [B, C, H, W]."""
-        out = y
-        geometric = [k for k, n in enumerate(self.ops) if n in _GEOMETRIC]
+        out, geometric = y, self.geometric
         if geometric:
             moved = affine(y, [self.ops[k] for k in geometric], which, value, geometric)
             out = torch.where(_member(which, geometric), moved, out)
@@ -82,8 +83,8 @@ class BatchNoise:
         return out
 
 
-def _member(which: torch.Tensor, ks: list[int]) -> torch.Tensor:
-    return torch.isin(which, device_constant(tuple(ks), which.device, torch.long)).view(
+def _member(which: torch.Tensor, ks: tuple[int, ...]) -> torch.Tensor:
+    return torch.isin(which, device_constant(ks, which.device, torch.long)).view(
         -1, 1, 1, 1)
 
 
@@ -98,7 +99,7 @@ def pad_crop(y: torch.Tensor, p: int, oy: torch.Tensor, ox: torch.Tensor) -> tor
 
 
 def affine(y: torch.Tensor, names: list[str], which: torch.Tensor, value: torch.Tensor,
-           ks: list[int]) -> torch.Tensor:
+           ks: Sequence[int]) -> torch.Tensor:
     """Every sample resampled by its own geometric op (identity for the others), about the
     centre, nearest neighbour, zero fill. Matrices map output pixels to input pixels."""
     _, _, h, w = y.shape

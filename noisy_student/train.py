@@ -89,6 +89,12 @@ def _each(logits: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     return tuple(fn(z) for z in logits) if isinstance(logits, tuple) else fn(logits)
 
 
+def late_fusion(logits: Any) -> torch.Tensor:
+    """The class logits of a training forward: a distilled ViT's (class, distillation) pair
+    averaged, as its eval mode does (DeiT's late fusion); any other model's as they are."""
+    return sum(logits) / 2 if isinstance(logits, tuple) else logits
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and every CUDA device) RNG states, as plain containers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -479,8 +485,7 @@ class Trainer:
                             enabled=self.bf16):
             logits = self.model(weak)
         train_mode(self.model, self.frozen)
-        fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
-        return fused.float().softmax(1)
+        return late_fusion(logits).float().softmax(1)
 
     def _step(self, x: torch.Tensor, y_lab: torch.Tensor, q_pse: torch.Tensor | None,
               epoch: int, seen: int) -> None:
@@ -499,13 +504,12 @@ class Trainer:
                 f"train.batch_size (now {self.cfg.batch_size}) or train.unlabeled_ratio (now "
                 f"{self.cfg.unlabeled_ratio})" + ("" if self.cfg.amp else ", or turn on "
                                                  "train.amp") + f" ({e})") from e
-        fused = sum(logits) / 2 if isinstance(logits, tuple) else logits  # as at inference
         # under DDP decide on the (all-reduced, identical) norm alone, so the ranks agree
         finite = torch.isfinite(norm) & (torch.isfinite(loss) if self.world == 1 else True)
         self.pending.append(StepRecord(
             state.step, epoch, seen, self.scheduler.get_last_lr()[0],
-            (fused[:n_lab].argmax(1) == y_lab).sum(), loss.detach(), norm, finite,
-            {k: v.detach() for k, v in parts.items()}))
+            (late_fusion(logits)[:n_lab].argmax(1) == y_lab).sum(), loss.detach(), norm,
+            finite, {k: v.detach() for k, v in parts.items()}))
         if self.defer and self.optimizer.state:
             self.optimizer.found_inf = (~finite).float()  # the fused kernels skip on it
             self.optimizer.step()

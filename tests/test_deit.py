@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from noisy_student.config import LossConfig
 from noisy_student.losses import build_student_loss
 from noisy_student.models import create_model
+from noisy_student.train import late_fusion
 
 DEIT_HARD = LossConfig(distillation="hard", label_smoothing=0.0, labeled_weight=0.5,
                        pseudo_weight=0.5)
@@ -23,8 +24,11 @@ def test_two_heads_in_training_and_their_mean_in_eval():
     assert cls.shape == dist.shape == (3, 5) and not torch.allclose(cls, dist)
     fused = model.eval()(x)
     assert torch.allclose(fused, (cls + dist) / 2, atol=1e-6)  # no noise on: the same heads
+    # what training scores its labeled images by: the same late fusion
+    assert torch.allclose(late_fusion((cls, dist)), fused, atol=1e-6)
     plain = create_model("vit_tiny(patch_size=2)", num_classes=5, in_chans=1).train()
     assert plain(x).shape == (3, 5)  # without the token: one head
+    assert late_fusion(plain(x)).shape == (3, 5)
     assert model(torch.randn(2, 1, 12, 12)).shape == (2, 5)  # another grid: resized positions
 
 

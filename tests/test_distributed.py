@@ -111,3 +111,30 @@ def test_sigterm_to_one_rank_stops_both_and_resume_under_torchrun_matches(single
     a = json.loads((ddp / "round_0" / "metrics.json").read_text())  # never stopped
     b = json.loads((out / "round_0" / "metrics.json").read_text())
     assert b["student_sha256"] == a["student_sha256"] and b["test"] == a["test"]
+
+
+def test_agree_reduces_on_the_cpu_in_one_gloo_group_under_nccl(tmp_path, monkeypatch):
+    """Under nccl the flags go through a gloo group made once, never a CUDA tensor (a wait for
+    the GPU every step); here a one-process gloo run that says it is nccl's."""
+    import torch.distributed as dist
+
+    from noisy_student import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        made, reduced = [], []
+        real_new_group, real_all_reduce = dist.new_group, dist.all_reduce
+        monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+        monkeypatch.setattr(dist, "new_group", lambda **kw: made.append(kw) or
+                            real_new_group(**kw))
+        monkeypatch.setattr(dist, "all_reduce", lambda t, op, group: reduced.append(
+            (t.device.type, group)) or real_all_reduce(t, op=op, group=group))
+        assert distributed.agree([True, False]) == [True, False]
+        assert distributed.agree([False, False]) == [False, False]
+        assert made == [{"backend": "gloo"}]  # one group for the whole run
+        assert [d for d, _ in reduced] == ["cpu", "cpu"]
+        assert reduced[0][1] is reduced[1][1] is not dist.group.WORLD
+    finally:
+        distributed.teardown()
+    assert not distributed.active() and not distributed._CPU_GROUPS
