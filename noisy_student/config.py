@@ -108,6 +108,9 @@ class NoiseConfig:
     magnitude: float = knob(9.0, "RandAugment M on the 0..30 scale (docs/noise.md)", lo=0, hi=30)
     flip: bool = knob(False, "horizontal flips: only for classes that are mirror-symmetric")
     crop_padding: int = knob(0, "reflect-pad then random-crop back (pixels)", lo=0)
+    mixup: float = knob(0.0, "students: mixup (Zhang et al. 2018) of the pseudo-labeled images "
+                        "in each batch, lam ~ Beta(mixup, mixup), the loss mixed alike; 0: off",
+                        lo=0)
     backend: Literal["albumentations", "torch"] = knob(
         "albumentations", "albumentations: per image in the DataLoader workers (CPU); torch: per "
         "batch with tensor ops on the training device (docs/noise.md)")

@@ -179,7 +179,8 @@ class Loop:
             views = TwoViews(s.unlabeled.images, weak, self.noise, s.mean, s.std, c.seed + 7919)
         return TrainData(labeled, pseudo_ds, epochs, min_steps, seed=c.seed * 1000 + rung,
                          num_workers=c.data.num_workers, batch_noise=self.batch_noise,
-                         views=views, weak_batch_noise=weak_batch)
+                         views=views, weak_batch_noise=weak_batch,
+                         mixup=c.noise.mixup if c.noise.enabled else 0.0)
 
     def weights_before(self, k: int) -> Path:
         """The weights round k's student starts from when warm-started: the teacher the round

@@ -95,6 +95,36 @@ def late_fusion(logits: Any) -> torch.Tensor:
     return sum(logits) / 2 if isinstance(logits, tuple) else logits
 
 
+@dataclass
+class Mixup:
+    """One step's mixup of the pseudo-labeled images (Zhang et al. 2018, `noise.mixup`): image i
+    after the `n_labeled` labeled ones becomes lam * x_i + (1 - lam) * x_perm[i], and its loss
+    lam * D(z_i, q_i) + (1 - lam) * D(z_i, q_perm[i])."""
+
+    lam: float
+    perm: torch.Tensor  # [B_pse] indices into the pseudo-labeled part
+
+    @classmethod
+    def draw(cls, alpha: float, n: int, seed: int, step: int, rank: int) -> Mixup:
+        """lam ~ Beta(alpha, alpha) and a permutation of n, drawn from (seed, step, rank): a
+        resumed phase draws what it would have drawn."""
+        rng = np.random.default_rng([seed, step, rank])
+        return cls(float(rng.beta(alpha, alpha)), torch.from_numpy(rng.permutation(n)))
+
+    def images(self, x: torch.Tensor, n_labeled: int) -> torch.Tensor:
+        rest = x[n_labeled:]
+        mixed = rest.lerp(rest[self.perm.to(x.device)], 1 - self.lam)
+        return torch.cat([x[:n_labeled], mixed])  # keeps x's memory format
+
+    def loss(self, loss_at: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, Any]]],
+             targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The loss and its parts, mixed as the images were, from `loss_at(targets)`."""
+        loss, parts = loss_at(targets)
+        other, other_parts = loss_at(targets[self.perm.to(targets.device)])
+        mix = lambda a, b: self.lam * a + (1 - self.lam) * b  # noqa: E731
+        return mix(loss, other), {k: mix(v, other_parts[k]) for k, v in parts.items()}
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch (CPU and every CUDA device) RNG states, as plain containers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -211,6 +241,7 @@ class TrainData:
     # targets of the strong views are the model's own predictions on the weak ones
     views: TwoViews | None = None
     weak_batch_noise: BatchNoiseFn | None = None  # the batch noise of the weak views
+    mixup: float = 0.0  # a student's: Beta(mixup, mixup) mixup of its pseudo-labeled images
 
 
 @dataclass
@@ -494,9 +525,14 @@ class Trainer:
         optimizer has state (a fused SGD's first step would leave its momentum unset), the skip
         is decided on the device; otherwise here, which waits for the GPU."""
         n_lab, state = len(y_lab), self.state
+        mix = None
+        if self.data.mixup and self.data.pseudo is not None:  # a student's (noise.mixup)
+            mix = Mixup.draw(self.data.mixup, len(x) - n_lab, self.data.seed, state.step,
+                             distributed.rank())
+            x = mix.images(x, n_lab)
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            logits, loss, parts, norm = self._forward_backward(x, y_lab, q_pse)
+            logits, loss, parts, norm = self._forward_backward(x, y_lab, q_pse, mix)
         except torch.OutOfMemoryError as e:
             raise TrainingError(
                 f"{self.hooks.tag}: out of GPU memory at step {state.step} with {n_lab} "
@@ -541,9 +577,9 @@ class Trainer:
                     images_per_second=(r.seen - before) / max(now - then, 1e-9), **values)
                 self.last_log = (now, r.seen)
 
-    def _forward_backward(self, x: torch.Tensor, y_lab: torch.Tensor,
-                          q_pse: torch.Tensor | None) -> tuple[Any, torch.Tensor,
-                                                               dict[str, Any], torch.Tensor]:
+    def _forward_backward(self, x: torch.Tensor, y_lab: torch.Tensor, q_pse: torch.Tensor | None,
+                          mix: Mixup | None = None) -> tuple[Any, torch.Tensor, dict[str, Any],
+                                                             torch.Tensor]:
         """Logits, loss, its parts and the gradient norm (before clipping), on the device."""
         n_lab = len(y_lab)
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -551,8 +587,10 @@ class Trainer:
             logits = self.net(x)  # [B / world, num_classes], or a (class, dist) pair
         logits = _each(logits, lambda z: z.float())
         if q_pse is not None:
-            loss, parts = self.loss_fn(_each(logits, itemgetter(slice(None, n_lab))), y_lab,
-                                       _each(logits, itemgetter(slice(n_lab, None))), q_pse)
+            def loss_at(q: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+                return self.loss_fn(_each(logits, itemgetter(slice(None, n_lab))), y_lab,
+                                    _each(logits, itemgetter(slice(n_lab, None))), q)
+            loss, parts = loss_at(q_pse) if mix is None else mix.loss(loss_at, q_pse)
         else:
             loss, parts = self.loss_fn(logits, y_lab)
         loss.backward()  # even when non-finite: under DDP every rank must join

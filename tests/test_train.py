@@ -255,3 +255,51 @@ def test_sync_batchnorm_needs_ranks_and_compile_keeps_plain_weights(monkeypatch)
                     model=model)  # one process: nothing to synchronize
     assert calls == [model]  # the forward goes through the compiled module
     assert result.model is model and set(model.state_dict()) == set(_Linear().state_dict())
+
+
+def test_mixup_mixes_the_pseudo_labeled_images_and_their_loss_by_hand():
+    from noisy_student.losses import SoftTargetCE
+    from noisy_student.train import Mixup
+
+    mix = Mixup(0.25, torch.tensor([1, 0]))
+    x = torch.tensor([1.0, 2.0, 10.0, 20.0]).view(4, 1, 1, 1)  # 2 labeled, then 2 pseudo
+    assert mix.images(x, 2).flatten().tolist() == [1.0, 2.0, 17.5, 12.5]  # .25*10 + .75*20
+    loss, parts = mix.loss(lambda q: (q[0] + 10 * q[1], {"first": q[0]}), torch.tensor([3.0, 5.0]))
+    assert loss.item() == 0.25 * 53 + 0.75 * 35 and parts["first"].item() == 0.25 * 3 + 0.75 * 5
+    # soft cross-entropy is linear in its targets: the mixed loss is the loss of mixed targets
+    z, q = torch.randn(2, 3), torch.tensor([[0.7, 0.2, 0.1], [0.0, 0.0, 1.0]])
+    mixed, _ = mix.loss(lambda t: SoftTargetCE()(z, t), q)
+    assert torch.allclose(mixed, SoftTargetCE()(z, 0.25 * q + 0.75 * q[[1, 0]])[0])
+    a, b = Mixup.draw(0.4, 6, seed=3, step=7, rank=0), Mixup.draw(0.4, 6, seed=3, step=7, rank=0)
+    assert a.lam == b.lam and torch.equal(a.perm, b.perm)  # a resumed step mixes alike
+    assert sorted(a.perm.tolist()) == list(range(6)) and 0 < a.lam < 1
+    assert Mixup.draw(0.4, 6, seed=3, step=8, rank=0).lam != a.lam
+
+
+def test_a_student_trains_on_mixed_pseudo_labeled_images_and_a_teacher_never_does():
+    from noisy_student.train import Mixup
+
+    def first_batch(mixup, with_pseudo=True):
+        seen = []
+
+        class _Spy(_Linear):
+            def forward(self, x):
+                seen.append(x.detach().clone())
+                return super().forward(x)
+
+        rng = np.random.default_rng(1)
+        pseudo = NoisedDataset(rng.integers(0, 256, (16, 4, 4, 1), dtype=np.uint8),
+                               rng.dirichlet(np.ones(3), size=16).astype(np.float16), None,
+                               [0.5], [0.25], seed=1) if with_pseudo else None
+        torch.manual_seed(0)
+        loss = build_student_loss(LossConfig(label_smoothing=0.0), with_pseudo=with_pseudo)
+        train_model(_Spy(), loss, TrainConfig(batch_size=4, unlabeled_ratio=2, device="cpu"),
+                    torch.device("cpu"), TrainData(_data(), pseudo, epochs=1, mixup=mixup),
+                    TrainHooks("t"))
+        return seen[0]
+
+    plain, mixed = first_batch(0.0), first_batch(0.5)
+    assert torch.equal(mixed[:4], plain[:4])  # the labeled images stay as they are
+    assert not torch.equal(mixed[4:], plain[4:])
+    assert torch.allclose(mixed, Mixup.draw(0.5, 8, seed=0, step=0, rank=0).images(plain, 4))
+    assert torch.equal(first_batch(0.5, with_pseudo=False), first_batch(0.0, with_pseudo=False))
