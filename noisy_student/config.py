@@ -134,6 +134,10 @@ class PseudoLabelConfig:
     flip_average: bool = knob(False, "the teacher labels each image and its mirror image and "
                               "averages their probabilities (needs noise.flip: mirror-symmetric "
                               "classes)")
+    shift_average: int = knob(0, "the teacher also labels each image moved this many pixels "
+                              "left, right, up and down (reflect-padded) and averages the "
+                              "probabilities of every view (with flip_average, each mirrored "
+                              "too); 0: off", lo=0)
     specialists: int = knob(
         0, "a generalist teacher plus specialists (Hinton et al. 2015): k-means on the "
         "covariance of its predictions into this many groups, one specialist per group of 2+ "

@@ -9,6 +9,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .data import normalize, to_uint8
 
@@ -56,21 +57,32 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(self.members))
 
 
-class FlipAverage(nn.Module):
-    """A teacher that also sees each image mirrored (test-time augmentation): returns logits
-    whose softmax is the average of the two views' probabilities,
+class ViewAverage(nn.Module):
+    """A teacher that labels several fixed views of each image (test-time augmentation) and
+    returns logits whose softmax is the average of the views' probabilities,
 
-        log( (softmax(z(x)) + softmax(z(flip(x)))) / 2 ),   flip = left-right on NCHW
+        log( mean_v softmax(z(v(x))) )
 
-    Only for classes that are mirror-symmetric (the same condition as `noise.flip`)."""
+    The views: the image and, with `shift` s > 0, the image moved s pixels left, right, up and
+    down (reflect-padded, as `noise.crop_padding` pads); with `flip`, each of them mirrored
+    left-right too (only for mirror-symmetric classes, the condition of `noise.flip`)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, flip: bool = True, shift: int = 0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.flip, self.shift = model, flip, shift
+
+    def views(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        s, (h, w) = self.shift, x.shape[-2:]
+        padded = F.pad(x, (s, s, s, s), mode="reflect") if s else x
+        for dy, dx in [(0, 0)] + ([(0, s), (0, -s), (s, 0), (-s, 0)] if s else []):
+            view = padded[..., s + dy:s + dy + h, s + dx:s + dx + w]
+            yield view
+            if self.flip:
+                yield view.flip(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = torch.stack([self.model(x).float(), self.model(x.flip(-1)).float()])
-        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(2)
+        logits = torch.stack([self.model(v).float() for v in self.views(x)])  # [V, B, C]
+        return torch.logsumexp(logits.log_softmax(-1), 0) - math.log(len(logits))
 
 
 def _libc_malloc_trim() -> Callable[[int], int] | None:

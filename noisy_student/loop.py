@@ -31,7 +31,7 @@ from .noise_batch import build_student_noise
 from .pseudo_label import (SOFT_DIR, PseudoLabels, coverage_warning, label_part,
                            merge_parts, stored_labels)
 from .soft_labels import link_parts
-from .teachers import Teacher, ensemble_of_last, flip_averaged, with_specialists
+from .teachers import Teacher, ensemble_of_last, view_averaged, with_specialists
 from .plan import format_plan, make_plan, noise_seconds_per_image, plan_record
 from .presets import saved_config, settle_ladder
 from .run_dir import RunStart, open_run, prepare_run_dir
@@ -263,7 +263,7 @@ class Loop:
 
     def composite_teacher(self, k: int, teacher: Teacher) -> Teacher:
         """Round k's teacher as an ensemble of the last models, or with specialists, either one
-        averaged over mirror images, when the config asks for it (teachers.py); its scores are
+        averaged over fixed views, when the config asks for it (teachers.py); its scores are
         measured anew."""
         c, made = self.config.pseudo_label, None
         if c.ensemble > 1:
@@ -274,8 +274,9 @@ class Loop:
                                              self.batch_noise, self.device, self.tracker, k,
                                              teacher.model, teacher.name, teacher.sha256)
             self.specialist_reports[k] = {**report, "generalist_top1": teacher.scores["top1"]}
-        if c.flip_average:
-            made = flip_averaged(*(made or (teacher.model, teacher.name, teacher.sha256)))
+        if c.flip_average or c.shift_average:
+            made = view_averaged(*(made or (teacher.model, teacher.name, teacher.sha256)),
+                                 c.flip_average, c.shift_average)
         if made is not None and made[0] is not teacher.model:
             model, name, sha = made
             teacher = Teacher(model, name, sha, _scores(self.evaluate(model)))

@@ -1,6 +1,7 @@
 """A round's teacher beyond one model: an ensemble of the last models (Hinton et al. 2015), a
-generalist with specialists (`specialists.py`), either of them averaged over mirror images. Each gives `(module, name, sha256)`: the sha256
-of a composite teacher hashes its members' identities, so its pseudo-labels can be reused."""
+generalist with specialists (`specialists.py`), either of them averaged over fixed views of each
+image (mirrored, shifted). Each gives `(module, name, sha256)`: the sha256 of a composite
+teacher hashes its members' identities, so its pseudo-labels can be reused."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 from .checkpoint import load_weights, weights_sha256
 from .config import Config
 from .data import Splits
-from .inference import Ensemble, FlipAverage
+from .inference import Ensemble, ViewAverage
 from .ladder import build_model
 from .noise import Noise
 from .run_dir import RunDir
@@ -73,6 +74,13 @@ def with_specialists(config: Config, splits: Splits, noise: Noise | None, batch_
     return teacher, f"{name} + {report['specialists']} specialists", combined_sha256(shas), report
 
 
-def flip_averaged(model: nn.Module, name: str, sha: str) -> tuple[nn.Module, str, str]:
-    """The teacher averaged over each image and its mirror image (`pseudo_label.flip_average`)."""
-    return FlipAverage(model), f"{name}, flip-averaged", combined_sha256([sha, "flip"])
+def view_averaged(model: nn.Module, name: str, sha: str, flip: bool,
+                  shift: int) -> tuple[nn.Module, str, str]:
+    """The teacher averaged over fixed views of each image: its mirror image
+    (`pseudo_label.flip_average`), shifts of a few pixels (`pseudo_label.shift_average`)."""
+    if not shift:
+        return ViewAverage(model), f"{name}, flip-averaged", combined_sha256([sha, "flip"])
+    views = ViewAverage(model, flip, shift)
+    n = 5 * (1 + flip)
+    return (views, f"{name}, averaged over {n} views (shifts of {shift} px"
+            f"{', mirrored' if flip else ''})", combined_sha256([sha, f"views {flip} {shift}"]))

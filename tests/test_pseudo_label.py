@@ -283,7 +283,7 @@ def test_ensemble_averages_probabilities_or_logits_by_hand():
 
 
 def test_flip_average_averages_the_two_views_probabilities_by_hand():
-    from noisy_student.inference import FlipAverage
+    from noisy_student.inference import ViewAverage
 
     class LeftColumn(torch.nn.Module):  # logits = [x[..., 0], -x[..., 0]] summed over rows
         def forward(self, x):
@@ -291,10 +291,36 @@ def test_flip_average_averages_the_two_views_probabilities_by_hand():
             return torch.stack([a, -a], -1)
 
     x = torch.tensor([[[[1.0, 0.0, 3.0]]]])  # one image 1x1x3: left column 1, mirrored 3
-    p = FlipAverage(LeftColumn())(x).softmax(-1)
+    p = ViewAverage(LeftColumn())(x).softmax(-1)
     expected = (torch.softmax(torch.tensor([1.0, -1.0]), 0)
                 + torch.softmax(torch.tensor([3.0, -3.0]), 0)) / 2
     assert torch.allclose(p[0], expected, atol=1e-6)
+
+
+def test_shift_average_averages_five_reflect_padded_views_by_hand():
+    from noisy_student.inference import ViewAverage
+
+    class Centre(torch.nn.Module):  # logits = [c, 0], c the centre pixel of a 3x3 image
+        def forward(self, x):
+            c = x[:, 0, 1, 1]
+            return torch.stack([c, torch.zeros_like(c)], -1)
+
+    x = torch.arange(9.0).view(1, 1, 3, 3)  # rows 0 1 2 / 3 4 5 / 6 7 8
+    # moved one pixel (reflect padding) the centre sees 4's neighbours: 1, 7, 3, 5
+    assert [v[0, 0, 1, 1].item() for v in ViewAverage(Centre(), False, 1).views(x)] == [
+        4, 5, 3, 7, 1]
+    p = ViewAverage(Centre(), flip=False, shift=1)(x).softmax(-1)[0, 0]
+    expected = sum(torch.sigmoid(torch.tensor(c)) for c in [4.0, 5, 3, 7, 1]) / 5
+    assert torch.allclose(p, expected)
+    assert len(list(ViewAverage(Centre(), flip=True, shift=1).views(x))) == 10
+
+
+def test_a_run_whose_teachers_average_over_shifted_views(tiny_config):
+    from noisy_student.loop import run
+
+    summary = run(tiny_config.with_overrides(["pseudo_label.shift_average=2",
+                                              'model.ladder=["cnn_tiny"]']))
+    assert summary["rounds"][0]["teacher"] == "cnn_tiny, averaged over 5 views (shifts of 2 px)"
 
 
 def test_flip_average_needs_mirror_symmetric_classes(tiny_config):
