@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from .errors import CheckpointError, RunDirError  # noqa: F401 (raised here, importable from here)
+from .models.weights import grow as grow_into
 
 CKPT_MAGIC = b"NOISY-STUDENT-CKPT\n"
 CKPT_FORMAT = 1
@@ -107,9 +108,11 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
     return weights_sha256(state)
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+def load_weights(model: torch.nn.Module, path: Path, grow: bool = False) -> torch.nn.Module:
     """Load weights into `model` from safetensors, or from a `.ckpt` (its EMA weights when it has
-    them, else its model weights). No pickle; names the file when it cannot."""
+    them, else its model weights). No pickle; names the file when it cannot. `grow`: `model` may
+    be a deeper network of the same family, which starts as the weights' one (`models.weights.
+    grow`)."""
     path = Path(path)
     if path.suffix == ".ckpt":
         _, state = load_checkpoint(path)
@@ -120,8 +123,11 @@ def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
         except Exception as e:  # noqa: BLE001 - safetensors raises several types for bad files
             raise RunDirError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
     try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
+        if grow:
+            grow_into(model, state)
+        else:
+            model.load_state_dict(state)
+    except (RuntimeError, ValueError) as e:
         raise RunDirError(f"{path}: weights do not fit model {type(model).__name__}: {e}") from e
     return model
 

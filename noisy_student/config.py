@@ -97,8 +97,9 @@ class ModelConfig:
                                                      "model.pretrained")
     student_init: Literal["scratch", "teacher"] = knob(
         "scratch", "where each round's student starts: new weights (the paper), or the weights "
-        "of the model before it (round 0's teacher, then the last student; a warm start, for "
-        "students the same model as their teacher)")
+        "of the model before it (round 0's teacher, then the last student; a warm start): the "
+        "same model, or a deeper one of its family, whose added blocks start as the identity "
+        "(Net2DeeperNet)")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import nn
 from .config import Config, ConfigError
 from .data import Splits
 from .models import count_params, create_model, parse_model_spec
-from .models.weights import load_backbone_weights
+from .models.weights import grow, load_backbone_weights
 
 
 def starts_pretrained(config: Config, rung: int) -> bool:
@@ -43,17 +43,29 @@ def build_model(config: Config, rung: int, splits: Splits) -> nn.Module:
 
 def check_ladder(config: Config, splits: Splits) -> list[int]:
     """Parameter count of each rung; refuse a model that cannot take the images (one dry forward
-    pass) and a student smaller than its teacher (unless allowed)."""
-    sizes, problems = [], []
+    pass), a student smaller than its teacher (unless allowed), and, with a warm start, a
+    student that cannot start as its teacher (`models.weights.grow`)."""
+    sizes, problems, model = [], [], None
     h, w, ch = splits.labeled.images.shape[1:]
     for r in range(config.rounds + 1):
         where = f"model.ladder[{min(r, len(config.model.ladder) - 1)}] = {config.model_for(r)!r}"
+        teacher = model
         try:
             model = build_model(config, r, splits)
         except (ValueError, TypeError) as e:
             problems.append(f"{where}: {e}")
+            model = None
             continue
         sizes.append(count_params(model))
+        if (config.model.student_init == "teacher" and teacher is not None
+                and config.model_for(r) != config.model_for(r - 1)):
+            try:
+                grow(model, teacher.state_dict())
+            except ValueError as e:
+                problems.append(f"model.student_init = 'teacher' starts round {r - 1}'s student "
+                                f"{config.model_for(r)} from its teacher "
+                                f"{config.model_for(r - 1)}'s weights, so it must be the same "
+                                f"model or a deeper one of its family: {e}")
         if config.model_for(r) in (config.model_for(j) for j in range(r)):
             continue  # already tried
         try:
@@ -63,12 +75,6 @@ def check_ladder(config: Config, splits: Splits) -> list[int]:
             problems.append(f"{where} cannot take {h}x{w} images with {ch} channels "
                             f"({str(e).splitlines()[0]}); use larger images (data.image_size) "
                             "or a model for small inputs")
-    if config.model.student_init == "teacher":
-        problems += [f"model.student_init = 'teacher' starts round {r - 1}'s student from its "
-                     f"teacher's weights, so it must be the same model: {config.model_for(r)} "
-                     f"is not {config.model_for(r - 1)}"
-                     for r in range(1, config.rounds + 1)
-                     if config.model_for(r) != config.model_for(r - 1)]
     if problems:
         raise ConfigError(problems)
     if not config.model.allow_smaller_student:

@@ -143,7 +143,7 @@ class Loop:
         c = self.config
         model = build_model(c, rung, self.splits)
         if pseudo is not None and c.model.student_init == "teacher":
-            load_weights(model, self.weights_before(rung - 1))
+            load_weights(model, self.weights_before(rung - 1), grow=True)
         consistency = pseudo is None and c.train.teacher_consistency
         loss = build_student_loss(c.loss, with_pseudo=pseudo is not None,
                                   consistency=c.train.consistency_threshold if consistency

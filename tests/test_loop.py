@@ -336,10 +336,28 @@ def test_a_warm_started_student_starts_from_its_teacher(tiny_config):
     run(still.with_overrides([f'out="{out}-scratch"', "rounds=1"]))
     scratch = params(Path(f"{out}-scratch") / "round_0/student.safetensors")
     assert not all(torch.allclose(teacher[k], scratch[k], atol=1e-3) for k in teacher)
-    with pytest.raises(ConfigError, match="round 1's student from its teacher's weights, so it "
-                                          "must be the same model: cnn_small is not cnn_tiny"):
+    with pytest.raises(ConfigError, match="round 1's student cnn_small from its teacher "
+                                          "cnn_tiny's weights, so it must be the same model or "
+                                          "a deeper one of its family: .* not widen"):
         Loop(tiny_config.with_overrides(['model.student_init="teacher"']),
              RunStart(overwrite=True))
+
+
+def test_a_deeper_student_starts_as_its_teacher(tiny_config):
+    """model.student_init = 'teacher' with a deeper student (cnn_tiny, then cnn_tiny with two
+    blocks a stage): at a vanishing learning rate the student ends with its teacher's tensors
+    and its added blocks' last convs still zero (Net2DeeperNet), so it computes its teacher."""
+    config = tiny_config.with_overrides([
+        'model.ladder=["cnn_tiny", "cnn_tiny(depth=2)"]', "rounds=1", "train.lr=1e-12",
+        "train.weight_decay=0", 'model.student_init="teacher"'])
+    run(config)
+    teacher, student = (load_file(config.out_dir / p) for p in (
+        "teacher/model.safetensors", "round_0/student.safetensors"))
+    assert set(teacher) < set(student)
+    assert all(torch.allclose(v, student[k], atol=1e-6) for k, v in teacher.items()
+               if "running" not in k and "num_batches" not in k)
+    added = [f"stages.{s}.1.conv2.weight" for s in range(3)]
+    assert all(k not in teacher and student[k].abs().max() < 1e-6 for k in added)
 
 
 def _teacher_steps(out):

@@ -283,3 +283,42 @@ def test_model_spec_with_keyword_arguments():
     assert count_params(wide) > count_params(create_model("cnn_small", 10, in_chans=1))
     with pytest.raises(ValueError, match="not key=value"):
         parse_model_spec("cnn_small(40)")
+
+
+def test_a_grown_network_computes_what_the_shallower_one_did() -> None:
+    """weights.grow (Net2DeeperNet): cnn_medium's weights in a third block per stage; the three
+    added blocks (identity shortcuts) start with a zero last conv, so the deeper network's
+    logits equal the shallower one's; every tensor of the shallower one is copied."""
+    from noisy_student.models.weights import grow
+
+    small, deep = create_model("cnn_medium", num_classes=10, in_chans=1), create_model(
+        "cnn_medium", depth=3, num_classes=10, in_chans=1)
+    x = torch.randn(4, 1, 8, 8)
+    small.eval(), deep.eval()
+    assert not torch.allclose(small(x), deep(x))
+    assert grow(deep, small.state_dict()) == ["stages.0.2", "stages.1.2", "stages.2.2"]
+    with torch.no_grad():
+        torch.testing.assert_close(deep(x), small(x))
+    mine = deep.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in small.state_dict().items())
+    assert not mine["stages.1.2.conv1.weight"].eq(0).all()  # only the last conv is zeroed
+    assert grow(small, small.state_dict()) == []  # the same network: a plain load
+
+
+def test_grow_refuses_a_wider_network_and_a_new_block_that_is_no_identity() -> None:
+    """A wider network changes the shapes of the smaller one's tensors; a new stage that starts
+    with a stride-2 projection cannot start as the identity. Both are refused, and named."""
+    from noisy_student.models.preact import PreActResNet
+    from noisy_student.models.weights import grow
+
+    with pytest.raises(ValueError, match=r"stem.weight \(16, 1, 3, 3\) \(shape \(32, 1, 3, 3\)\)"):
+        grow(create_model("cnn_small", num_classes=10, in_chans=1),
+             create_model("cnn_tiny", num_classes=10, in_chans=1).state_dict())
+
+    def net(stages: int) -> PreActResNet:
+        return PreActResNet(widths=(8,) * stages, depth=1, stem_width=8, num_classes=10,
+                            in_chans=1, strides=(1,) + (2,) * (stages - 1))
+
+    with pytest.raises(ValueError, match="not in a new block that can start as the identity, "
+                                         "first stages.2.0.bn1"):
+        grow(net(3), net(2).state_dict())

@@ -44,6 +44,11 @@ class PreActBlock(nn.Module):
         out = self.conv2(F.relu(self.bn2(out), inplace=True))
         return shortcut + self.drop_path(out)
 
+    def zero_init_last(self) -> None:
+        """Zero the branch's last conv, so that the branch adds nothing: with an identity
+        shortcut the block then computes its input (a block that `weights.grow` adds)."""
+        nn.init.zeros_(self.conv2.weight)
+
 
 class PreActResNet(nn.Module):
     """Stages of ``depth`` pre-activation blocks with the given ``widths`` and ``strides``.

@@ -91,3 +91,37 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
         )
     model.load_state_dict(loaded, strict=False)
     return missing
+
+
+def grow(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Start ``model`` as the shallower network whose weights are ``state`` (Net2DeeperNet,
+    Chen et al. 2016): each tensor of ``state`` is copied into ``model``'s tensor of the same
+    name, and each residual block that ``state`` lacks has its branch's last layer zeroed
+    (``zero_init_last``), so that the block starts as the identity and ``model`` computes what
+    the smaller network did. The same network is an ordinary strict load.
+
+    Returns the names of the new blocks. Raises ``ValueError`` when a tensor of ``state`` has
+    no tensor of the same name and shape in ``model`` (a wider network, or another one), or a
+    part of ``model`` missing from ``state`` is not a whole new block that can start as the
+    identity (one with a projection shortcut cannot).
+    """
+    own = model.state_dict()
+    misfits = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if misfits:
+        k = misfits[0]
+        has = f"shape {tuple(own[k].shape)}" if k in own else "no such tensor"
+        raise ValueError(f"{len(misfits)} of the smaller network's tensors have no place in "
+                         f"the deeper one: {k} {tuple(state[k].shape)} ({has}); it can only add "
+                         "whole blocks, not widen or change them")
+    missing = set(own) - set(state)
+    new = [name for name, m in model.named_modules()
+           if name and hasattr(m, "zero_init_last") and getattr(m, "shortcut", None) is None
+           and all(k in missing for k in own if k.startswith(name + "."))]
+    unexplained = sorted(k for k in missing if not any(k.startswith(n + ".") for n in new))
+    if unexplained:
+        raise ValueError(f"{len(unexplained)} of the deeper network's tensors are not in a new "
+                         f"block that can start as the identity, first {unexplained[0]}")
+    model.load_state_dict(state, strict=False)
+    for name in new:
+        model.get_submodule(name).zero_init_last()
+    return new
