@@ -263,6 +263,47 @@ def test_the_report_judges_the_digits_target_and_says_where_the_gain_stops():
             "round before's; the final student's test top-1 is 1.50 points under") in text
 
 
+def test_a_missed_share_of_the_gap_says_how_accurate_the_labels_would_have_to_be():
+    """Labels-only 80%, supervised 90%: half the gap is 85%. The final student at 83% ends one
+    point under its 84% labels, so one as far under them needs labels 86% accurate, 2 points
+    more; a student past the target gets no such line."""
+    report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
+    half = report["QualityTarget"](gap_closed=0.5)
+
+    def summary(student):
+        return {"labels_only": {"mean": 0.80}, "supervised": {"mean": 0.90}, "rounds": [
+            {"student_top1": {"mean": 0.81}, "pseudo_label_accuracy": {"mean": 0.82}},
+            {"student_top1": {"mean": student}, "pseudo_label_accuracy": {"mean": 0.84}}]}
+    text = "\n".join(report["_where_it_stops"](summary(0.83), half))
+    assert ("A student as far under its labels needs labels 86.00% accurate to reach 85.00% "
+            "(50% of the gap): 2.00 points above the last round's.") in text
+    assert "needs labels" not in "\n".join(report["_where_it_stops"](summary(0.86), half))
+    assert "needs labels" not in "\n".join(report["_where_it_stops"](summary(0.83)))
+
+
+def test_an_ablation_table_says_where_the_chain_settles():
+    """Three variants or more: their final students' range against the recipe's, their last
+    labels' range and the recipe's, and the median of (labels - final student); a variant equal
+    to the recipe is not counted. Fewer variants: no line."""
+    section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["ablation_section"]
+
+    def run(final, labels, **extra):
+        return {"final_val_top1": final, "final_top1": final, "seconds": 60, **extra, "rounds": [
+            {"student_val_top1": final, "student_top1": final,
+             "pseudo_label_accuracy": labels}]}
+    a = {"recipe": run(0.890, 0.897, seed=0), "a": run(0.882, 0.894), "b": run(0.894, 0.898),
+         "c": run(0.887, 0.921), "same": run(0.890, 0.897, same_as_recipe=True)}
+    text = "\n".join(section("fm", a, spread=0.0076))
+    # labels - student: 0.7, 1.2, 0.4, 3.4 points: the median is (0.7 + 1.2) / 2 = 0.95
+    assert ("Where the chain settles: the 3 variants move the final student -0.80 to +0.40 "
+            "points from the recipe's (the quality seeds' standard deviation: 0.76); their "
+            "last round's pseudo-labels are 89.40 to 92.10% accurate on the images kept (the "
+            "recipe's 89.70%), and a final student's top-1 ends a median 0.95 points under "
+            "the accuracy of its own labels.") in text
+    del a["c"]
+    assert "Where the chain settles" not in "\n".join(section("fm", a))
+
+
 def test_the_report_marks_older_code_and_judges_the_ceiling():
     """A row made by other package code than today's is marked; the ceiling trained twice as
     long is converged when it moves less than 0.2 points."""

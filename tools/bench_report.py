@@ -88,7 +88,7 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None) ->
     lines += _target(name, s, [x for x in seeds if x["seed"] in used])
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    lines += _where_it_stops(s)
+    lines += _where_it_stops(s, QUALITY_TARGETS.get(name))
     per = [[f"{x['seed']} ({x['role']})", pct(x["labels_only"]["top1"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
@@ -134,19 +134,32 @@ def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[s
     return lines
 
 
-def _where_it_stops(s: dict[str, Any]) -> list[str]:
+def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None) -> list[str]:
     """What limits the gain, measured: how much each round's pseudo-labels improve on the last
-    round's, and how far the final student ends under its own pseudo-labels' accuracy."""
+    round's, and how far the final student ends under its own pseudo-labels' accuracy. With a
+    share-of-the-gap target not met: how accurate the labels would have to be for a student
+    ending as far under them to meet it."""
     rounds = s["rounds"]
     if len(rounds) < 2:
         return []
     accuracy = [r["pseudo_label_accuracy"]["mean"] for r in rounds]
     steps = ", ".join(f"{100 * (b - a):+.2f}" for a, b in zip(accuracy, accuracy[1:]))
-    under = accuracy[-1] - rounds[-1]["student_top1"]["mean"]
-    return [f"Where it stops: each round's pseudo-labels are {steps} points more accurate than "
+    final = rounds[-1]["student_top1"]["mean"]
+    under = accuracy[-1] - final
+    line = (f"Where it stops: each round's pseudo-labels are {steps} points more accurate than "
             f"the round before's; the final student's test top-1 is {100 * under:.2f} points "
             "under the accuracy of the pseudo-labels it learned from (on the kept unlabeled "
-            "images).", ""]
+            "images).")
+    if goal is not None and goal.gap_closed is not None and "supervised" in s:
+        base = s["labels_only"]["mean"]
+        needed = base + goal.gap_closed * (s["supervised"]["mean"] - base)
+        if final < needed:
+            line += (f" A student as far under its labels needs labels "
+                     f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
+                     f"({100 * goal.gap_closed:.0f}% of the gap): "
+                     f"{100 * (needed + under - accuracy[-1]):.2f} points above the last "
+                     "round's.")
+    return [line, ""]
 
 
 def best_ceiling(seed: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +241,30 @@ def ablation_section(name: str, a: dict[str, Any], spread: float | None = None,
                   f"{'; '.join(parts)}."
                   + (f" One seed each; the final student's standard deviation over the quality "
                      f"seeds is {100 * spread:.2f} points." if spread is not None else ""), ""]
-    return lines
+    return lines + _where_the_chain_settles(a, key, spread)
+
+
+def _where_the_chain_settles(a: dict[str, Any], key: str, spread: float | None) -> list[str]:
+    """Where every run of one ablation table ends, once there are three variants or more: how
+    far the final students land from the recipe's (against the seeds' standard deviation), the
+    accuracy of the last round's pseudo-labels, and how far each final student ends under its
+    own labels. Levers that all land in a narrow band, with labels that converge whatever the
+    start, mark a fixed point of the chain rather than a lack of compute."""
+    runs = {v: r for v, r in a.items() if not r.get("same_as_recipe") and r.get(key) is not None
+            and r.get("rounds")}
+    moves = [100 * (r[key] - a["recipe"][key]) for v, r in runs.items() if v != "recipe"]
+    if len(moves) < 3:
+        return []
+    labels = {v: r["rounds"][-1]["pseudo_label_accuracy"] for v, r in runs.items()}
+    under = [100 * (labels[v] - r[key]) for v, r in runs.items()]
+    return [f"Where the chain settles: the {len(moves)} variants move the final student "
+            f"{min(moves):+.2f} to {max(moves):+.2f} points from the recipe's"
+            + (f" (the quality seeds' standard deviation: {100 * spread:.2f})"
+               if spread is not None else "")
+            + f"; their last round's pseudo-labels are {pct(min(labels.values()))} to "
+            f"{pct(max(labels.values()))}% accurate on the images kept (the recipe's "
+            f"{pct(labels['recipe'])}%), and a final student's top-1 ends a median "
+            f"{statistics.median(under):.2f} points under the accuracy of its own labels.", ""]
 
 
 def tuning_section(ablations: dict[str, dict[str, Any]]) -> list[str]:
