@@ -2,6 +2,7 @@
 what it timed, a part that fails or runs out of time is recorded and the others still run, and
 merge puts the figures into the results and the report."""
 
+import dataclasses
 import json
 import math
 import os
@@ -114,6 +115,22 @@ def test_a_run_is_finished_only_when_every_round_has_its_metrics(tmp_path):
                                                                    "student_top1": 0.7}))
     whole = figures(tmp_path, "digits")
     assert whole["finished"] and [p["test_top1"] for p in whole["phases"]] == [0.5, 0.6, 0.7]
+    assert whole["rounds"] == 2
+
+
+def test_the_full_end_to_end_run_is_the_recipe_cut_to_four_rounds(tmp_path):
+    """The GPU part runs the Fashion-MNIST recipe as it is but for its rounds (4, to fit the
+    part's limit), on the device's batch noise, and its report title says how many rounds."""
+    tool = runpy.run_path(str(TOOL))
+    recipe = runpy.run_path(str(ROOT / "recipes" / "fashion_mnist.py"))["make_config"]()
+    config = tool["_end_to_end_config"](False, "cpu", tmp_path)
+    assert config.rounds == 4 < recipe.rounds and config.noise.backend == "torch"
+    assert config.model == recipe.model and config.pseudo_label == recipe.pseudo_label
+    assert dataclasses.replace(config.train, device=recipe.train.device) == recipe.train
+    title = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["_gpu_phases"](
+        "end_to_end", {"recipe": "fashion_mnist", "rounds": 4, "noise_backend": "torch",
+                       "minutes": 3.0, "finished": True, "phases": []})[0]
+    assert title.startswith("### End to end: the fashion_mnist recipe, 4 rounds, noise backend")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

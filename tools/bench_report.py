@@ -551,7 +551,9 @@ def _gpu_phases(name: str, p: dict[str, Any]) -> list[str]:
         title = (f"### torchrun: {p['processes']} process, {p['backend']}, the digits recipe cut "
                  f"short ({p['seconds']:.0f} s all told)")
     else:
-        title = (f"### End to end: the {p['recipe']} recipe, noise backend {p['noise_backend']}"
+        rounds = f", {p['rounds']} rounds" if p.get("rounds") else ""
+        title = (f"### End to end: the {p['recipe']} recipe{rounds}, noise backend "
+                 f"{p['noise_backend']}"
                  f" ({p['minutes']:.1f} minutes{'' if p['finished'] else ', cut short'}; peak "
                  f"GPU MiB {_mib(p.get('peak_gpu_mib'))})")
     rows = [[x["phase"], f"{x['seconds'] / 60:.2f}", pct(x["val_top1"]), pct(x["test_top1"])]
