@@ -157,7 +157,7 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None) -> lis
             line += (f" A student as far under its labels needs labels "
                      f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
                      f"({100 * goal.gap_closed:.0f}% of the gap): "
-                     f"{100 * (needed + under - accuracy[-1]):.2f} points above the last "
+                     f"{100 * (needed - final):.2f} points above the last "
                      "round's.")
     return [line, ""]
 
