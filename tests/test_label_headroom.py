@@ -6,6 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from noisy_student.artifacts import open_run
+from noisy_student.data import to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 tool = runpy.run_path(str(ROOT / "tools" / "label_headroom.py"))
@@ -43,6 +47,16 @@ def test_label_propagation_fills_two_clusters_from_one_label_each():
     seeds[0], seeds[20] = 0, 1
     z = tool["propagated"](index, sim, seeds, 2)
     assert z.argmax(1).tolist() == [0] * 20 + [1] * 20
+
+
+def test_alone_is_the_run_s_own_labeling_without_a_mirror_view(tiny_run):
+    run = open_run(tiny_run)
+    assert not run.config.pseudo_label.flip_average  # the tiny run labels without mirror views
+    sp = run.splits()
+    with torch.no_grad():
+        plain = run.model("last")(to_tensor(sp.validation.images, run.mean, run.std))
+    hand = round(100 * float((plain.argmax(1).numpy() == sp.validation.labels).mean()), 2)
+    assert tool["headroom"](tiny_run)["alone"]["val"] == hand
 
 
 def test_headroom_on_a_finished_run(tiny_run, tmp_path, capsys):

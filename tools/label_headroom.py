@@ -4,7 +4,8 @@
 
 For a run whose unlabeled images have hidden labels (digits, Fashion-MNIST), prints the accuracy
 on the unlabeled and validation images of the labels that each cheap refinement would give,
-every model averaged over each image and its mirror image (as `pseudo_label.flip_average`):
+every model labeling as the run's teachers did: averaged over each image and its mirror image
+when the run's `pseudo_label.flip_average` is on:
 
   alone                  the phase's model (`--phase`, default the last round's student)
   last k students        the average of the last k rounds' students (`pseudo_label.ensemble`)
@@ -36,17 +37,20 @@ from noisy_student.errors import NoisyStudentError
 
 
 def flip_averaged(model: torch.nn.Module, images: np.ndarray, mean: list[float],
-                  std: list[float], batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalized features [N, D], probabilities [N, C]), each the mean over the image and
-    its mirror image."""
+                  std: list[float], flip: bool = True,
+                  batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(L2-normalized features [N, D], probabilities [N, C]), with `flip` each the mean over the
+    image and its mirror image."""
     feats, probs = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch):
             part = images[i:i + batch]
             f = p = 0
-            for view in (part, part[:, :, ::-1].copy()):
+            views = (part, part[:, :, ::-1].copy()) if flip else (part,)
+            for view in views:
                 z = model.forward_features(to_tensor(view, mean, std))
-                f, p = f + z / 2, p + model.head(z).softmax(1) / 2  # eval: no head dropout
+                f = f + z / len(views)
+                p = p + model.head(z).softmax(1) / len(views)  # eval: no head dropout
             feats.append(torch.nn.functional.normalize(f, dim=1))
             probs.append(p)
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
@@ -112,7 +116,8 @@ def headroom(run_dir: str | Path, phase: str | int = "last") -> dict[str, dict[s
         if not (hasattr(model, "forward_features") and hasattr(model, "head")):
             raise NoisyStudentError(f"{run.root}: {type(model).__name__} has no "
                                     "forward_features and head to read features from")
-        parts = [flip_averaged(model, images, run.mean, run.std) for images in sets.values()]
+        flip = run.config.pseudo_label.flip_average
+        parts = [flip_averaged(model, images, run.mean, run.std, flip) for images in sets.values()]
         return np.concatenate([f for f, _ in parts]), np.concatenate([p for _, p in parts])
 
     feats, probs = of(phase)
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except NoisyStudentError as e:
         print(f"label_headroom: {e}", file=sys.stderr)
         return 2
-    print(f"{'labels':<22} {'unlabeled':>9} {'val':>6}  (top-1 %, flip-averaged)")
+    print(f"{'labels':<22} {'unlabeled':>9} {'val':>6}  (top-1 %)")
     for name, r in result.items():
         print(f"{name:<22} {r['unlabeled']:>9.2f} {r['val']:>6.2f}")
     if a.out:
