@@ -10,6 +10,7 @@ import torch
 
 from noisy_student.artifacts import open_run
 from noisy_student.data import to_tensor
+from noisy_student.inference import ViewAverage
 
 ROOT = Path(__file__).resolve().parents[1]
 tool = runpy.run_path(str(ROOT / "tools" / "label_headroom.py"))
@@ -57,6 +58,15 @@ def test_alone_is_the_run_s_own_labeling_without_a_mirror_view(tiny_run):
         plain = run.model("last")(to_tensor(sp.validation.images, run.mean, run.std))
     hand = round(100 * float((plain.argmax(1).numpy() == sp.validation.labels).mean()), 2)
     assert tool["headroom"](tiny_run)["alone"]["val"] == hand
+
+
+def test_view_averaged_probabilities_are_the_teacher_s_view_average(tiny_run):
+    run = open_run(tiny_run)
+    model, images = run.model("last"), run.splits().validation.images
+    _, probs = tool["view_averaged"](model, images, run.mean, run.std, True, 1, batch=7)
+    with torch.no_grad():
+        teacher = ViewAverage(model, True, 1)(to_tensor(images, run.mean, run.std)).softmax(1)
+    assert probs == pytest.approx(teacher.numpy(), abs=1e-5)
 
 
 def test_headroom_on_a_finished_run(tiny_run, tmp_path, capsys):

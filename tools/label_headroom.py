@@ -4,8 +4,8 @@
 
 For a run whose unlabeled images have hidden labels (digits, Fashion-MNIST), prints the accuracy
 on the unlabeled and validation images of the labels that each cheap refinement would give,
-every model labeling as the run's teachers did: averaged over each image and its mirror image
-when the run's `pseudo_label.flip_average` is on:
+every model labeling as the run's teachers did: averaged over the views of each image that
+`pseudo_label.flip_average` and `shift_average` name:
 
   alone                  the phase's model (`--phase`, default the last round's student)
   last k students        the average of the last k rounds' students (`pseudo_label.ensemble`)
@@ -34,25 +34,22 @@ from scipy.sparse.linalg import cg
 from noisy_student.artifacts import open_run
 from noisy_student.data.datasets import to_tensor
 from noisy_student.errors import NoisyStudentError
+from noisy_student.inference import ViewAverage
 
 
-def flip_averaged(model: torch.nn.Module, images: np.ndarray, mean: list[float],
-                  std: list[float], flip: bool = True,
+def view_averaged(model: torch.nn.Module, images: np.ndarray, mean: list[float],
+                  std: list[float], flip: bool, shift: int,
                   batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalized features [N, D], probabilities [N, C]), with `flip` each the mean over the
-    image and its mirror image."""
+    """(L2-normalized features [N, D], probabilities [N, C]), each the mean over the views a
+    teacher labels (`ViewAverage`'s: the mirror image with `flip`, shifts of `shift` px)."""
+    views = ViewAverage(model, flip, shift).views
     feats, probs = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            part = images[i:i + batch]
-            f = p = 0
-            views = (part, part[:, :, ::-1].copy()) if flip else (part,)
-            for view in views:
-                z = model.forward_features(to_tensor(view, mean, std))
-                f = f + z / len(views)
-                p = p + model.head(z).softmax(1) / len(views)  # eval: no head dropout
-            feats.append(torch.nn.functional.normalize(f, dim=1))
-            probs.append(p)
+            z = torch.stack([model.forward_features(v) for v in
+                             views(to_tensor(images[i:i + batch], mean, std))])  # [V, B, D]
+            feats.append(torch.nn.functional.normalize(z.mean(0), dim=1))
+            probs.append(model.head(z).softmax(-1).mean(0))  # eval: no head dropout
     return torch.cat(feats).numpy(), torch.cat(probs).numpy()
 
 
@@ -116,8 +113,9 @@ def headroom(run_dir: str | Path, phase: str | int = "last") -> dict[str, dict[s
         if not (hasattr(model, "forward_features") and hasattr(model, "head")):
             raise NoisyStudentError(f"{run.root}: {type(model).__name__} has no "
                                     "forward_features and head to read features from")
-        flip = run.config.pseudo_label.flip_average
-        parts = [flip_averaged(model, images, run.mean, run.std, flip) for images in sets.values()]
+        pl = run.config.pseudo_label
+        parts = [view_averaged(model, images, run.mean, run.std, pl.flip_average,
+                               pl.shift_average) for images in sets.values()]
         return np.concatenate([f for f, _ in parts]), np.concatenate([p for _, p in parts])
 
     feats, probs = of(phase)
