@@ -100,9 +100,9 @@ def headroom(run_dir: str | Path, phase: str | int = "last") -> dict[str, dict[s
     sets = {"labeled": sp.labeled.images, "unlabeled": sp.unlabeled.images,
             "val": sp.validation.images}
     truth = {"unlabeled": sp.unlabeled.labels, "val": sp.validation.labels}
-    spans, start = {}, 0
-    for name, images in sets.items():
-        spans[name], start = slice(start, start + len(images)), start + len(images)
+    images = np.concatenate(list(sets.values()))  # one pass: labeled, unlabeled, val
+    ends = np.cumsum([len(v) for v in sets.values()])
+    spans = {name: slice(end - len(v), end) for (name, v), end in zip(sets.items(), ends)}
 
     def measured(probs: np.ndarray) -> dict[str, float]:
         return {s: round(100 * float((probs[spans[s]].argmax(1) == truth[s]).mean()), 2)
@@ -114,9 +114,8 @@ def headroom(run_dir: str | Path, phase: str | int = "last") -> dict[str, dict[s
             raise NoisyStudentError(f"{run.root}: {type(model).__name__} has no "
                                     "forward_features and head to read features from")
         pl = run.config.pseudo_label
-        parts = [view_averaged(model, images, run.mean, run.std, pl.flip_average,
-                               pl.shift_average) for images in sets.values()]
-        return np.concatenate([f for f, _ in parts]), np.concatenate([p for _, p in parts])
+        return view_averaged(model, images, run.mean, run.std, pl.flip_average,
+                             pl.shift_average)
 
     feats, probs = of(phase)
     out = {"alone": measured(probs)}
