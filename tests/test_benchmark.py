@@ -422,14 +422,19 @@ def test_the_peers_table_puts_the_recipe_first_and_pairs_the_peers_with_its_seed
         return "\n".join(report["peers_section"](data))
     assert "different" not in said(ours, ours)
     text = said({"commit": "b" * 40, "machine": {"cpu": "AMD"}, "package_code": "t0"}, ours)
-    assert ("made at commit aaaaaaaa on Intel; commit bbbbbbbb on AMD, each" in text
-            and "our rows at commit aaaaaaaa on Intel:" in text)
+    assert ("made on AMD at commit bbbbbbbb and on Intel at commit aaaaaaaa, each" in text
+            and "our rows on Intel at commit aaaaaaaa:" in text)
+    third = {"commit": "d" * 40, "machine": {"cpu": "AMD"}, "package_code": "t0"}
+    assert "made on AMD at commits bbbbbbbb, dddddddd and on Intel at commit aaaaaaaa" in said(
+        {"commit": "b" * 40, "machine": {"cpu": "AMD"}, "package_code": "t0"}, ours, third)
+    for key in third:  # the third row back to no provenance
+        del data["peers"]["results"][2][key]
     assert "on different package code and machines, until" in text
     tools_only = {"commit": "c" * 40, "machine": {"cpu": "Intel"}, "package_code": "t1"}
     assert "different" not in said(tools_only, tools_only)  # a commit that changed the tools
     assert "on different package code, until" in said({**tools_only, "package_code": "t0"})
     assert "on different machines, until" in said(*[{**tools_only, "machine": {}}] * 2)
-    assert "commit cccccccc on an unrecorded machine" in said()
+    assert "on an unrecorded machine at commit cccccccc" in said()
 
 
 def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path):

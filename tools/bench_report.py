@@ -376,10 +376,13 @@ def _peers_made_apart(name: str, quality: dict[str, Any],
         return []
 
     def said(groups: set[tuple[str, str, str | None]]) -> str:
-        return "; ".join(f"commit {c} on {cpu or 'an unrecorded machine'}"
-                         for _, c, cpu in sorted(groups, key=lambda g: g[1:]))
-    return [f"The peer rows were made at {said(theirs)}, each given our recipe's minutes on "
-            f"that machine; our rows at {said(mine)}: the last two columns compare runs on "
+        commits: dict[str, list[str]] = {}
+        for _, commit, cpu in sorted(groups, key=lambda g: (g[2] or "", g[1])):
+            commits.setdefault(cpu or "an unrecorded machine", []).append(commit)
+        return " and ".join(f"on {cpu} at commit{'s' * (len(cs) > 1)} {', '.join(cs)}"
+                            for cpu, cs in commits.items())
+    return [f"The peer rows were made {said(theirs)}, each given our recipe's minutes on "
+            f"that machine; our rows {said(mine)}: the last two columns compare runs on "
             f"different {' and '.join(apart)}, until the peers are run again beside our rows.",
             ""]
 
