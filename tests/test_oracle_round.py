@@ -1,0 +1,63 @@
+"""tools/oracle_round.py: the hidden labels in place of a round's pseudo-labels; a tiny run."""
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+
+from noisy_student.artifacts import open_run
+from noisy_student.checkpoint import file_sha256, load_npz
+from noisy_student.pseudo_label import PseudoLabels
+
+ROOT = Path(__file__).resolve().parents[1]
+tool = runpy.run_path(str(ROOT / "tools" / "oracle_round.py"))
+
+
+def test_oracle_labels_keep_every_image_and_the_teacher_s_identity():
+    meta = {"teacher_sha256": "t", "settings": "s", "temperature": 1.0, "num_classes": 3}
+    arrays = {"indices": np.array([0, 0, 2]), "predicted": np.array([1, 2, 0]),
+              "confidence_all": np.array([0.9, 0.2, 0.8], np.float32),
+              "meta": np.array(json.dumps(meta))}
+    truth = np.array([2, 0, 1])
+    hard = PseudoLabels.from_arrays(tool["oracle_labels"](arrays, truth))
+    assert hard.indices.tolist() == [0, 1, 2] and hard.targets.tolist() == [2, 0, 1]
+    assert hard.confidence.tolist() == [1.0, 1.0, 1.0] and hard.soft is None
+    assert hard.meta == meta
+    arrays["soft_probs"] = np.full((3, 3), 1 / 3, np.float32)
+    soft = PseudoLabels.from_arrays(tool["oracle_labels"](arrays, truth))
+    assert soft.targets.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    stored = {**arrays, "meta": np.array(json.dumps({**meta, "soft_parts": [{"file": "x"}]}))}
+    del stored["soft_probs"]  # soft labels kept in parts beside the .npz: one-hot in memory now
+    soft = PseudoLabels.from_arrays(tool["oracle_labels"](stored, truth))
+    assert soft.targets.tolist() == [[0, 0, 1], [1, 0, 0], [0, 1, 0]]
+    assert "soft_parts" not in soft.meta
+
+
+def test_a_round_trained_again_on_the_hidden_labels_leaves_the_source_alone(tiny_run, tmp_path):
+    source = tiny_run / "round_1" / "pseudo_labels.npz"
+    before = file_sha256(source)
+    out = tmp_path / "oracle"
+    summary = tool["oracle_round"](tiny_run, 1, out)
+    truth = open_run(tiny_run).splits().unlabeled.labels
+    labels = load_npz(out / "round_1" / "pseudo_labels.npz")
+    assert labels["predicted"].tolist() == truth.tolist()
+    last = summary["rounds"][-1]
+    assert last["round"] == 1 and last["pseudo_label_accuracy"] == 1.0
+    assert last["pseudo_labels_kept"] == len(truth)
+    assert all((out / "round_1" / name).is_file() for name in ("DONE", "student.safetensors"))
+    # round 0 and the teacher are the source's files, linked; the source's labels are untouched
+    assert file_sha256(out / "round_0" / "student.safetensors") == \
+        file_sha256(tiny_run / "round_0" / "student.safetensors")
+    assert file_sha256(source) == before
+    assert json.loads((tiny_run / "config.json").read_text())["rounds"] == 2
+
+
+def test_bad_requests_exit_2_and_name_the_cause(tiny_run, tmp_path, capsys):
+    assert tool["main"]([str(tmp_path), "0", "--out", str(tmp_path / "a")]) == 2
+    assert "not inside a run directory" in capsys.readouterr().err
+    assert tool["main"]([str(tiny_run), "5", "--out", str(tmp_path / "b")]) == 2
+    assert "round 5 has no pseudo-labels" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert tool["main"]([str(tiny_run), "1", "--out", str(tiny_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""What a round's student reaches when its pseudo-labels are perfect.
+
+    python tools/oracle_round.py RUN K --out NEW
+
+For a run whose unlabeled images have hidden labels (digits, Fashion-MNIST): links RUN's
+teacher and rounds < K into NEW (RUN is left as it was), writes round K's pseudo-labels as the
+hidden labels (every unlabeled image kept, confidence 1; one-hot when the run learns soft
+labels) and trains round K's student as the run's config says: the same teacher weights to warm
+start from, noise, epochs and loss. Its validation top-1 beside RUN's own round-K student splits
+what the labels cost from what the round's budget (network, epochs) allows: when even perfect
+labels leave the student short of a target, better pseudo-labels alone cannot reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from noisy_student.artifacts import open_run
+from noisy_student.checkpoint import load_npz, save_json, save_npz
+from noisy_student.errors import NoisyStudentError
+from noisy_student.loop import run
+from noisy_student.run_dir import RunDir
+
+
+def oracle_labels(arrays: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, np.ndarray]:
+    """A round's `pseudo_labels.npz` arrays with the hidden labels in place of the teacher's;
+    the identity (teacher, settings) in `meta` is kept, so the loop takes them as the round's."""
+    meta = json.loads(str(arrays["meta"]))
+    soft = "soft_probs" in arrays or bool(meta.pop("soft_parts", None))
+    n = len(truth)
+    out = {"indices": np.arange(n, dtype=np.int64), "predicted": truth.astype(np.int64),
+           "confidence_all": np.ones(n, np.float32), "meta": np.array(json.dumps(meta))}
+    if soft:
+        out["soft_probs"] = np.eye(int(meta["num_classes"]), dtype=np.float32)[truth]
+    return out
+
+
+def oracle_round(run_dir: str | Path, k: int, out: str | Path) -> dict:
+    """Train round k of `run_dir` again in `out` with perfect labels; returns the new run's
+    summary."""
+    source = open_run(run_dir)
+    truth = source.splits().unlabeled.labels
+    if truth is None:
+        raise NoisyStudentError(f"{source.root}: its unlabeled images have no hidden labels")
+    labels = source.root / f"round_{k}" / "pseudo_labels.npz"
+    src = RunDir(source.root)
+    finished = all(src.is_done(f) for f in [src.teacher, *map(src.round, range(k))])
+    if not labels.is_file() or not finished:
+        raise NoisyStudentError(f"{source.root}: round {k} has no pseudo-labels, or a round "
+                                "before it is unfinished")
+    target = RunDir(out)
+    target.create()  # refuses a directory that holds a run
+    target.copy_from(src, ["splits.json", "teacher", *(f"round_{j}" for j in range(k))])
+    target.round(k).mkdir()
+    save_npz(target.round(k) / "pseudo_labels.npz", oracle_labels(load_npz(labels), truth))
+    config = replace(source.config, rounds=k + 1, out=str(out))
+    save_json(target.root / "config.json", config.to_dict())
+    return run(config, resume=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", help="a run directory whose round K has pseudo-labels")
+    p.add_argument("round", type=int, help="the round K to train again with perfect labels")
+    p.add_argument("--out", required=True, help="a new run directory for it")
+    a = p.parse_args(argv)
+    try:
+        summary = oracle_round(a.run, a.round, a.out)
+    except NoisyStudentError as e:
+        print(f"oracle_round: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary["rounds"][-1], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
