@@ -34,6 +34,22 @@ def test_oracle_labels_keep_every_image_and_the_teacher_s_identity():
     assert "soft_parts" not in soft.meta
 
 
+def test_a_fraction_of_the_wrong_labels_is_corrected_and_the_right_ones_stay():
+    meta = {"num_classes": 3}
+    arrays = {"indices": np.array([3]), "predicted": np.array([1, 2, 0, 0, 1]),
+              "confidence_all": np.ones(5, np.float32), "meta": np.array(json.dumps(meta))}
+    truth = np.array([2, 0, 1, 0, 1])  # images 0, 1, 2 wrong, 3 and 4 right
+    for fix, still_wrong in [(0.0, 3), (2 / 3, 1), (1.0, 0)]:
+        labels = tool["oracle_labels"](arrays, truth, fix, seed=7)["predicted"]
+        assert (labels != truth).sum() == still_wrong
+        assert labels[3:].tolist() == [0, 1]
+        assert set(np.flatnonzero(labels != truth)) <= {0, 1, 2}
+    assert tool["oracle_labels"](arrays, truth, 0.0)["predicted"].tolist() == [1, 2, 0, 0, 1]
+    draws = {tuple(tool["oracle_labels"](arrays, truth, 1 / 3, seed)["predicted"])
+             for seed in range(20)}
+    assert len(draws) == 3  # which wrong label gets corrected is drawn: each of the three
+
+
 def test_a_round_trained_again_on_the_hidden_labels_leaves_the_source_alone(tiny_run, tmp_path):
     source = tiny_run / "round_1" / "pseudo_labels.npz"
     before = file_sha256(source)
@@ -61,3 +77,5 @@ def test_bad_requests_exit_2_and_name_the_cause(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
     assert tool["main"]([str(tiny_run), "1", "--out", str(tiny_run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+    assert tool["main"]([str(tiny_run), "1", "--out", str(tmp_path / "c"), "--fix", "1.5"]) == 2
+    assert "--fix 1.5" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -1,6 +1,6 @@
-"""What a round's student reaches when its pseudo-labels are perfect.
+"""What a round's student reaches when its pseudo-labels are perfect, or partly corrected.
 
-    python tools/oracle_round.py RUN K --out NEW
+    python tools/oracle_round.py RUN K --out NEW [--fix F]
 
 For a run whose unlabeled images have hidden labels (digits, Fashion-MNIST): links RUN's
 teacher and rounds < K into NEW (RUN is left as it was), writes round K's pseudo-labels as the
@@ -9,6 +9,10 @@ labels) and trains round K's student as the run's config says: the same teacher 
 start from, noise, epochs and loss. Its validation top-1 beside RUN's own round-K student splits
 what the labels cost from what the round's budget (network, epochs) allows: when even perfect
 labels leave the student short of a target, better pseudo-labels alone cannot reach it.
+
+With `--fix F` (0 <= F < 1) the labels are the teacher's, with a random fraction F of its wrong
+ones corrected (drawn with the run's seed): a few values of F trace the student's accuracy
+against its labels' accuracy, and so how accurate the labels must be to reach a target.
 """
 
 from __future__ import annotations
@@ -28,22 +32,30 @@ from noisy_student.loop import run
 from noisy_student.run_dir import RunDir
 
 
-def oracle_labels(arrays: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, np.ndarray]:
-    """A round's `pseudo_labels.npz` arrays with the hidden labels in place of the teacher's;
+def oracle_labels(arrays: dict[str, np.ndarray], truth: np.ndarray, fix: float = 1.0,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """A round's `pseudo_labels.npz` arrays with every unlabeled image kept and labeled by the
+    teacher, `fix` of its wrong labels (a random draw, all when 1) replaced by the hidden ones;
     the identity (teacher, settings) in `meta` is kept, so the loop takes them as the round's."""
     meta = json.loads(str(arrays["meta"]))
     soft = "soft_probs" in arrays or bool(meta.pop("soft_parts", None))
+    labels = np.asarray(arrays["predicted"], dtype=np.int64).copy()
+    wrong = np.flatnonzero(labels != truth)
+    fixed = np.random.default_rng(seed).permutation(wrong)[:round(fix * len(wrong))]
+    labels[fixed] = truth[fixed]
     n = len(truth)
-    out = {"indices": np.arange(n, dtype=np.int64), "predicted": truth.astype(np.int64),
+    out = {"indices": np.arange(n, dtype=np.int64), "predicted": labels,
            "confidence_all": np.ones(n, np.float32), "meta": np.array(json.dumps(meta))}
     if soft:
-        out["soft_probs"] = np.eye(int(meta["num_classes"]), dtype=np.float32)[truth]
+        out["soft_probs"] = np.eye(int(meta["num_classes"]), dtype=np.float32)[labels]
     return out
 
 
-def oracle_round(run_dir: str | Path, k: int, out: str | Path) -> dict:
-    """Train round k of `run_dir` again in `out` with perfect labels; returns the new run's
-    summary."""
+def oracle_round(run_dir: str | Path, k: int, out: str | Path, fix: float = 1.0) -> dict:
+    """Train round k of `run_dir` again in `out` with perfect labels (`fix` of the teacher's
+    wrong ones corrected); returns the new run's summary."""
+    if not 0 <= fix <= 1:
+        raise NoisyStudentError(f"--fix {fix}: a fraction of the wrong labels, 0 to 1")
     source = open_run(run_dir)
     truth = source.splits().unlabeled.labels
     if truth is None:
@@ -58,7 +70,8 @@ def oracle_round(run_dir: str | Path, k: int, out: str | Path) -> dict:
     target.create()  # refuses a directory that holds a run
     target.copy_from(src, ["splits.json", "teacher", *(f"round_{j}" for j in range(k))])
     target.round(k).mkdir()
-    save_npz(target.round(k) / "pseudo_labels.npz", oracle_labels(load_npz(labels), truth))
+    save_npz(target.round(k) / "pseudo_labels.npz",
+             oracle_labels(load_npz(labels), truth, fix, source.config.seed + k))
     config = replace(source.config, rounds=k + 1, out=str(out))
     save_json(target.root / "config.json", config.to_dict())
     return run(config, resume=True)
@@ -69,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="a run directory whose round K has pseudo-labels")
     p.add_argument("round", type=int, help="the round K to train again with perfect labels")
     p.add_argument("--out", required=True, help="a new run directory for it")
+    p.add_argument("--fix", type=float, default=1.0,
+                   help="correct only this fraction of the teacher's wrong labels (default 1)")
     a = p.parse_args(argv)
     try:
-        summary = oracle_round(a.run, a.round, a.out)
+        summary = oracle_round(a.run, a.round, a.out, a.fix)
     except NoisyStudentError as e:
         print(f"oracle_round: {e}", file=sys.stderr)
         return 2
