@@ -53,20 +53,40 @@ def test_a_fraction_of_the_wrong_labels_is_corrected_and_the_right_ones_stay():
 def test_a_round_trained_again_on_the_hidden_labels_leaves_the_source_alone(tiny_run, tmp_path):
     source = tiny_run / "round_1" / "pseudo_labels.npz"
     before = file_sha256(source)
-    out = tmp_path / "oracle"
-    summary = tool["oracle_round"](tiny_run, 1, out)
+    out, results = tmp_path / "oracle", tmp_path / "results.json"
+    assert tool["main"]([str(tiny_run), "1", "--out", str(out), "--results", str(results)]) == 0
     truth = open_run(tiny_run).splits().unlabeled.labels
     labels = load_npz(out / "round_1" / "pseudo_labels.npz")
     assert labels["predicted"].tolist() == truth.tolist()
-    last = summary["rounds"][-1]
-    assert last["round"] == 1 and last["pseudo_label_accuracy"] == 1.0
-    assert last["pseudo_labels_kept"] == len(truth)
     assert all((out / "round_1" / name).is_file() for name in ("DONE", "student.safetensors"))
     # round 0 and the teacher are the source's files, linked; the source's labels are untouched
     assert file_sha256(out / "round_0" / "student.safetensors") == \
         file_sha256(tiny_run / "round_0" / "student.safetensors")
     assert file_sha256(source) == before
     assert json.loads((tiny_run / "config.json").read_text())["rounds"] == 2
+    # the row: the new student's figures beside the run's own round 1, with the commit
+    (row,) = json.loads(results.read_text())["headroom"]["rows"].values()
+    new = json.loads((out / "summary.json").read_text())["rounds"][-1]
+    own = json.loads((tiny_run / "summary.json").read_text())["rounds"][1]
+    assert row["labels"] == 1.0 and row["student_val"] == new["student_val_top1"]
+    assert row["run_labels"] == own["pseudo_label_accuracy"]
+    assert row["run_student_test"] == own["student_top1"] and row["provenance"]["commit"]
+    report = results.with_suffix(".md").read_text()
+    assert "| digits | 0 | 1 | hidden (perfect) | 100.00 |" in report
+
+
+def test_the_headroom_table_lists_perfect_labels_first_then_the_corrected_fractions():
+    report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
+    row = {"dataset": "d", "seed": 0, "round": 5, "labels": 0.95, "student_val": 0.9,
+           "student_test": 0.89, "run_labels": 0.9, "run_student_val": 0.88,
+           "run_student_test": 0.87, "minutes": 5.04}
+    text = "\n".join(report["headroom_section"]({"rows": {
+        "a": {**row, "fix": 0.5}, "b": {**row, "fix": 1.0, "labels": 1.0}}}))
+    perfect = ("| d | 0 | 5 | hidden (perfect) | 100.00 | 90.00 | 89.00 | 90.00 / 88.00 / 87.00 "
+               "| 5.0 |")
+    half = "| d | 0 | 5 | the teacher's, 50% of its errors corrected | 95.00 |"
+    assert perfect in text and half in text and text.index(perfect) < text.index(half)
+    assert "| unrecorded (older code) |" in text  # no provenance in these rows
 
 
 def test_bad_requests_exit_2_and_name_the_cause(tiny_run, tmp_path, capsys):

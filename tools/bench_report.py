@@ -394,6 +394,27 @@ def _by_dataset(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def headroom_section(h: dict[str, Any], current: str | None = None) -> list[str]:
+    """tools/oracle_round.py's rows: a round's student trained again on perfect (or partly
+    corrected) labels, beside the run's own."""
+    rows = []
+    for r in sorted(h["rows"].values(),
+                    key=lambda r: (r["dataset"], r["seed"], r["round"], -r["fix"])):
+        labels = ("hidden (perfect)" if r["fix"] == 1 else
+                  f"the teacher's, {100 * r['fix']:.0f}% of its errors corrected")
+        rows.append([r["dataset"], str(r["seed"]), str(r["round"]), labels, pct(r["labels"]),
+                     pct(r["student_val"]), pct(r["student_test"]),
+                     " / ".join(pct(r[f"run_{x}"]) for x in ("labels", "student_val",
+                                                             "student_test")),
+                     f"{r['minutes']:.1f}", made_by(r, current)])
+    return ["Each row trains one round's student again with other pseudo-labels, every unlabeled "
+            "image kept, everything else as the run had it (`tools/oracle_round.py`); beside it, "
+            "the run's own round. On tuning seeds: what limits the gain, not a choice.", "",
+            *table(["data set", "seed", "round", "labels", "labels' accuracy (%)",
+                    "student (validation)", "student (test)",
+                    "the run's own: labels / validation / test", "minutes", "commit"], rows)]
+
+
 def speed_section(sp: dict[str, Any]) -> list[str]:
     lines = []
     for device in ("cpu", "cuda"):
@@ -604,6 +625,9 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
             lines += ablation_section(name, a, final["std"] if final.get("n", 0) > 1 else None,
                                       current)
         lines += tuning_section(data["ablations"])
+    if data.get("headroom", {}).get("rows"):
+        lines += ["## Headroom: what better labels would buy", "",
+                  *headroom_section(data["headroom"], current)]
     for section, heading, render in (
             ("speed", "Speed: what the framework costs", speed_section),
             ("memory", "Memory: unlabeled sets larger than memory", memory_section),

@@ -13,12 +13,16 @@ labels leave the student short of a target, better pseudo-labels alone cannot re
 With `--fix F` (0 <= F < 1) the labels are the teacher's, with a random fraction F of its wrong
 ones corrected (drawn with the run's seed): a few values of F trace the student's accuracy
 against its labels' accuracy, and so how accurate the labels must be to reach a target.
+
+With `--results benchmarks/results.json` the row (beside the run's own round K, with the commit)
+goes into BENCHMARKS.md's headroom table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,10 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from noisy_student.artifacts import open_run
-from noisy_student.checkpoint import load_npz, save_json, save_npz
+from noisy_student.checkpoint import load_json, load_npz, save_json, save_npz
 from noisy_student.errors import NoisyStudentError
 from noisy_student.loop import run
 from noisy_student.run_dir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def oracle_labels(arrays: dict[str, np.ndarray], truth: np.ndarray, fix: float = 1.0,
@@ -77,6 +83,36 @@ def oracle_round(run_dir: str | Path, k: int, out: str | Path, fix: float = 1.0)
     return run(config, resume=True)
 
 
+def headroom_row(run_dir: str | Path, k: int, fix: float, summary: dict) -> dict:
+    """The new student's figures beside the run's own round k (None where it has none)."""
+    source = open_run(run_dir)
+    new = summary["rounds"][-1]
+    own = next((r for r in load_json(source.root / "summary.json", dict).get("rounds", [])
+                if r.get("round") == k), {})
+    return {"dataset": source.config.data.source, "seed": source.config.seed, "round": k,
+            "fix": fix, "labels": new["pseudo_label_accuracy"],
+            "student_val": new.get("student_val_top1"), "student_test": new["student_top1"],
+            "run_labels": own.get("pseudo_label_accuracy"),
+            "run_student_val": own.get("student_val_top1"),
+            "run_student_test": own.get("student_top1"), "minutes": new["seconds"] / 60}
+
+
+def record(results: Path, row: dict, argv: list[str]) -> None:
+    """Add `row` to the results JSON's headroom rows (one per data set, seed, round and
+    fraction: a later one replaces it) and regenerate the report."""
+    import bench_report
+    import benchmark
+
+    rows = (load_json(results, dict) if results.is_file() else {}).get("headroom", {})
+    key = f"{row['dataset']} seed {row['seed']} round {row['round']} fix {row['fix']:g}"
+    rows = {**rows.get("rows", {}), key: {**row, "provenance": benchmark.provenance()}}
+    command = shlex.join(["python", "tools/oracle_round.py", *argv])
+    data = benchmark.merge(results, "headroom", {"rows": rows}, command)
+    official = results.resolve() == benchmark.RESULTS.resolve()
+    bench_report.write(data, ROOT / "BENCHMARKS.md" if official else results.with_suffix(".md"),
+                       results.with_name("rounds.png"), benchmark.package_code())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("run", help="a run directory whose round K has pseudo-labels")
@@ -84,13 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="a new run directory for it")
     p.add_argument("--fix", type=float, default=1.0,
                    help="correct only this fraction of the teacher's wrong labels (default 1)")
+    p.add_argument("--results", type=Path,
+                   help="add the row to this results JSON and regenerate its report "
+                        "(benchmarks/results.json: BENCHMARKS.md; else a .md beside it)")
+    argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)
+    if a.results:
+        sys.path.insert(0, str(ROOT / "tools"))
+        import bench_runs
+        bench_runs.code_state()  # the code as it is now, before the hour of training
     try:
         summary = oracle_round(a.run, a.round, a.out, a.fix)
+        row = headroom_row(a.run, a.round, a.fix, summary)
     except NoisyStudentError as e:
         print(f"oracle_round: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(summary["rounds"][-1], indent=1))
+    print(json.dumps(row, indent=1))
+    if a.results:
+        record(a.results, row, argv)
     return 0
 
 
