@@ -502,6 +502,15 @@ def merge(path: Path, section: str, value: dict[str, Any], command: str) -> dict
     return data
 
 
+def merge_and_report(path: Path, section: str, value: dict[str, Any], command: str) -> None:
+    """`merge`, then regenerate the report: BENCHMARKS.md for the project's results file, else a
+    .md beside `path` (the other tools' `--results`)."""
+    data = merge(path, section, value, command)
+    official = path.resolve() == RESULTS.resolve()
+    bench_report.write(data, ROOT / "BENCHMARKS.md" if official else path.with_suffix(".md"),
+                       path.with_name("rounds.png"), package_code())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["quality", "ablations", "speed", "peers", "all", "report"])

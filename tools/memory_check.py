@@ -141,16 +141,11 @@ def main() -> int:
               f"{r['load_seconds']} | {r['total_seconds']} |")
     if args.results:
         sys.path.insert(0, str(ROOT / "tools"))
-        import bench_report
         import benchmark
 
         command = shlex.join(["python", "tools/memory_check.py", *sys.argv[1:]])
-        data = benchmark.merge(args.results, "memory", {"rows": rows, "size": args.size,
-                                                        "classes": args.classes}, command)
-        official = args.results.resolve() == benchmark.RESULTS.resolve()
-        bench_report.write(data, ROOT / "BENCHMARKS.md" if official else
-                           args.results.with_suffix(".md"), args.results.with_name("rounds.png"),
-                           benchmark.package_code())
+        benchmark.merge_and_report(args.results, "memory", {"rows": rows, "size": args.size,
+                                                            "classes": args.classes}, command)
     return 0
 
 

@@ -100,17 +100,13 @@ def headroom_row(run_dir: str | Path, k: int, fix: float, summary: dict) -> dict
 def record(results: Path, row: dict, argv: list[str]) -> None:
     """Add `row` to the results JSON's headroom rows (one per data set, seed, round and
     fraction: a later one replaces it) and regenerate the report."""
-    import bench_report
     import benchmark
 
     rows = (load_json(results, dict) if results.is_file() else {}).get("headroom", {})
     key = f"{row['dataset']} seed {row['seed']} round {row['round']} fix {row['fix']:g}"
     rows = {**rows.get("rows", {}), key: {**row, "provenance": benchmark.provenance()}}
     command = shlex.join(["python", "tools/oracle_round.py", *argv])
-    data = benchmark.merge(results, "headroom", {"rows": rows}, command)
-    official = results.resolve() == benchmark.RESULTS.resolve()
-    bench_report.write(data, ROOT / "BENCHMARKS.md" if official else results.with_suffix(".md"),
-                       results.with_name("rounds.png"), benchmark.package_code())
+    benchmark.merge_and_report(results, "headroom", {"rows": rows}, command)
 
 
 def main(argv: list[str] | None = None) -> int:
