@@ -281,6 +281,29 @@ def test_a_missed_share_of_the_gap_says_how_accurate_the_labels_would_have_to_be
     assert "needs labels" not in "\n".join(report["_where_it_stops"](summary(0.83)))
 
 
+def test_with_headroom_rows_the_labels_needed_are_read_off_the_measured_students():
+    """Half the gap is 85%. Seed 0, round 1 (three points: the run's 84% labels -> 83%, 92% ->
+    84%, perfect -> 86%) crosses 85% halfway from 92% to 100%: labels about 96% accurate. A
+    round with fewer rows is not the one read; a student short of 85% on every row says so."""
+    report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
+    half = report["QualityTarget"](gap_closed=0.5)
+    summary = {"labels_only": {"mean": 0.80}, "supervised": {"mean": 0.90}, "rounds": [
+        {"student_top1": {"mean": 0.81}, "pseudo_label_accuracy": {"mean": 0.82}},
+        {"student_top1": {"mean": 0.83}, "pseudo_label_accuracy": {"mean": 0.84}}]}
+    own = {"seed": 0, "round": 1, "run_labels": 0.84, "run_student_test": 0.83}
+    rows = [{**own, "labels": 0.92, "student_test": 0.84},
+            {**own, "labels": 1.0, "student_test": 0.86},
+            {**own, "round": 0, "labels": 1.0, "student_test": 0.99}]
+    text = "\n".join(report["_where_it_stops"](summary, half, rows))
+    assert ("Measured (headroom table, seed 0, round 1): its student's test top-1 goes from "
+            "83.00% on its own 84.00%-accurate labels to 86.00% on 100.00%-accurate ones: "
+            "85.00% (50% of the gap) needs labels about 96.00% accurate.") in text
+    assert "as far under its labels" not in text
+    rows[1]["student_test"] = 0.845
+    assert "short of 85.00% (50% of the gap) on all of them." in "\n".join(
+        report["_where_it_stops"](summary, half, rows))
+
+
 def test_an_ablation_table_says_where_the_chain_settles():
     """Three variants or more: their final students' range against the recipe's, their last
     labels' range and the recipe's, and the median of (labels - final student); a variant equal

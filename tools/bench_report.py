@@ -64,7 +64,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
-def quality_section(name: str, q: dict[str, Any], current: str | None = None) -> list[str]:
+def quality_section(name: str, q: dict[str, Any], current: str | None = None,
+                    headroom: list[dict[str, Any]] = ()) -> list[str]:
     s, seeds = q["summary"], q["seeds"]
     first = seeds[0]
     used = q.get("summary_seeds", [x["seed"] for x in seeds])
@@ -88,7 +89,7 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None) ->
     lines += _target(name, s, [x for x in seeds if x["seed"] in used])
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    lines += _where_it_stops(s, QUALITY_TARGETS.get(name))
+    lines += _where_it_stops(s, QUALITY_TARGETS.get(name), headroom)
     per = [[f"{x['seed']} ({x['role']})", pct(x["labels_only"]["top1"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
@@ -134,11 +135,13 @@ def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[s
     return lines
 
 
-def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None) -> list[str]:
+def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
+                    headroom: list[dict[str, Any]] = ()) -> list[str]:
     """What limits the gain, measured: how much each round's pseudo-labels improve on the last
     round's, and how far the final student ends under its own pseudo-labels' accuracy. With a
-    share-of-the-gap target not met: how accurate the labels would have to be for a student
-    ending as far under them to meet it."""
+    share-of-the-gap target not met: how accurate the labels would have to be to meet it, read
+    off the headroom rows (`tools/oracle_round.py`) when there are some, else for a student
+    ending as far under them as now."""
     rounds = s["rounds"]
     if len(rounds) < 2:
         return []
@@ -153,13 +156,38 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None) -> lis
     if goal is not None and goal.gap_closed is not None and "supervised" in s:
         base = s["labels_only"]["mean"]
         needed = base + goal.gap_closed * (s["supervised"]["mean"] - base)
-        if final < needed:
+        if final < needed and headroom:
+            line += " " + _labels_needed(headroom, needed, goal.gap_closed)
+        elif final < needed:
             line += (f" A student as far under its labels needs labels "
                      f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
                      f"({100 * goal.gap_closed:.0f}% of the gap): "
                      f"{100 * (needed - final):.2f} points above the last "
                      "round's.")
     return [line, ""]
+
+
+def _labels_needed(headroom: list[dict[str, Any]], needed: float, share: float) -> str:
+    """How accurate one round's labels must be for its student to reach `needed` (test), by
+    linear interpolation between the measured points of the round with the most headroom rows:
+    its own labels and student, then the corrected ones."""
+    def where(r: dict[str, Any]) -> tuple[int, int]:
+        return r["seed"], r["round"]
+    seed, k = max({where(r) for r in headroom}, key=lambda w: (
+        sum(where(r) == w for r in headroom), w[1]))
+    rows = [r for r in headroom if where(r) == (seed, k)]
+    points = sorted(p for p in [(rows[0]["run_labels"], rows[0]["run_student_test"]),
+                                *((r["labels"], r["student_test"]) for r in rows)]
+                    if None not in p)
+    said = (f"Measured (headroom table, seed {seed}, round {k}): its student's test top-1 goes "
+            f"from {pct(points[0][1])}% on its own {pct(points[0][0])}%-accurate labels to "
+            f"{pct(points[-1][1])}% on {pct(points[-1][0])}%-accurate ones")
+    for (a, ya), (b, yb) in zip(points, points[1:]):
+        if ya < needed <= yb:
+            at = a + (needed - ya) * (b - a) / (yb - ya)
+            return (f"{said}: {pct(needed)}% ({100 * share:.0f}% of the gap) needs labels about "
+                    f"{pct(at)}% accurate.")
+    return f"{said}: short of {pct(needed)}% ({100 * share:.0f}% of the gap) on all of them."
 
 
 def best_ceiling(seed: dict[str, Any]) -> dict[str, Any]:
@@ -611,8 +639,10 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
     lines.append("")
     if "quality" in data:
         lines += ["## Quality: what the unlabeled images buy", ""]
+        headroom = list(data.get("headroom", {}).get("rows", {}).values())
         for name, q in data["quality"].items():
-            lines += quality_section(name, q, current)
+            lines += quality_section(name, q, current,
+                                     [r for r in headroom if r["dataset"] == name])
         if _plot(data["quality"], plot):
             lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
     if data.get("peers", {}).get("results"):
