@@ -304,6 +304,45 @@ def test_with_headroom_rows_the_labels_needed_are_read_off_the_measured_students
         report["_where_it_stops"](summary, half, rows))
 
 
+def test_a_longer_ablation_says_what_more_rounds_bought_and_how_many_the_labels_need():
+    """The recipe's 2 rounds (labels 84%, 85%) continued to 5 (86%, 86.5%, 87%) in 9 more
+    minutes: +1.00, +0.50, +0.50 a round. Half the gap (85%) needs 96% labels (the headroom
+    rows above): over the last 3 rounds the pace is (87 - 85) / 3 = 0.667 points a round, so
+    ceil(9 / 0.667) = 14 rounds further, 14 x 3 minutes = 0.7 hours. A variant that does not
+    start from the recipe's rounds is not a continuation; flat labels say more rounds do not
+    reach it."""
+    report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
+    half = report["QualityTarget"](gap_closed=0.5)
+
+    def rounds(*labels):
+        return [{"student_val_top1": 0.8 + k / 100, "pseudo_label_accuracy": a}
+                for k, a in enumerate(labels)]
+    recipe = {"seed": 0, "seconds": 600.0, "rounds": rounds(0.84, 0.85)}
+    five = {"seconds": 1140.0, "rounds": rounds(0.84, 0.85, 0.86, 0.865, 0.87)}
+    other = {"seconds": 1500.0, "rounds": rounds(0.80, 0.85, 0.86, 0.87, 0.88, 0.89)}
+    longest = report["longest_ablation"]({"recipe": recipe, "5 rounds": five, "x": other,
+                                          "same": {**recipe}})
+    assert longest["name"] == "5 rounds" and longest["recipe_rounds"] == 2
+    assert report["longest_ablation"]({"recipe": recipe, "x": other}) is None
+    summary = {"labels_only": {"mean": 0.80}, "supervised": {"mean": 0.90}, "rounds": [
+        {"student_top1": {"mean": 0.81}, "pseudo_label_accuracy": {"mean": 0.82}},
+        {"student_top1": {"mean": 0.83}, "pseudo_label_accuracy": {"mean": 0.84}}]}
+    own = {"seed": 0, "round": 1, "run_labels": 0.84, "run_student_test": 0.83}
+    rows = [{**own, "labels": 0.92, "student_test": 0.84},
+            {**own, "labels": 1.0, "student_test": 0.86}]
+    text = "\n".join(report["_where_it_stops"](summary, half, rows, longest))
+    assert ('More rounds, measured (ablation "5 rounds", seed 0: the recipe\'s run continued for '
+            "3 more rounds, 9.0 minutes, commit unrecorded (older code)): its pseudo-labels go from 85.00% after round 1 to "
+            "87.00% after round 4 (+1.00, +0.50, +0.50 a round), its student on validation from "
+            "81.00% to 84.00%. Were the pace of its last 3 rounds to hold (+0.67 points a "
+            "round), labels 96.00% accurate would be 14 rounds further: about 0.7 more hours on "
+            "this machine.") in text
+    flat = {**longest, "rounds": rounds(0.84, 0.85, 0.86, 0.85, 0.85)}
+    assert "Its labels stopped improving: more rounds do not reach the target." in "\n".join(
+        report["_where_it_stops"](summary, half, rows, flat))
+    assert "Were the pace" not in "\n".join(report["_where_it_stops"](summary, half, (), longest))
+
+
 def test_an_ablation_table_says_where_the_chain_settles():
     """Three variants or more: their final students' range against the recipe's, their last
     labels' range and the recipe's, and the median of (labels - final student); a variant equal

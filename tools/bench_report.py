@@ -65,7 +65,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def quality_section(name: str, q: dict[str, Any], current: str | None = None,
-                    headroom: list[dict[str, Any]] = ()) -> list[str]:
+                    headroom: list[dict[str, Any]] = (),
+                    longer: dict[str, Any] | None = None) -> list[str]:
     s, seeds = q["summary"], q["seeds"]
     first = seeds[0]
     used = q.get("summary_seeds", [x["seed"] for x in seeds])
@@ -89,7 +90,9 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None,
     lines += _target(name, s, [x for x in seeds if x["seed"] in used])
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    lines += _where_it_stops(s, QUALITY_TARGETS.get(name), headroom)
+    if longer is not None:
+        longer = {**longer, "made_by": made_by(longer, current)}
+    lines += _where_it_stops(s, QUALITY_TARGETS.get(name), headroom, longer)
     per = [[f"{x['seed']} ({x['role']})", pct(x["labels_only"]["top1"]),
             pct(x["noisy_student"]["teacher_top1"]),
             " / ".join(pct(r["student_top1"]) for r in x["noisy_student"]["rounds"]),
@@ -136,12 +139,14 @@ def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[s
 
 
 def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
-                    headroom: list[dict[str, Any]] = ()) -> list[str]:
+                    headroom: list[dict[str, Any]] = (),
+                    longer: dict[str, Any] | None = None) -> list[str]:
     """What limits the gain, measured: how much each round's pseudo-labels improve on the last
     round's, and how far the final student ends under its own pseudo-labels' accuracy. With a
     share-of-the-gap target not met: how accurate the labels would have to be to meet it, read
     off the headroom rows (`tools/oracle_round.py`) when there are some, else for a student
-    ending as far under them as now."""
+    ending as far under them as now; and with `longer` (`longest_ablation`), what more rounds
+    bought, and how many more the labels would need at that pace."""
     rounds = s["rounds"]
     if len(rounds) < 2:
         return []
@@ -149,28 +154,33 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
     steps = ", ".join(f"{100 * (b - a):+.2f}" for a, b in zip(accuracy, accuracy[1:]))
     final = rounds[-1]["student_top1"]["mean"]
     under = accuracy[-1] - final
-    line = (f"Where it stops: each round's pseudo-labels are {steps} points more accurate than "
-            f"the round before's; the final student's test top-1 is {100 * under:.2f} points "
-            "under the accuracy of the pseudo-labels it learned from (on the kept unlabeled "
-            "images).")
+    lines = [f"Where it stops: each round's pseudo-labels are {steps} points more accurate than "
+             f"the round before's; the final student's test top-1 is {100 * under:.2f} points "
+             "under the accuracy of the pseudo-labels it learned from (on the kept unlabeled "
+             "images)."]
+    labels_needed = None
     if goal is not None and goal.gap_closed is not None and "supervised" in s:
         base = s["labels_only"]["mean"]
         needed = base + goal.gap_closed * (s["supervised"]["mean"] - base)
         if final < needed and headroom:
-            line += " " + _labels_needed(headroom, needed, goal.gap_closed)
+            said, labels_needed = _labels_needed(headroom, needed, goal.gap_closed)
+            lines.append(said)
         elif final < needed:
-            line += (f" A student as far under its labels needs labels "
-                     f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
-                     f"({100 * goal.gap_closed:.0f}% of the gap): "
-                     f"{100 * (needed - final):.2f} points above the last "
-                     "round's.")
-    return [line, ""]
+            lines.append(f"A student as far under its labels needs labels "
+                         f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
+                         f"({100 * goal.gap_closed:.0f}% of the gap): "
+                         f"{100 * (needed - final):.2f} points above the last round's.")
+    if longer is not None:
+        lines.append(_more_rounds(longer, labels_needed))
+    return [" ".join(lines), ""]
 
 
-def _labels_needed(headroom: list[dict[str, Any]], needed: float, share: float) -> str:
+def _labels_needed(headroom: list[dict[str, Any]], needed: float,
+                   share: float) -> tuple[str, float | None]:
     """How accurate one round's labels must be for its student to reach `needed` (test), by
     linear interpolation between the measured points of the round with the most headroom rows:
-    its own labels and student, then the corrected ones."""
+    its own labels and student, then the corrected ones. The sentence, and the accuracy (None
+    when no measured point reaches `needed`)."""
     def where(r: dict[str, Any]) -> tuple[int, int]:
         return r["seed"], r["round"]
     seed, k = max({where(r) for r in headroom}, key=lambda w: (
@@ -186,8 +196,57 @@ def _labels_needed(headroom: list[dict[str, Any]], needed: float, share: float) 
         if ya < needed <= yb:
             at = a + (needed - ya) * (b - a) / (yb - ya)
             return (f"{said}: {pct(needed)}% ({100 * share:.0f}% of the gap) needs labels about "
-                    f"{pct(at)}% accurate.")
-    return f"{said}: short of {pct(needed)}% ({100 * share:.0f}% of the gap) on all of them."
+                    f"{pct(at)}% accurate."), at
+    return f"{said}: short of {pct(needed)}% ({100 * share:.0f}% of the gap) on all of them.", None
+
+
+def longest_ablation(a: dict[str, Any]) -> dict[str, Any] | None:
+    """The ablation variant that continued the recipe's run for the most rounds (its first
+    rounds the recipe's own), with its name and the recipe's seed, rounds and seconds; or
+    None."""
+    recipe = a.get("recipe")
+    if not recipe:
+        return None
+    n, own = len(recipe["rounds"]), _round_figures(recipe["rounds"])
+    longer = [{**v, "name": name, "seed": recipe["seed"], "recipe_rounds": n,
+               "recipe_seconds": recipe["seconds"]} for name, v in a.items()
+              if name != "recipe" and len(v.get("rounds", [])) > n
+              and _round_figures(v["rounds"][:n]) == own]
+    return max(longer, key=lambda v: len(v["rounds"]), default=None)
+
+
+def _round_figures(rounds: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
+    return [(r.get("student_val_top1"), r["pseudo_label_accuracy"]) for r in rounds]
+
+
+def _more_rounds(v: dict[str, Any], labels_needed: float | None, pace_over: int = 3) -> str:
+    """What a variant that continued the recipe's run bought with its extra rounds (labels'
+    accuracy, the student on validation, minutes), and, when the labels a target needs are
+    known, how many more rounds they are at the pace of its last `pace_over` rounds, were that
+    pace to hold."""
+    n, rounds = v["recipe_rounds"], v["rounds"]
+    labels = [r["pseudo_label_accuracy"] for r in rounds]
+    added = len(rounds) - n
+    extra = (v["seconds"] - v["recipe_seconds"]) / 60
+    said = (f"More rounds, measured (ablation \"{v['name']}\", seed {v['seed']}: the recipe's "
+            f"run continued for {added} more round{'s' * (added > 1)}, {extra:.1f} minutes, commit "
+            f"{v.get('made_by') or made_by(v, None)}): its "
+            f"pseudo-labels go from {pct(labels[n - 1])}% after round {n - 1} to "
+            f"{pct(labels[-1])}% after round {len(rounds) - 1} ("
+            + ", ".join(f"{100 * (b - a):+.2f}" for a, b in zip(labels[n - 1:], labels[n:]))
+            + f" a round), its student on validation from {pct(rounds[n - 1]['student_val_top1'])}"
+            f"% to {pct(rounds[-1]['student_val_top1'])}%.")
+    if labels_needed is None or labels[-1] >= labels_needed:
+        return said
+    over = min(pace_over, len(labels) - 1)
+    pace = (labels[-1] - labels[-1 - over]) / over
+    if pace <= 0:
+        return f"{said} Its labels stopped improving: more rounds do not reach the target."
+    more = math.ceil((labels_needed - labels[-1]) / pace)
+    return (f"{said} Were the pace of its last {over} round{'s' * (over > 1)} to hold "
+            f"({100 * pace:+.2f} points a round), labels {pct(labels_needed)}% accurate would be "
+            f"{more} rounds further: about {more * extra / added / 60:.1f} more hours on this "
+            "machine.")
 
 
 def best_ceiling(seed: dict[str, Any]) -> dict[str, Any]:
@@ -642,7 +701,8 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
         headroom = list(data.get("headroom", {}).get("rows", {}).values())
         for name, q in data["quality"].items():
             lines += quality_section(name, q, current,
-                                     [r for r in headroom if r["dataset"] == name])
+                                     [r for r in headroom if r["dataset"] == name],
+                                     longest_ablation(data.get("ablations", {}).get(name, {})))
         if _plot(data["quality"], plot):
             lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
     if data.get("peers", {}).get("results"):
