@@ -338,8 +338,9 @@ def test_a_longer_ablation_says_what_more_rounds_bought_and_how_many_the_labels_
             "round), labels 96.00% accurate would be 14 rounds further: about 0.7 more hours on "
             "this machine.") in text
     flat = {**longest, "rounds": rounds(0.84, 0.85, 0.86, 0.85, 0.85)}
-    assert "Its labels stopped improving: more rounds do not reach the target." in "\n".join(
-        report["_where_it_stops"](summary, half, rows, flat))
+    assert ("Its labels stopped improving over its last 3 rounds, and its student ends 1.00 "
+            "points under them on validation: more rounds alone do not bring the 96.00% the "
+            "target needs.") in "\n".join(report["_where_it_stops"](summary, half, rows, flat))
     assert "Were the pace" not in "\n".join(report["_where_it_stops"](summary, half, (), longest))
 
 

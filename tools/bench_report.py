@@ -241,7 +241,11 @@ def _more_rounds(v: dict[str, Any], labels_needed: float | None, pace_over: int 
     over = min(pace_over, len(labels) - 1)
     pace = (labels[-1] - labels[-1 - over]) / over
     if pace <= 0:
-        return f"{said} Its labels stopped improving: more rounds do not reach the target."
+        under = labels[-1] - rounds[-1]["student_val_top1"]
+        still = (f", and its student ends {100 * under:.2f} points under them on validation"
+                 if under > 0 else "")
+        return (f"{said} Its labels stopped improving over its last {over} rounds{still}: more "
+                f"rounds alone do not bring the {pct(labels_needed)}% the target needs.")
     more = math.ceil((labels_needed - labels[-1]) / pace)
     return (f"{said} Were the pace of its last {over} round{'s' * (over > 1)} to hold "
             f"({100 * pace:+.2f} points a round), labels {pct(labels_needed)}% accurate would be "
