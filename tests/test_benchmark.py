@@ -315,8 +315,8 @@ def test_a_longer_ablation_says_what_more_rounds_bought_and_how_many_the_labels_
     half = report["QualityTarget"](gap_closed=0.5)
 
     def rounds(*labels):
-        return [{"student_val_top1": 0.8 + k / 100, "pseudo_label_accuracy": a}
-                for k, a in enumerate(labels)]
+        return [{"student_top1": 0.8 + k / 100, "student_val_top1": 0.8 + k / 100,
+                 "pseudo_label_accuracy": a} for k, a in enumerate(labels)]
     recipe = {"seed": 0, "seconds": 600.0, "rounds": rounds(0.84, 0.85)}
     five = {"seconds": 1140.0, "rounds": rounds(0.84, 0.85, 0.86, 0.865, 0.87)}
     other = {"seconds": 1500.0, "rounds": rounds(0.80, 0.85, 0.86, 0.87, 0.88, 0.89)}
@@ -332,7 +332,7 @@ def test_a_longer_ablation_says_what_more_rounds_bought_and_how_many_the_labels_
             {**own, "labels": 1.0, "student_test": 0.86}]
     text = "\n".join(report["_where_it_stops"](summary, half, rows, longest))
     assert ('More rounds, measured (ablation "5 rounds", seed 0: the recipe\'s run continued for '
-            "3 more rounds, 9.0 minutes, commit unrecorded (older code)): its pseudo-labels go from 85.00% after round 1 to "
+            "3 rounds more, 9.0 minutes, commit unrecorded (older code)): its pseudo-labels go from 85.00% after round 1 to "
             "87.00% after round 4 (+1.00, +0.50, +0.50 a round), its student on validation from "
             "81.00% to 84.00%. Were the pace of its last 3 rounds to hold (+0.67 points a "
             "round), labels 96.00% accurate would be 14 rounds further: about 0.7 more hours on "

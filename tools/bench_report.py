@@ -90,8 +90,6 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None,
     lines += _target(name, s, [x for x in seeds if x["seed"] in used])
     lines += ["Pseudo-label accuracy on the kept unlabeled images (%), per round: "
               + ", ".join(mean_std(r["pseudo_label_accuracy"]) for r in s["rounds"]) + ".", ""]
-    if longer is not None:
-        longer = {**longer, "made_by": made_by(longer, current)}
     lines += _where_it_stops(s, QUALITY_TARGETS.get(name), headroom, longer)
     per = [[f"{x['seed']} ({x['role']})", pct(x["labels_only"]["top1"]),
             pct(x["noisy_student"]["teacher_top1"]),
@@ -200,23 +198,30 @@ def _labels_needed(headroom: list[dict[str, Any]], needed: float,
     return f"{said}: short of {pct(needed)}% ({100 * share:.0f}% of the gap) on all of them.", None
 
 
-def longest_ablation(a: dict[str, Any]) -> dict[str, Any] | None:
+def longest_ablation(a: dict[str, Any], current: str | None = None) -> dict[str, Any] | None:
     """The ablation variant that continued the recipe's run for the most rounds (its first
-    rounds the recipe's own), with its name and the recipe's seed, rounds and seconds; or
-    None."""
+    rounds the recipe's own), with its name, commit (`made_by`) and the recipe's seed, rounds
+    and seconds; or None."""
     recipe = a.get("recipe")
     if not recipe:
         return None
-    n, own = len(recipe["rounds"]), _round_figures(recipe["rounds"])
-    longer = [{**v, "name": name, "seed": recipe["seed"], "recipe_rounds": n,
-               "recipe_seconds": recipe["seconds"]} for name, v in a.items()
-              if name != "recipe" and len(v.get("rounds", [])) > n
-              and _round_figures(v["rounds"][:n]) == own]
+    n, own = len(recipe["rounds"]), round_figures(recipe["rounds"])
+    longer = [{**v, "name": name, "made_by": made_by(v, current), "seed": recipe["seed"],
+               "recipe_rounds": n, "recipe_seconds": recipe["seconds"]}
+              for name, v in a.items() if name != "recipe" and len(v.get("rounds", [])) > n
+              and round_figures(v["rounds"][:n]) == own]
     return max(longer, key=lambda v: len(v["rounds"]), default=None)
 
 
-def _round_figures(rounds: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
-    return [(r.get("student_val_top1"), r["pseudo_label_accuracy"]) for r in rounds]
+def round_figures(rounds: list[dict[str, Any]]) -> list[tuple[Any, Any, Any]]:
+    """Each round's figures of quality (not its timing, which differs between two runs of the
+    same training): test and validation top-1, the labels' accuracy."""
+    return [(r["student_top1"], r.get("student_val_top1"), r["pseudo_label_accuracy"])
+            for r in rounds]
+
+
+def _rounds(n: int) -> str:
+    return f"{n} round{'s' * (n != 1)}"
 
 
 def _more_rounds(v: dict[str, Any], labels_needed: float | None, pace_over: int = 3) -> str:
@@ -229,8 +234,7 @@ def _more_rounds(v: dict[str, Any], labels_needed: float | None, pace_over: int 
     added = len(rounds) - n
     extra = (v["seconds"] - v["recipe_seconds"]) / 60
     said = (f"More rounds, measured (ablation \"{v['name']}\", seed {v['seed']}: the recipe's "
-            f"run continued for {added} more round{'s' * (added > 1)}, {extra:.1f} minutes, commit "
-            f"{v.get('made_by') or made_by(v, None)}): its "
+            f"run continued for {_rounds(added)} more, {extra:.1f} minutes, commit {v['made_by']}): its "
             f"pseudo-labels go from {pct(labels[n - 1])}% after round {n - 1} to "
             f"{pct(labels[-1])}% after round {len(rounds) - 1} ("
             + ", ".join(f"{100 * (b - a):+.2f}" for a, b in zip(labels[n - 1:], labels[n:]))
@@ -244,10 +248,10 @@ def _more_rounds(v: dict[str, Any], labels_needed: float | None, pace_over: int 
         under = labels[-1] - rounds[-1]["student_val_top1"]
         still = (f", and its student ends {100 * under:.2f} points under them on validation"
                  if under > 0 else "")
-        return (f"{said} Its labels stopped improving over its last {over} rounds{still}: more "
+        return (f"{said} Its labels stopped improving over its last {_rounds(over)}{still}: more "
                 f"rounds alone do not bring the {pct(labels_needed)}% the target needs.")
     more = math.ceil((labels_needed - labels[-1]) / pace)
-    return (f"{said} Were the pace of its last {over} round{'s' * (over > 1)} to hold "
+    return (f"{said} Were the pace of its last {_rounds(over)} to hold "
             f"({100 * pace:+.2f} points a round), labels {pct(labels_needed)}% accurate would be "
             f"{more} rounds further: about {more * extra / added / 60:.1f} more hours on this "
             "machine.")
@@ -706,7 +710,8 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
         for name, q in data["quality"].items():
             lines += quality_section(name, q, current,
                                      [r for r in headroom if r["dataset"] == name],
-                                     longest_ablation(data.get("ablations", {}).get(name, {})))
+                                     longest_ablation(data.get("ablations", {}).get(name, {}),
+                                                      current))
         if _plot(data["quality"], plot):
             lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
     if data.get("peers", {}).get("results"):

@@ -454,8 +454,7 @@ def accuracies(run: dict[str, Any]) -> list[Any]:
     """A loop result's figures of quality, per round and final (not its timing, which differs
     between two runs of the same training)."""
     return [run.get("final_top1"), run.get("final_val_top1"),
-            [(r["student_top1"], r.get("student_val_top1"), r["pseudo_label_accuracy"])
-             for r in run.get("rounds", [])]]
+            bench_report.round_figures(run.get("rounds", []))]
 
 
 def ablation_key(dataset: str, seed: int) -> str:
