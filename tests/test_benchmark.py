@@ -500,6 +500,31 @@ def test_the_peers_table_puts_the_recipe_first_and_pairs_the_peers_with_its_seed
     assert "on an unrecorded machine at commit cccccccc" in said()
 
 
+def test_a_loop_with_more_rounds_continues_the_longest_shorter_run_of_its_config(
+        quick, monkeypatch):
+    """A loop continues the finished run of its config with the most rounds fewer; never one
+    that differs in anything else, one with as many rounds, or one made at other code."""
+    tmp, data = quick
+    bench = _bench()
+    runs = data["ablations"]["digits"]
+    recipe = runs["recipe"]
+    rounds = len(recipe["rounds"])
+    folder = {name: tmp / "work" / runs[name]["run_dir"] / "run"
+              for name in ("recipe", "one more round")}
+
+    def found(*overrides, seed=0):
+        config = bench["recipe_config"]("digits", True, [f"seed={seed}", *overrides])
+        return bench["shorter_run"](bench["loop_job"](tmp / "work", "digits", config), config)
+
+    assert found(f"rounds={rounds + 1}") == folder["recipe"]
+    assert found(f"rounds={rounds + 2}") == folder["one more round"]  # the longest shorter
+    assert found(f"rounds={rounds}") is None  # as many rounds: nothing to continue
+    assert found(f"rounds={rounds + 2}", "train.lr=0.01") is None  # another config
+    assert found(f"rounds={rounds + 2}", seed=1) is None  # another seed's split
+    monkeypatch.setitem(bench, "package_code", lambda: "another tree")
+    assert found(f"rounds={rounds + 1}") is None  # other code trains other rounds
+
+
 def test_a_job_is_named_by_its_config_and_the_package_code(monkeypatch, tmp_path):
     """The loop's job changes with any setting, never with `out`; a baseline's only with what it
     trains; both with the package code."""

@@ -224,20 +224,22 @@ def baseline(work: Path, dataset: str, kind: str, config: Config, images: np.nda
                                                        splits, job))
 
 
-def noisy_student(config: Config, job: Job, continues: Path | None = None) -> dict[str, Any]:
+def noisy_student(config: Config, job: Job) -> dict[str, Any]:
     """The recipe's loop in `job.folder / "run"`, its earlier result when finished; per-round
     validation and test top-1, pseudo-label accuracy, steps and timing. An interrupted loop
-    goes on where it stopped (finished rounds are loaded). `continues`: a finished run with
-    fewer rounds of the same config, whose rounds are linked in, not trained again (the next
-    round learns from its last student). Seconds: the loop's own, teacher and rounds (as they
-    were measured, over every process of a resumed run)."""
+    goes on where it stopped (finished rounds are loaded); a new one continues the longest
+    finished run of the same config with fewer rounds (`shorter_run`), whose rounds are linked
+    in, not trained again. Seconds: the loop's own, teacher and rounds (as they were measured,
+    over every process of a resumed or continued run)."""
     done = job.reused()
     if done is not None:
         return done
     out = job.folder / "run"
     config = config.with_overrides([f'out="{out}"'])
     again = (out / "config.json").is_file()
-    if continues is not None and not again:
+    continues = None if again else shorter_run(job, config)
+    if continues is not None:
+        print(f"{job.kind} seed {job.seed}: continues {continues.parent.name}", flush=True)
         finished = len(load_json(continues / "summary.json")["rounds"])
         summary = run(config, from_round=finished, from_run=str(continues))
     else:
@@ -258,6 +260,24 @@ def noisy_student(config: Config, job: Job, continues: Path | None = None) -> di
         "final_top1": rounds[-1]["student_top1"],
         "final_val_top1": rounds[-1]["student_val_top1"], "rounds": rounds,
         "seconds": round(seconds, 1)})
+
+
+def shorter_run(job: Job, config: Config) -> Path | None:
+    """The run folder a loop of `config` continues: of the finished jobs of its dataset and seed
+    (the recipe's, an ablation's) at this package code, the one whose config is `config` with
+    the most rounds fewer; None when there is none. Round k learns only from rounds < k, so
+    that run's rounds are the first rounds of `config`'s own."""
+    want, best = identity(config), (0, None)
+    for result in (job.work / job.dataset).glob(f"*-seed{job.seed}-*/result.json"):
+        folder = result.parent / "run"
+        if (load_json(result).get("provenance", {}).get("package_code") != package_code()
+                or not (folder / "config.json").is_file()):
+            continue
+        other = Config.load(folder / "config.json")
+        if (best[0] < other.rounds < config.rounds
+                and identity(other.replace(rounds=config.rounds)) == want):
+            best = (other.rounds, folder)
+    return best[1]
 
 
 def loop_job(work: Path, dataset: str, config: Config, kind: str = "noisy_student") -> Job:
@@ -418,8 +438,7 @@ def ablations(work: Path, dataset: str, quick: bool, seed: int = TUNING_SEEDS[0]
         if (only is not None and name not in only) and job.result() is None:
             continue
         print(f"ablation {name!r}: {' '.join(overrides)}", flush=True)
-        results[name] = {"overrides": overrides, **noisy_student(
-            config, job, continues=recipe_job.folder / "run" if longer else None)}
+        results[name] = {"overrides": overrides, **noisy_student(config, job)}
         if save is not None:  # the earlier variants too, should this process be stopped
             save({ablation_key(dataset, seed): {**carried(earlier or {}, results), **results}})
     return {ablation_key(dataset, seed): {**carried(earlier or {}, results, say=True),
