@@ -304,6 +304,39 @@ def test_with_headroom_rows_the_labels_needed_are_read_off_the_measured_students
         report["_where_it_stops"](summary, half, rows))
 
 
+def test_rows_at_other_settings_say_what_those_settings_need_and_leave_the_run_s_reading():
+    """Two rows trained round 1 again with `train.epochs=16`: 84% labels -> 84%, perfect ->
+    88%; 85% is crossed a quarter of the way: labels about 84 + 16 / 4 = 88% accurate. The
+    reading at the run's own settings is made from its rows alone (96%, as above)."""
+    report = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))
+    half = report["QualityTarget"](gap_closed=0.5)
+    summary = {"labels_only": {"mean": 0.80}, "supervised": {"mean": 0.90}, "rounds": [
+        {"student_top1": {"mean": 0.81}, "pseudo_label_accuracy": {"mean": 0.82}},
+        {"student_top1": {"mean": 0.83}, "pseudo_label_accuracy": {"mean": 0.84}}]}
+    own = {"seed": 0, "round": 1, "run_labels": 0.84, "run_student_test": 0.83, "minutes": 5.0}
+    longer = {**own, "overrides": ["train.epochs=16"], "minutes": 9.96}
+    rows = [{**own, "labels": 0.92, "student_test": 0.84},
+            {**own, "labels": 1.0, "student_test": 0.86},
+            {**longer, "labels": 1.0, "student_test": 0.88},
+            {**longer, "labels": 0.84, "student_test": 0.84}]
+    text = "\n".join(report["_where_it_stops"](summary, half, rows))
+    assert "85.00% (50% of the gap) needs labels about 96.00% accurate." in text
+    assert ("With `train.epochs=16` (seed 0, round 1 trained again, 10.0 minutes): its "
+            "student's test top-1 is 84.00% on 84.00%-accurate labels, 88.00% on "
+            "100.00%-accurate labels; 85.00% (50% of the gap) needs labels about 88.00% "
+            "accurate.") in text
+    rows[2]["student_test"] = 0.845
+    assert ("88.00% on 100.00%-accurate" not in "\n".join(
+        report["_where_it_stops"](summary, half, rows)))
+    assert "; short of 85.00% on all of them." in "\n".join(
+        report["_where_it_stops"](summary, half, rows))
+    table = "\n".join(report["headroom_section"]({"rows": {
+        str(i): {**r, "dataset": "d", "fix": 1.0 if r["labels"] == 1.0 else 0.0,
+                 "student_val": 0.8, "run_student_val": 0.8} for i, r in enumerate(rows)}}))
+    assert "| hidden (perfect), `train.epochs=16` | 100.00 |" in table
+    assert table.index("| hidden (perfect) | 100.00 |") < table.index("`train.epochs=16`")
+
+
 def test_a_longer_ablation_says_what_more_rounds_bought_and_how_many_the_labels_need():
     """The recipe's 2 rounds (labels 84%, 85%) continued to 5 (86%, 86.5%, 87%) in 9 more
     minutes: +1.00, +0.50, +0.50 a round. Half the gap (85%) needs 96% labels (the headroom

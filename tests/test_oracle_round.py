@@ -99,3 +99,22 @@ def test_bad_requests_exit_2_and_name_the_cause(tiny_run, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert tool["main"]([str(tiny_run), "1", "--out", str(tmp_path / "c"), "--fix", "1.5"]) == 2
     assert "--fix 1.5" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert tool["main"]([str(tiny_run), "1", "--out", str(tmp_path / "d"),
+                         "--set", "train.epochs=-1"]) == 2
+    assert "train.epochs" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_a_round_trained_again_at_other_settings_says_which(tiny_run, tmp_path):
+    """`--set train.epochs=E` trains the round's student for E epochs on the hidden labels; the
+    row names the setting, and is a row of its own beside the one at the run's settings."""
+    out, results = tmp_path / "longer", tmp_path / "results.json"
+    epochs = json.loads((tiny_run / "config.json").read_text())["train"]["epochs"] + 1
+    for folder, more in ((tmp_path / "same", []), (out, ["--set", f"train.epochs={epochs}"])):
+        assert tool["main"]([str(tiny_run), "1", "--out", str(folder), "--results",
+                             str(results), *more]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["epochs"] == epochs
+    trained = json.loads((out / "round_1" / "metrics.json").read_text())["train"]
+    assert max(e.get("epoch", 0) for e in trained) == epochs
+    rows = json.loads(results.read_text())["headroom"]["rows"]
+    assert sorted(r["overrides"] for r in rows.values()) == [[], [f"train.epochs={epochs}"]]
+    assert f"| hidden (perfect), `train.epochs={epochs}` |" in results.with_suffix(".md").read_text()

@@ -143,8 +143,9 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
     round's, and how far the final student ends under its own pseudo-labels' accuracy. With a
     share-of-the-gap target not met: how accurate the labels would have to be to meet it, read
     off the headroom rows (`tools/oracle_round.py`) when there are some, else for a student
-    ending as far under them as now; and with `longer` (`longest_ablation`), what more rounds
-    bought, and how many more the labels would need at that pace."""
+    ending as far under them as now, and for the rows that trained the round with other settings
+    (more epochs), what those would need; and with `longer` (`longest_ablation`), what more
+    rounds bought, and how many more the labels would need at that pace."""
     rounds = s["rounds"]
     if len(rounds) < 2:
         return []
@@ -160,14 +161,18 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
     if goal is not None and goal.gap_closed is not None and "supervised" in s:
         base = s["labels_only"]["mean"]
         needed = base + goal.gap_closed * (s["supervised"]["mean"] - base)
-        if final < needed and headroom:
-            said, labels_needed = _labels_needed(headroom, needed, goal.gap_closed)
+        as_run = [r for r in headroom if not r.get("overrides")]
+        if final < needed and as_run:
+            said, labels_needed = _labels_needed(as_run, needed, goal.gap_closed)
             lines.append(said)
         elif final < needed:
             lines.append(f"A student as far under its labels needs labels "
                          f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
                          f"({100 * goal.gap_closed:.0f}% of the gap): "
                          f"{100 * (needed - final):.2f} points above the last round's.")
+        if final < needed:
+            lines += _other_settings([r for r in headroom if r.get("overrides")], needed,
+                                     goal.gap_closed)
     if longer is not None:
         lines.append(_more_rounds(longer, labels_needed))
     return [" ".join(lines), ""]
@@ -190,12 +195,46 @@ def _labels_needed(headroom: list[dict[str, Any]], needed: float,
     said = (f"Measured (headroom table, seed {seed}, round {k}): its student's test top-1 goes "
             f"from {pct(points[0][1])}% on its own {pct(points[0][0])}%-accurate labels to "
             f"{pct(points[-1][1])}% on {pct(points[-1][0])}%-accurate ones")
+    at = _labels_for(points, needed)
+    if at is None:
+        return f"{said}: short of {pct(needed)}% ({100 * share:.0f}% of the gap) on all of them.", None
+    return (f"{said}: {pct(needed)}% ({100 * share:.0f}% of the gap) needs labels about "
+            f"{pct(at)}% accurate."), at
+
+
+def _labels_for(points: list[tuple[float, float]], needed: float) -> float | None:
+    """The labels' accuracy at which the student's test top-1 reaches `needed`, by linear
+    interpolation between sorted (labels, student) points; None when none reaches it (the
+    first point when it already does)."""
+    if points and points[0][1] >= needed:
+        return points[0][0]
     for (a, ya), (b, yb) in zip(points, points[1:]):
         if ya < needed <= yb:
-            at = a + (needed - ya) * (b - a) / (yb - ya)
-            return (f"{said}: {pct(needed)}% ({100 * share:.0f}% of the gap) needs labels about "
-                    f"{pct(at)}% accurate."), at
-    return f"{said}: short of {pct(needed)}% ({100 * share:.0f}% of the gap) on all of them.", None
+            return a + (needed - ya) * (b - a) / (yb - ya)
+    return None
+
+
+def _other_settings(headroom: list[dict[str, Any]], needed: float, share: float) -> list[str]:
+    """A sentence per setting the headroom rows trained a round with (`--set`, e.g. more
+    epochs): the student's test top-1 on each of its labels, and the labels `needed` would
+    take with it."""
+    said = []
+    for what in sorted({(r["seed"], r["round"], tuple(r["overrides"])) for r in headroom}):
+        rows = sorted((r for r in headroom
+                       if (r["seed"], r["round"], tuple(r["overrides"])) == what),
+                      key=lambda r: r["labels"])
+        points = [(r["labels"], r["student_test"]) for r in rows]
+        at = _labels_for(points, needed)
+        minutes = max(r["minutes"] for r in rows)
+        reach = (f"short of {pct(needed)}% on all of them" if at is None else
+                 f"{pct(needed)}% ({100 * share:.0f}% of the gap) needs labels about "
+                 f"{pct(at)}% accurate")
+        said.append(
+            f"With {', '.join(f'`{o}`' for o in what[2])} (seed {what[0]}, round {what[1]} "
+            f"trained again, {minutes:.1f} minutes): its student's test top-1 is "
+            + ", ".join(f"{pct(y)}% on {pct(x)}%-accurate labels" for x, y in points)
+            + f"; {reach}.")
+    return said
 
 
 def longest_ablation(a: dict[str, Any], current: str | None = None) -> dict[str, Any] | None:
@@ -493,17 +532,19 @@ def headroom_section(h: dict[str, Any], current: str | None = None) -> list[str]
     """tools/oracle_round.py's rows: a round's student trained again on perfect (or partly
     corrected) labels, beside the run's own."""
     rows = []
-    for r in sorted(h["rows"].values(),
-                    key=lambda r: (r["dataset"], r["seed"], r["round"], -r["fix"])):
+    for r in sorted(h["rows"].values(), key=lambda r: (
+            r["dataset"], r["seed"], r["round"], r.get("overrides", []), -r["fix"])):
         labels = ("hidden (perfect)" if r["fix"] == 1 else
                   f"the teacher's, {100 * r['fix']:.0f}% of its errors corrected")
+        labels += "".join(f", `{o}`" for o in r.get("overrides", []))
         rows.append([r["dataset"], str(r["seed"]), str(r["round"]), labels, pct(r["labels"]),
                      pct(r["student_val"]), pct(r["student_test"]),
                      " / ".join(pct(r[f"run_{x}"]) for x in ("labels", "student_val",
                                                              "student_test")),
                      f"{r['minutes']:.1f}", made_by(r, current)])
     return ["Each row trains one round's student again with other pseudo-labels, every unlabeled "
-            "image kept, everything else as the run had it (`tools/oracle_round.py`); beside it, "
+            "image kept, everything else as the run had it unless the row names a setting "
+            "(`tools/oracle_round.py`); beside it, "
             "the run's own round. On tuning seeds: what limits the gain, not a choice.", "",
             *table(["data set", "seed", "round", "labels", "labels' accuracy (%)",
                     "student (validation)", "student (test)",

@@ -1,6 +1,6 @@
 """What a round's student reaches when its pseudo-labels are perfect, or partly corrected.
 
-    python tools/oracle_round.py RUN K --out NEW [--fix F]
+    python tools/oracle_round.py RUN K --out NEW [--fix F] [--set KEY=VALUE ...]
 
 For a run whose unlabeled images have hidden labels (digits, Fashion-MNIST): links RUN's
 teacher and rounds < K into NEW (RUN is left as it was), writes round K's pseudo-labels as the
@@ -13,6 +13,9 @@ labels leave the student short of a target, better pseudo-labels alone cannot re
 With `--fix F` (0 <= F < 1) the labels are the teacher's, with a random fraction F of its wrong
 ones corrected (drawn with the run's seed): a few values of F trace the student's accuracy
 against its labels' accuracy, and so how accurate the labels must be to reach a target.
+
+With `--set KEY=VALUE` (repeatable) round K's student trains with those settings instead, e.g.
+`--set train.epochs=16`: what a larger round budget would buy, with the same labels.
 
 With `--results benchmarks/results.json` the row (beside the run's own round K, with the commit)
 goes into BENCHMARKS.md's headroom table.
@@ -57,12 +60,15 @@ def oracle_labels(arrays: dict[str, np.ndarray], truth: np.ndarray, fix: float =
     return out
 
 
-def oracle_round(run_dir: str | Path, k: int, out: str | Path, fix: float = 1.0) -> dict:
+def oracle_round(run_dir: str | Path, k: int, out: str | Path, fix: float = 1.0,
+                 overrides: list[str] = ()) -> dict:
     """Train round k of `run_dir` again in `out` with perfect labels (`fix` of the teacher's
-    wrong ones corrected); returns the new run's summary."""
+    wrong ones corrected), with the config `overrides` if any; returns the new run's
+    summary."""
     if not 0 <= fix <= 1:
         raise NoisyStudentError(f"--fix {fix}: a fraction of the wrong labels, 0 to 1")
     source = open_run(run_dir)
+    config = replace(source.config, rounds=k + 1, out=str(out)).with_overrides(overrides)
     truth = source.splits().unlabeled.labels
     if truth is None:
         raise NoisyStudentError(f"{source.root}: its unlabeled images have no hidden labels")
@@ -78,19 +84,19 @@ def oracle_round(run_dir: str | Path, k: int, out: str | Path, fix: float = 1.0)
     target.round(k).mkdir()
     save_npz(target.round(k) / "pseudo_labels.npz",
              oracle_labels(load_npz(labels), truth, fix, source.config.seed + k))
-    config = replace(source.config, rounds=k + 1, out=str(out))
     save_json(target.root / "config.json", config.to_dict())
     return run(config, resume=True)
 
 
-def headroom_row(run_dir: str | Path, k: int, fix: float, summary: dict) -> dict:
+def headroom_row(run_dir: str | Path, k: int, fix: float, summary: dict,
+                 overrides: list[str] = ()) -> dict:
     """The new student's figures beside the run's own round k (None where it has none)."""
     source = open_run(run_dir)
     new = summary["rounds"][-1]
     own = next((r for r in load_json(source.root / "summary.json", dict).get("rounds", [])
                 if r.get("round") == k), {})
     return {"dataset": source.config.data.source, "seed": source.config.seed, "round": k,
-            "fix": fix, "labels": new["pseudo_label_accuracy"],
+            "fix": fix, "overrides": list(overrides), "labels": new["pseudo_label_accuracy"],
             "student_val": new.get("student_val_top1"), "student_test": new["student_top1"],
             "run_labels": own.get("pseudo_label_accuracy"),
             "run_student_val": own.get("student_val_top1"),
@@ -103,7 +109,8 @@ def record(results: Path, row: dict, argv: list[str]) -> None:
     import benchmark
 
     rows = (load_json(results, dict) if results.is_file() else {}).get("headroom", {})
-    key = f"{row['dataset']} seed {row['seed']} round {row['round']} fix {row['fix']:g}"
+    key = " ".join([f"{row['dataset']} seed {row['seed']} round {row['round']} fix {row['fix']:g}",
+                    *row.get("overrides", [])])
     rows = {**rows.get("rows", {}), key: {**row, "provenance": benchmark.provenance()}}
     command = shlex.join(["python", "tools/oracle_round.py", *argv])
     benchmark.merge_and_report(results, "headroom", {"rows": rows}, command)
@@ -116,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="a new run directory for it")
     p.add_argument("--fix", type=float, default=1.0,
                    help="correct only this fraction of the teacher's wrong labels (default 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="train the round's student with this setting instead (repeatable)")
     p.add_argument("--results", type=Path,
                    help="add the row to this results JSON and regenerate its report "
                         "(benchmarks/results.json: BENCHMARKS.md; else a .md beside it)")
@@ -126,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         import bench_runs
         bench_runs.code_state()  # the code as it is now, before the hour of training
     try:
-        summary = oracle_round(a.run, a.round, a.out, a.fix)
-        row = headroom_row(a.run, a.round, a.fix, summary)
+        summary = oracle_round(a.run, a.round, a.out, a.fix, a.overrides)
+        row = headroom_row(a.run, a.round, a.fix, summary, a.overrides)
     except NoisyStudentError as e:
         print(f"oracle_round: {e}", file=sys.stderr)
         return 2
