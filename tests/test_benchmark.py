@@ -320,7 +320,10 @@ def test_rows_at_other_settings_say_what_those_settings_need_and_leave_the_run_s
             {**longer, "labels": 1.0, "student_test": 0.88},
             {**longer, "labels": 0.84, "student_test": 0.84}]
     text = "\n".join(report["_where_it_stops"](summary, half, rows))
-    assert "85.00% (50% of the gap) needs labels about 96.00% accurate." in text
+    assert ("85.00% (50% of the gap) needs labels about 96.00% accurate. Those labels are 6.00 "
+            "points more accurate than the same network trained on every label is on test "
+            "(90.00%): a teacher of this network would not make them.") in text
+    assert text.count("Those labels are") == 1  # 88% labels, with 16 epochs: under the ceiling
     assert ("With `train.epochs=16` (seed 0, round 1 trained again, 10.0 minutes): its "
             "student's test top-1 is 84.00% on 84.00%-accurate labels, 88.00% on "
             "100.00%-accurate labels; 85.00% (50% of the gap) needs labels about 88.00% "

@@ -164,7 +164,7 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
         as_run = [r for r in headroom if not r.get("overrides")]
         if final < needed and as_run:
             said, labels_needed = _labels_needed(as_run, needed, goal.gap_closed)
-            lines.append(said)
+            lines.append(said + _above_ceiling(labels_needed, s["supervised"]["mean"]))
         elif final < needed:
             lines.append(f"A student as far under its labels needs labels "
                          f"{pct(needed + under)}% accurate to reach {pct(needed)}% "
@@ -172,7 +172,7 @@ def _where_it_stops(s: dict[str, Any], goal: QualityTarget | None = None,
                          f"{100 * (needed - final):.2f} points above the last round's.")
         if final < needed:
             lines += _other_settings([r for r in headroom if r.get("overrides")], needed,
-                                     goal.gap_closed)
+                                     goal.gap_closed, s["supervised"]["mean"])
     if longer is not None:
         lines.append(_more_rounds(longer, labels_needed))
     return [" ".join(lines), ""]
@@ -214,10 +214,11 @@ def _labels_for(points: list[tuple[float, float]], needed: float) -> float | Non
     return None
 
 
-def _other_settings(headroom: list[dict[str, Any]], needed: float, share: float) -> list[str]:
+def _other_settings(headroom: list[dict[str, Any]], needed: float, share: float,
+                    ceiling: float) -> list[str]:
     """A sentence per setting the headroom rows trained a round with (`--set`, e.g. more
-    epochs): the student's test top-1 on each of its labels, and the labels `needed` would
-    take with it."""
+    epochs): the student's test top-1 on each of its labels, the labels `needed` would take
+    with it, and whether a teacher of the network could make them (`_above_ceiling`)."""
     said = []
     for what in sorted({(r["seed"], r["round"], tuple(r["overrides"])) for r in headroom}):
         rows = sorted((r for r in headroom
@@ -233,8 +234,19 @@ def _other_settings(headroom: list[dict[str, Any]], needed: float, share: float)
             f"With {', '.join(f'`{o}`' for o in what[2])} (seed {what[0]}, round {what[1]} "
             f"trained again, {minutes:.1f} minutes): its student's test top-1 is "
             + ", ".join(f"{pct(y)}% on {pct(x)}%-accurate labels" for x, y in points)
-            + f"; {reach}.")
+            + f"; {reach}." + _above_ceiling(at, ceiling))
     return said
+
+
+def _above_ceiling(labels: float | None, ceiling: float) -> str:
+    """When the labels a target needs are more accurate than the network trained on every
+    label is on test (the ceiling), a sentence saying so: a teacher of that network would not
+    make them."""
+    if labels is None or labels <= ceiling:
+        return ""
+    return (f" Those labels are {100 * (labels - ceiling):.2f} points more accurate than the same "
+            f"network trained on every label is on test ({pct(ceiling)}%): a teacher of this "
+            "network would not make them.")
 
 
 def longest_ablation(a: dict[str, Any], current: str | None = None) -> dict[str, Any] | None:
