@@ -337,6 +337,7 @@ def test_rows_at_other_settings_say_what_those_settings_need_and_leave_the_run_s
         str(i): {**r, "dataset": "d", "fix": 1.0 if r["labels"] == 1.0 else 0.0,
                  "student_val": 0.8, "run_student_val": 0.8} for i, r in enumerate(rows)}}))
     assert "| hidden (perfect), `train.epochs=16` | 100.00 |" in table
+    assert "| the teacher's, `train.epochs=16` | 84.00 |" in table
     assert table.index("| hidden (perfect) | 100.00 |") < table.index("`train.epochs=16`")
 
 

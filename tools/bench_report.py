@@ -546,8 +546,8 @@ def headroom_section(h: dict[str, Any], current: str | None = None) -> list[str]
     rows = []
     for r in sorted(h["rows"].values(), key=lambda r: (
             r["dataset"], r["seed"], r["round"], r.get("overrides", []), -r["fix"])):
-        labels = ("hidden (perfect)" if r["fix"] == 1 else
-                  f"the teacher's, {100 * r['fix']:.0f}% of its errors corrected")
+        labels = ("hidden (perfect)" if r["fix"] == 1 else "the teacher's" if r["fix"] == 0
+                  else f"the teacher's, {100 * r['fix']:.0f}% of its errors corrected")
         labels += "".join(f", `{o}`" for o in r.get("overrides", []))
         rows.append([r["dataset"], str(r["seed"]), str(r["round"]), labels, pct(r["labels"]),
                      pct(r["student_val"]), pct(r["student_test"]),
