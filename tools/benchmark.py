@@ -267,7 +267,7 @@ def shorter_run(job: Job, config: Config) -> Path | None:
     (the recipe's, an ablation's) at this package code, the one whose config is `config` with
     the most rounds fewer; None when there is none. Round k learns only from rounds < k, so
     that run's rounds are the first rounds of `config`'s own."""
-    want, best = identity(config), (0, None)
+    best: tuple[int, Path | None] = (0, None)
     for result in (job.work / job.dataset).glob(f"*-seed{job.seed}-*/result.json"):
         folder = result.parent / "run"
         if (load_json(result).get("provenance", {}).get("package_code") != package_code()
@@ -275,7 +275,7 @@ def shorter_run(job: Job, config: Config) -> Path | None:
             continue
         other = Config.load(folder / "config.json")
         if (best[0] < other.rounds < config.rounds
-                and identity(other.replace(rounds=config.rounds)) == want):
+                and other.replace(rounds=config.rounds, out=config.out) == config):
             best = (other.rounds, folder)
     return best[1]
 
