@@ -511,7 +511,11 @@ def test_the_peers_table_puts_the_recipe_first_and_pairs_the_peers_with_its_seed
         in text
     # our recipe ran seed 100 only: no pairing for a peer that also ran 101
     assert "| fixmatch | usb 0.3.2 | 82.00 ± 2.83 | - | 100, 101 | 1.2 | - | - |" in text
-    assert "| pseudolabel | usb 0.3.2 | 86.00 | - | 100 | 1.5 | -2.00 | 1.50 |" in text
+    assert "| pseudolabel | usb 0.3.2 | 86.00 | - | 100 | 1.5 | -2.00 | 1.50 | - | - |" in text
+    data["peers"]["results"][2].update(validation_top1=0.85, validation_top1_raw=0.86,
+                                       test_top1_raw=0.87)  # validation prefers the trained
+    assert "| pseudolabel | usb 0.3.2 | 86.00 | 85.00 | 100 | 1.5 | -2.00 | 1.50 | 87.00 | " \
+        "-1.00 |" in "\n".join(report["peers_section"](data))
     assert "different machines" not in text  # the peers have no provenance: nothing said
     ours = quality["seeds"][0]["noisy_student"]["provenance"]
     ours.update(commit="a" * 40, machine={"cpu": "Intel"}, package_code="t1")

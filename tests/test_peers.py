@@ -165,6 +165,24 @@ def test_peers_rows_mean_and_sample_sd():
         peers.peers_rows([{"method": "fixmatch"}])
 
 
+def test_peers_rows_weights_chosen_on_validation_run_by_run():
+    ema_wins = dict(_result("flexmatch", 100, 0.86, 30.0, val=0.875),
+                    validation_top1_raw=0.870, test_top1_raw=0.90)  # test would favour raw
+    raw_wins = dict(_result("flexmatch", 101, 0.85, 30.0, val=0.860),
+                    validation_top1_raw=0.865, test_top1_raw=0.87)
+    tie = dict(_result("flexmatch", 102, 0.84, 30.0, val=0.850),
+               validation_top1_raw=0.850, test_top1_raw=0.88)  # a tie keeps the EMA weights
+    ours = {"fashion_mnist": {s: {"top1": 0.88, "minutes": 30.0} for s in (100, 101, 102)}}
+    row, = peers.peers_rows([ema_wins, raw_wins, tie], ours=ours)
+    assert row["chosen_top1"]["mean"] == pytest.approx((0.86 + 0.87 + 0.84) / 3)
+    assert row["test_top1"]["mean"] == pytest.approx((0.86 + 0.85 + 0.84) / 3)  # headline: EMA
+    assert row["vs_ours_chosen"]["mean"] == pytest.approx((-0.02 - 0.01 - 0.04) / 3)
+    assert row["vs_ours_chosen"]["std"] == pytest.approx(0.015275, abs=1e-6)
+    no_raw = peers.peers_rows([ema_wins, _result("flexmatch", 101, 0.85, 30.0, val=0.86)],
+                              ours=ours)[0]
+    assert "chosen_top1" not in no_raw and "vs_ours_chosen" not in no_raw  # one run lacks it
+
+
 def test_table_rejects_a_file_that_is_not_a_result(tmp_path, capsys):
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_text(json.dumps(_result("fixmatch", 0, 0.9, 2.0, dataset="digits")))

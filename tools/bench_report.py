@@ -469,7 +469,11 @@ def peers_section(data: dict[str, Any]) -> list[str]:
              "the wall-clock minutes our recipe took on that seed, with its own published "
              "hyperparameters scaled to the budget (`tools/peers.py`, docs/peers.md). The "
              "last two columns compare each peer with our recipe on the seeds the peer ran: "
-             "its top-1 less ours, seed by seed, and its minutes over ours.", ""]
+             "its top-1 less ours, seed by seed, and its minutes over ours. The test top-1 is "
+             "of the peer's EMA weights, as its framework evaluates (the headline, chosen before "
+             "any run); the last but two columns give each run the weights, EMA or trained, that "
+             "its own validation top-1 prefers: the peer at its best that validation can pick, "
+             "a choice our recipe is not given.", ""]
     for name, group in _by_dataset(rows_of(data["peers"]["results"], per_seed)).items():
         head = []
         if name in ours:
@@ -477,17 +481,22 @@ def peers_section(data: dict[str, Any]) -> list[str]:
             head = [["Noisy Student (this project)", "noisy-student", mean_std(s["noisy_student"]),
                      mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
                      ", ".join(map(str, quality[name].get("summary_seeds", []))),
-                     f"{minutes[name]:.1f}", "", "1.00"]]
+                     f"{minutes[name]:.1f}", "", "1.00", "", ""]]
         rows = [[r["method"], f"{r['framework']} {r['framework_version']}",
                  mean_std(r["test_top1"]),
                  mean_std(r["validation_top1"]) if r["validation_top1"] else "-",
                  ", ".join(map(str, r["seeds"])), f"{r['minutes']['mean']:.1f}",
                  _points(r["vs_ours"]) if "vs_ours" in r else "-",
-                 f"{r['minutes_ratio']:.2f}" if "minutes_ratio" in r else "-"] for r in group]
+                 f"{r['minutes_ratio']:.2f}" if "minutes_ratio" in r else "-",
+                 mean_std(r["chosen_top1"]) if "chosen_top1" in r else "-",
+                 _points(r["vs_ours_chosen"]) if "vs_ours_chosen" in r else "-"]
+                for r in group]
         lines += [f"### {name}", "", *table(["method", "framework", "test top-1 (%)",
                                              "validation top-1 (%)", "seeds", "minutes",
                                              "vs recipe, same seeds (pts)",
-                                             "minutes / recipe's"], head + rows),
+                                             "minutes / recipe's",
+                                             "weights chosen on validation: test top-1 (%)",
+                                             "those vs recipe (pts)"], head + rows),
                   *_peers_made_apart(name, quality.get(name, {}),
                                      [r for r in data["peers"]["results"]
                                       if r["dataset"] == name])]

@@ -714,6 +714,15 @@ RESULT_KEYS = ("method", "framework", "framework_version", "dataset", "seed", "t
                "minutes")
 
 
+_BOTH_WEIGHTS = ("validation_top1", "validation_top1_raw", "test_top1_raw")
+
+
+def _chosen_on_validation(r: dict[str, Any]) -> float:
+    """Test top-1 of the weights (EMA or trained) with the higher validation top-1."""
+    raw_wins = float(r["validation_top1_raw"]) > float(r["validation_top1"])
+    return float(r["test_top1_raw"] if raw_wins else r["test_top1"])
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
@@ -726,7 +735,12 @@ def peers_rows(results: list[dict[str, Any]],
     {mean, std (sample), n}, the seeds, validation top-1 when every run has one, and, given our
     recipe's runs (`ours[dataset][seed]`: "top1" and "minutes") on every seed the peer ran,
     the comparison on those same seeds: `vs_ours`, the peer's top-1 less ours seed by seed
-    (paired), and `minutes_ratio`, the peer's mean minutes over ours."""
+    (paired), and `minutes_ratio`, the peer's mean minutes over ours.
+
+    When every run has both weights' figures (`*_top1_raw`: the trained weights beside the EMA
+    ones), `chosen_top1` is the test top-1 of the weights its own validation prefers, run by run
+    (the EMA ones on a tie), and `vs_ours_chosen` that against ours: the peer at its best that
+    validation can pick, which our recipe (no such choice) is not given."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in results:
         missing = [k for k in RESULT_KEYS if k not in r]
@@ -744,10 +758,17 @@ def peers_rows(results: list[dict[str, Any]],
                "validation_top1": None}
         if all(r.get("validation_top1") is not None for r in rs):
             row["validation_top1"] = _stats([float(r["validation_top1"]) for r in rs])
+        chosen = None
+        if all(r.get(k) is not None for r in rs for k in _BOTH_WEIGHTS):
+            chosen = [_chosen_on_validation(r) for r in rs]
+            row["chosen_top1"] = _stats(chosen)
         mine = (ours or {}).get(dataset, {})
         if all(seed in mine for seed in row["seeds"]):
             row["vs_ours"] = _stats([float(r["test_top1"]) - mine[r["seed"]]["top1"]
                                      for r in rs])
+            if chosen is not None:
+                row["vs_ours_chosen"] = _stats([c - mine[r["seed"]]["top1"]
+                                                for c, r in zip(chosen, rs)])
             row["minutes_ratio"] = row["minutes"]["mean"] / statistics.fmean(
                 mine[seed]["minutes"] for seed in row["seeds"])
         rows.append(row)
