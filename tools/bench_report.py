@@ -467,13 +467,13 @@ def peers_section(data: dict[str, Any]) -> list[str]:
              "Each peer trains the recipe's final network on the same labeled, unlabeled, "
              "validation and test images (the indices of `splits.json`), on this machine, for "
              "the wall-clock minutes our recipe took on that seed, with its own published "
-             "hyperparameters scaled to the budget (`tools/peers.py`, docs/peers.md). The "
-             "last two columns compare each peer with our recipe on the seeds the peer ran: "
-             "its top-1 less ours, seed by seed, and its minutes over ours. The test top-1 is "
-             "of the peer's EMA weights, as its framework evaluates (the headline, chosen before "
-             "any run); the last but two columns give each run the weights, EMA or trained, that "
-             "its own validation top-1 prefers: the peer at its best that validation can pick, "
-             "a choice our recipe is not given.", ""]
+             "hyperparameters scaled to the budget (`tools/peers.py`, docs/peers.md). A peer's "
+             "top-1 is of its EMA weights, as its framework evaluates (the headline, chosen "
+             "before any run). \"vs recipe\" and \"minutes / recipe's\" compare each peer with "
+             "our recipe on the seeds the peer ran: its top-1 less ours, seed by seed, and its "
+             "minutes over ours. The last two columns give each run the weights, EMA or "
+             "trained, that its own validation top-1 prefers: the peer at its best that "
+             "validation can pick, a choice our recipe is not given.", ""]
     for name, group in _by_dataset(rows_of(data["peers"]["results"], per_seed)).items():
         head = []
         if name in ours:
