@@ -882,6 +882,23 @@ def test_ablations_refuse_report_seeds_and_file_other_tuning_seeds_apart(tmp_pat
     assert bench["ablation_key"]("fashion_mnist", 2) == "fashion_mnist, seed 2"
 
 
+def test_set_makes_a_recipe_of_its_own_and_is_refused_where_it_would_replace_the_recipes(
+        tmp_path, capsys):
+    """`--set` changes the recipe: refused (exit 2, before any work) for anything but quality,
+    and without a results file and report of its own (the headline ones stay the recipe's)."""
+    bench = _bench()
+    work = ["--work", str(tmp_path / "w")]
+    for argv in (["quality", "--set", "train.epochs=1", "--results", str(tmp_path / "r.json")],
+                 ["quality", "--set", "train.epochs=1", "--markdown", str(tmp_path / "r.md")],
+                 ["ablations", "--set", "train.epochs=1", "--results", str(tmp_path / "r.json"),
+                  "--markdown", str(tmp_path / "r.md")]):
+        with pytest.raises(SystemExit) as stop:
+            bench["main"]([*argv, "--quick", "--dataset", "digits", *work])
+        assert stop.value.code == 2
+        assert "--set makes a recipe of its own" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
+
+
 def test_variants_whose_runs_are_gone_are_kept_while_the_recipe_figures_are_the_same(
         quick, tmp_path, capsys):
     """A machine without the earlier runs (runs/ is not committed) keeps the earlier variants

@@ -285,11 +285,13 @@ def loop_job(work: Path, dataset: str, config: Config, kind: str = "noisy_studen
 
 
 def quality_one(work: Path, dataset: str, seed: int, quick: bool,
-                reuse_ceiling: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                reuse_ceiling: list[dict[str, Any]] | None = None,
+                changes: list[str] = ()) -> dict[str, Any]:
     """One seed: the loop, then labels-only on the same splits and the fully supervised ceiling
     (its own or the shared one, see SHARED_CEILING); with `reuse_ceiling` (earlier results'
-    seeds) the ceiling and its check are theirs, as made (their commit and epochs say so)."""
-    config = recipe_config(dataset, quick, [f"seed={seed}"])
+    seeds) the ceiling and its check are theirs, as made (their commit and epochs say so).
+    `changes`: overrides of the recipe (`--set`), for the loop and both baselines."""
+    config = recipe_config(dataset, quick, [f"seed={seed}", *changes])
     ns = noisy_student(config, loop_job(work, dataset, config))
     source = load_source(config.data)
     splits = make_splits(source, config.data, seed)
@@ -367,14 +369,17 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
-            earlier: dict[str, Any], reuse_ceiling: bool = False) -> dict[str, Any]:
+            earlier: dict[str, Any], reuse_ceiling: bool = False,
+            changes: list[str] = ()) -> dict[str, Any]:
     """Per data set: the new seeds, plus `earlier` results' seeds of the same recipe. The
     summary is over the report seeds (over all seeds when none is a report seed).
-    `reuse_ceiling`: the earlier results' ceiling, not one trained at this code (hours)."""
+    `reuse_ceiling`: the earlier results' ceiling, not one trained at this code (hours).
+    `changes`: overrides of the recipe (a recipe of their own: keep its results apart)."""
     results = {}
     for dataset in datasets:
         reused = earlier.get(dataset, {}).get("seeds", []) if reuse_ceiling else None
-        per_seed = [quality_one(work, dataset, seed, quick, reused) for seed in seeds]
+        per_seed = [quality_one(work, dataset, seed, quick, reused, changes)
+                    for seed in seeds]
         recipe = per_seed[0]["recipe"]
         kept = [s for s in earlier.get(dataset, {}).get("seeds", [])
                 if s["seed"] not in seeds and s.get("recipe") == recipe]
@@ -553,12 +558,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="quality: the fully supervised ceiling and its check as the results "
                         "hold them (made by the commit they name), not trained at this code: "
                         "on Fashion-MNIST they take hours")
+    p.add_argument("--set", dest="changes", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="quality: overrides of the recipe (e.g. a larger network); it is a "
+                        "recipe of its own, so give it its own --results and --markdown")
     p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
     p.add_argument("--work", type=Path, default=WORK,
                    help="where the runs go (default: %(default)s)")
     p.add_argument("--markdown", type=Path,
                    help="report to write (default: BENCHMARKS.md; with --quick, next to the JSON)")
     args = p.parse_args(argv)
+    if args.changes and (args.what != "quality" or not args.results or not args.markdown):
+        p.error("--set makes a recipe of its own: quality only, with its own --results and "
+                "--markdown (the headline results and BENCHMARKS.md stay the recipe's)")
     code_state()  # the commit this run starts from, whatever is committed while it runs
     path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     command = shlex.join(["python", "tools/benchmark.py",
@@ -568,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = args.seeds or ([TUNING_SEEDS[0]] if args.quick else list(REPORT_SEEDS))
         earlier = load_json(path).get("quality", {}) if path.is_file() else {}
         merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier,
-                                       args.reuse_ceiling), command)
+                                       args.reuse_ceiling, args.changes), command)
     if args.what in ("ablations", "all"):
         seeds = args.seeds or [TUNING_SEEDS[0]]
         if set(seeds) & set(REPORT_SEEDS):
