@@ -882,21 +882,79 @@ def test_ablations_refuse_report_seeds_and_file_other_tuning_seeds_apart(tmp_pat
     assert bench["ablation_key"]("fashion_mnist", 2) == "fashion_mnist, seed 2"
 
 
-def test_set_makes_a_recipe_of_its_own_and_is_refused_where_it_would_replace_the_recipes(
+def test_set_makes_a_recipe_of_its_own_refused_unless_filed_apart_under_a_name(
         tmp_path, capsys):
-    """`--set` changes the recipe: refused (exit 2, before any work) for anything but quality,
-    and without a results file and report of its own (the headline ones stay the recipe's)."""
+    """`--set` changes the recipe: refused (exit 2, before any work) without a --name to file
+    it apart, and, like --name, for anything but quality."""
     bench = _bench()
-    work = ["--work", str(tmp_path / "w")]
-    for argv in (["quality", "--set", "train.epochs=1", "--results", str(tmp_path / "r.json")],
-                 ["quality", "--set", "train.epochs=1", "--markdown", str(tmp_path / "r.md")],
-                 ["ablations", "--set", "train.epochs=1", "--results", str(tmp_path / "r.json"),
-                  "--markdown", str(tmp_path / "r.md")]):
+    rest = ["--quick", "--dataset", "digits", "--work", str(tmp_path / "w"), "--results",
+            str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]
+    for argv, said in ((["quality", "--set", "train.epochs=1"], "give it a --name"),
+                       (["ablations", "--set", "train.epochs=1", "--name", "x"], "for quality"),
+                       (["ablations", "--name", "x"], "for quality")):
         with pytest.raises(SystemExit) as stop:
-            bench["main"]([*argv, "--quick", "--dataset", "digits", *work])
-        assert stop.value.code == 2
-        assert "--set makes a recipe of its own" in capsys.readouterr().err
+            bench["main"]([*argv, *rest])
+        assert stop.value.code == 2 and said in capsys.readouterr().err
     assert not (tmp_path / "w").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_a_named_variant_is_filed_apart_and_its_changes_reach_the_loop(quick, tmp_path):
+    """`--name` alone: the recipe on its seeds, its jobs reused and the ceiling taken from the
+    headline results, filed under `variants` (the headline rows untouched) and shown in the
+    report. With `--set`, the loop runs the recipe with the changes and that seed."""
+    tmp, data = quick
+    shutil.copytree(tmp / "work", tmp_path / "work")
+    results, md = tmp_path / "r.json", tmp_path / "B.md"
+    shutil.copy(tmp / "r.json", results)
+    bench = _bench()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    bench["run"] = bench["train_supervised"] = no_training
+    args = ["quality", "--quick", "--dataset", "digits", "--reuse-ceiling", "--results",
+            str(results), "--markdown", str(md), "--work", str(tmp_path / "work")]
+    assert bench["main"]([*args, "--name", "again"]) == 0
+    after = json.loads(results.read_text())
+    assert after["quality"] == data["quality"]
+    (seed,) = after["variants"]["again"]["digits"]["seeds"]
+    (before,) = data["quality"]["digits"]["seeds"]
+    assert {k: v for k, v in seed.items() if k != "ceiling_model"} == {
+        k: v for k, v in before.items() if k != "ceiling_model"}
+    assert seed["ceiling_model"] == before["model"]
+    text = md.read_text()
+    assert "## The recipe changed: what other settings buy" in text
+    assert f"| again | (none) | 0 (tuning) | `{before['model']}` |" in text
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def record(config, job):
+        seen.append(config)
+        raise Stop
+
+    bench["noisy_student"] = record
+    with pytest.raises(Stop):
+        bench["main"]([*args, "--name", "longer", "--set", "train.epochs=3", "--seeds", "2"])
+    assert [(c.train.epochs, c.seed) for c in seen] == [(3, 2)]
+    assert json.loads(results.read_text()) == after  # nothing filed from a run that stopped
+
+
+def test_the_report_says_when_a_variant_is_measured_to_another_networks_ceiling():
+    section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["variants_section"]
+    q = _one_seed_quality(0.85, 0.88, 0.91)
+    q["changes"] = ['model.ladder=["big"]']
+    q["seeds"][0].update(model="big", ceiling_model="m")
+    q["summary"].update(noisy_student={"mean": 0.88, "std": 0.0, "n": 1},
+                        noisy_student_val={"mean": 0.85, "std": 0.0, "n": 1})
+    text = "\n".join(section({"big one": {"fm": q}}))
+    assert ("| big one | `model.ladder=[\"big\"]` | 100 (report) | `big` | 85.00 | 80.00 | 85.00 | "
+            "88.00 | 91.00 | 3.00 pts | 50.00 % (to `m`'s ceiling) | 1.0 |") in text
+    assert "\"big one\" measures its gap to the ceiling of `m`, not of its own network `big`" in text
+    q["seeds"][0]["ceiling_model"] = "big"
+    assert "measures its gap" not in "\n".join(section({"big one": {"fm": q}}))
 
 
 def test_variants_whose_runs_are_gone_are_kept_while_the_recipe_figures_are_the_same(

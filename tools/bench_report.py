@@ -105,6 +105,46 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None,
     return lines + _ceiling(seeds, current)
 
 
+def variants_section(variants: dict[str, Any], current: str | None = None) -> list[str]:
+    """The recipe changed (`benchmark.py quality --set ... --name`) or as it is on other seeds
+    (`--name` alone), per data set: a row per variant and seed set, with the same figures as the
+    headline's, and what its gap is measured to when that is another network's ceiling."""
+    lines = []
+    by_dataset: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, datasets in variants.items():
+        for dataset, q in datasets.items():
+            by_dataset.setdefault(dataset, []).append((name, q))
+    for dataset, rows in by_dataset.items():
+        table_rows, notes = [], []
+        for name, q in rows:
+            s, seeds = q["summary"], [x for x in q["seeds"]
+                                      if x["seed"] in q.get("summary_seeds", [])]
+            model = seeds[0]["model"]
+            others = sorted({x.get("ceiling_model", model) for x in seeds} - {model})
+            closed = mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"
+            if others:
+                closed += f" (to `{'`, `'.join(others)}`'s ceiling)"
+                notes.append(f"\"{name}\" measures its gap to the ceiling of "
+                             f"`{'`, `'.join(others)}`, not of its own network `{model}` (not "
+                             "trained: hours on this machine): were its own higher, the share "
+                             "closed would be lower.")
+            table_rows.append([
+                name, " ".join(f"`{c}`" for c in q.get("changes", [])) or "(none)",
+                ", ".join(f"{x['seed']} ({x['role']})" for x in seeds), f"`{model}`",
+                mean_std(s["labels_only"]), mean_std(s["teacher"]),
+                mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
+                mean_std(s["noisy_student"]), mean_std(s["supervised"]),
+                mean_std(s["gain"]) + " pts", closed,
+                " / ".join(minutes(x["noisy_student"]) for x in seeds),
+                ", ".join(made_by(x["noisy_student"], current) for x in seeds)])
+        lines += [f"### {dataset}", "", *table(
+            ["variant", "changes to the recipe", "seeds", "final network", "labels-only",
+             "round 0 teacher", "final student (validation)", "final student (test)",
+             "fully supervised", "gain", "gap closed", "NS minutes", "commit"], table_rows),
+            *(line for n in notes for line in (n, ""))]
+    return lines
+
+
 def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[str]:
     """The target's verdict, each part with the figure it was judged on."""
     goal = QUALITY_TARGETS.get(name)
@@ -776,6 +816,12 @@ def write(data: dict[str, Any], markdown: Path, plot: Path, current: str | None 
                                                       current))
         if _plot(data["quality"], plot):
             lines += [f"![test top-1 per round]({_relative(plot, markdown)})", ""]
+    if data.get("variants"):
+        lines += ["## The recipe changed: what other settings buy", "",
+                  "Each variant runs the quality benchmark on the seeds named, with the recipe's "
+                  "settings but its changes (for the loop and both baselines): test top-1 (%), "
+                  "as in the table above; on tuning seeds, a measurement of what more compute "
+                  "would buy, not a choice.", "", *variants_section(data["variants"], current)]
     if data.get("peers", {}).get("results"):
         lines += peers_section(data)
     if "ablations" in data:

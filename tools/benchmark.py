@@ -300,8 +300,9 @@ def quality_one(work: Path, dataset: str, seed: int, quick: bool,
                            splits.labeled.labels, steps, config.train.batch_size, splits)
     ceiling_seed = REPORT_SEEDS[0] if dataset in SHARED_CEILING and not quick else seed
     if reuse_ceiling is not None:
-        supervised, longer = earlier_ceiling(reuse_ceiling, dataset, ceiling_seed)
+        supervised, longer, ceiling_model = earlier_ceiling(reuse_ceiling, dataset, ceiling_seed)
     else:
+        ceiling_model = config.model_for(config.rounds)
         supervised, longer = ceiling(
             work, dataset, config.replace(seed=ceiling_seed), steps, quick,
             splits if ceiling_seed == seed else make_splits(source, config.data, ceiling_seed))
@@ -311,6 +312,7 @@ def quality_one(work: Path, dataset: str, seed: int, quick: bool,
             "recipe": recipe_fingerprint(config), **splits.record["counts"],
             "noisy_student": ns, "labels_only": labels_only, "supervised": supervised,
             "supervised_longer": longer, "ceiling_seed": ceiling_seed,
+            "ceiling_model": ceiling_model,
             "gain": ns["final_top1"] - labels_only["top1"],
             "gap_closed": (ns["final_top1"] - labels_only["top1"]) / gap if gap > 0 else None,
             "config": identity(config)}
@@ -335,12 +337,14 @@ def ceiling(work: Path, dataset: str, config: Config, steps: int, quick: bool,
                              splits), "overrides": overrides} for n in (steps, 2 * steps))
 
 
-def earlier_ceiling(seeds: list[dict[str, Any]], dataset: str,
-                    ceiling_seed: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The ceiling of seed `ceiling_seed` and its check from earlier results' seeds."""
+def earlier_ceiling(seeds: list[dict[str, Any]], dataset: str, ceiling_seed: int
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
+    """The ceiling of seed `ceiling_seed`, its check and its network from earlier results'
+    seeds."""
     for s in seeds:
         if s["seed"] == ceiling_seed and s.get("supervised"):
-            return s["supervised"], s.get("supervised_longer")
+            return (s["supervised"], s.get("supervised_longer"),
+                    s.get("ceiling_model", s["model"]))
     raise SystemExit(f"--reuse-ceiling: the results hold no {dataset} ceiling of seed "
                      f"{ceiling_seed}; run quality without it to train one")
 
@@ -369,15 +373,15 @@ def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
-            earlier: dict[str, Any], reuse_ceiling: bool = False,
+            earlier: dict[str, Any], ceilings: dict[str, Any] | None = None,
             changes: list[str] = ()) -> dict[str, Any]:
     """Per data set: the new seeds, plus `earlier` results' seeds of the same recipe. The
     summary is over the report seeds (over all seeds when none is a report seed).
-    `reuse_ceiling`: the earlier results' ceiling, not one trained at this code (hours).
-    `changes`: overrides of the recipe (a recipe of their own: keep its results apart)."""
+    `ceilings`: a quality section whose ceilings are taken, not trained at this code (hours).
+    `changes`: overrides of the recipe (a recipe of its own, filed apart as a variant)."""
     results = {}
     for dataset in datasets:
-        reused = earlier.get(dataset, {}).get("seeds", []) if reuse_ceiling else None
+        reused = ceilings.get(dataset, {}).get("seeds", []) if ceilings is not None else None
         per_seed = [quality_one(work, dataset, seed, quick, reused, changes)
                     for seed in seeds]
         recipe = per_seed[0]["recipe"]
@@ -386,7 +390,8 @@ def quality(work: Path, datasets: list[str], seeds: list[int], quick: bool,
         per_seed = sorted(kept + per_seed, key=lambda s: s["seed"])
         report = [s for s in per_seed if s["role"] == "report"] or per_seed
         results[dataset] = {"recipe": recipe, "seeds": per_seed, "summary": summarize(report),
-                            "summary_seeds": [s["seed"] for s in report]}
+                            "summary_seeds": [s["seed"] for s in report],
+                            **({"changes": list(changes)} if changes else {})}
     return results
 
 
@@ -559,17 +564,22 @@ def main(argv: list[str] | None = None) -> int:
                         "hold them (made by the commit they name), not trained at this code: "
                         "on Fashion-MNIST they take hours")
     p.add_argument("--set", dest="changes", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="quality: overrides of the recipe (e.g. a larger network); it is a "
-                        "recipe of its own, so give it its own --results and --markdown")
+                   help="quality: overrides of the recipe (a larger network, say): a recipe "
+                        "of its own, filed apart under --name")
+    p.add_argument("--name", help="quality: file the seeds apart as a variant of this name "
+                                  "(the recipe with --set, or as it is on other seeds), shown "
+                                  "beside the recipe; the headline rows stay the recipe's")
     p.add_argument("--results", type=Path, help="results JSON (default by --quick)")
     p.add_argument("--work", type=Path, default=WORK,
                    help="where the runs go (default: %(default)s)")
     p.add_argument("--markdown", type=Path,
                    help="report to write (default: BENCHMARKS.md; with --quick, next to the JSON)")
     args = p.parse_args(argv)
-    if args.changes and (args.what != "quality" or not args.results or not args.markdown):
-        p.error("--set makes a recipe of its own: quality only, with its own --results and "
-                "--markdown (the headline results and BENCHMARKS.md stay the recipe's)")
+    if (args.changes or args.name) and args.what != "quality":
+        p.error("--set and --name are for quality")
+    if args.changes and not args.name:
+        p.error("--set makes a recipe of its own: give it a --name to file it apart (the "
+                "headline rows stay the recipe's)")
     code_state()  # the commit this run starts from, whatever is committed while it runs
     path = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     command = shlex.join(["python", "tools/benchmark.py",
@@ -577,9 +587,16 @@ def main(argv: list[str] | None = None) -> int:
     datasets = ["digits", "fashion_mnist"] if args.dataset == "both" else [args.dataset]
     if args.what in ("quality", "all"):
         seeds = args.seeds or ([TUNING_SEEDS[0]] if args.quick else list(REPORT_SEEDS))
-        earlier = load_json(path).get("quality", {}) if path.is_file() else {}
-        merge(path, "quality", quality(args.work, datasets, seeds, args.quick, earlier,
-                                       args.reuse_ceiling, args.changes), command)
+        data = load_json(path) if path.is_file() else {}
+        ceilings = data.get("quality", {}) if args.reuse_ceiling else None
+        if args.name:  # a variant: its own earlier seeds, the recipe's ceilings
+            earlier = data.get("variants", {}).get(args.name, {})
+            merge(path, "variants", {args.name: {**earlier, **quality(
+                args.work, datasets, seeds, args.quick, earlier, ceilings, args.changes)}},
+                command)
+        else:
+            merge(path, "quality", quality(args.work, datasets, seeds, args.quick,
+                                           data.get("quality", {}), ceilings), command)
     if args.what in ("ablations", "all"):
         seeds = args.seeds or [TUNING_SEEDS[0]]
         if set(seeds) & set(REPORT_SEEDS):
