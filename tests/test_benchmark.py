@@ -942,19 +942,35 @@ def test_a_named_variant_is_filed_apart_and_its_changes_reach_the_loop(quick, tm
     assert json.loads(results.read_text()) == after  # nothing filed from a run that stopped
 
 
-def test_the_report_says_when_a_variant_is_measured_to_another_networks_ceiling():
+def test_the_report_shows_variants_beside_the_recipe_on_the_same_seeds():
+    """The recipe's row first; a note when a variant's gap is measured to another network's
+    ceiling; each changed variant against the recipe on the same seeds, computed by hand."""
     section = runpy.run_path(str(ROOT / "tools" / "bench_report.py"))["variants_section"]
-    q = _one_seed_quality(0.85, 0.88, 0.91)
-    q["changes"] = ['model.ladder=["big"]']
-    q["seeds"][0].update(model="big", ceiling_model="m")
-    q["summary"].update(noisy_student={"mean": 0.88, "std": 0.0, "n": 1},
-                        noisy_student_val={"mean": 0.85, "std": 0.0, "n": 1})
-    text = "\n".join(section({"big one": {"fm": q}}))
-    assert ("| big one | `model.ladder=[\"big\"]` | 100 (report) | `big` | 85.00 | 80.00 | 85.00 | "
-            "88.00 | 91.00 | 3.00 pts | 50.00 % (to `m`'s ceiling) | 1.0 |") in text
+
+    def variant(final, val, seconds, changes=()):
+        q = _one_seed_quality(0.85, final, 0.91)
+        q["seeds"][0]["noisy_student"]["seconds"] = seconds
+        q["summary"].update(noisy_student={"mean": final, "std": 0.0, "n": 1},
+                            noisy_student_val={"mean": val, "std": 0.0, "n": 1})
+        if changes:
+            q["changes"] = list(changes)
+            q["seeds"][0].update(model="big", ceiling_model="m")
+        return q
+
+    big = variant(0.88, 0.85, 150.0, ['model.ladder=["big"]'])
+    lines = section({"big one": {"fm": big}, "recipe": {"fm": variant(0.87, 0.84, 60.0)}})
+    text = "\n".join(lines)
+    assert text.index("| recipe | (none) |") < text.index("| big one |")
+    assert ("| big one | `model.ladder=[\"big\"]` | 100 (report) | `big` | 85.00 | 80.00 | "
+            "85.00 | 88.00 | 91.00 | 3.00 pts | 50.00 % (to `m`'s ceiling) | 2.5 |") in text
     assert "\"big one\" measures its gap to the ceiling of `m`, not of its own network `big`" in text
-    q["seeds"][0]["ceiling_model"] = "big"
-    assert "measures its gap" not in "\n".join(section({"big one": {"fm": q}}))
+    # validation 85 - 84, test 88 - 87, share 3/6 - 2/6 = 16.67 points, minutes 150 / 60
+    assert ("\"big one\" against the recipe on the same seeds (100): final student on "
+            "validation +1.00 points, on test +1.00 points, share of the gap +16.67 points, in "
+            "2.50 times the minutes.") in lines
+    big["seeds"][0]["ceiling_model"] = "big"
+    alone = "\n".join(section({"big one": {"fm": big}}))
+    assert "measures its gap" not in alone and "against the recipe" not in alone
 
 
 def test_variants_whose_runs_are_gone_are_kept_while_the_recipe_figures_are_the_same(

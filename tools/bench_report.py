@@ -107,42 +107,77 @@ def quality_section(name: str, q: dict[str, Any], current: str | None = None,
 
 def variants_section(variants: dict[str, Any], current: str | None = None) -> list[str]:
     """The recipe changed (`benchmark.py quality --set ... --name`) or as it is on other seeds
-    (`--name` alone), per data set: a row per variant and seed set, with the same figures as the
-    headline's, and what its gap is measured to when that is another network's ceiling."""
-    lines = []
+    (`--name` alone), per data set: a row per variant, the recipe's rows first, with the same
+    figures as the headline's; what a variant's gap is measured to when that is another
+    network's ceiling; and each changed variant against the recipe on the same seeds."""
     by_dataset: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for name, datasets in variants.items():
+    for name, datasets in sorted(variants.items(), key=lambda v: (
+            any(q.get("changes") for q in v[1].values()), v[0])):
         for dataset, q in datasets.items():
             by_dataset.setdefault(dataset, []).append((name, q))
+    lines = []
     for dataset, rows in by_dataset.items():
-        table_rows, notes = [], []
-        for name, q in rows:
-            s, seeds = q["summary"], [x for x in q["seeds"]
-                                      if x["seed"] in q.get("summary_seeds", [])]
-            model = seeds[0]["model"]
-            others = sorted({x.get("ceiling_model", model) for x in seeds} - {model})
-            closed = mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"
-            if others:
-                closed += f" (to `{'`, `'.join(others)}`'s ceiling)"
-                notes.append(f"\"{name}\" measures its gap to the ceiling of "
-                             f"`{'`, `'.join(others)}`, not of its own network `{model}` (not "
-                             "trained: hours on this machine): were its own higher, the share "
-                             "closed would be lower.")
-            table_rows.append([
-                name, " ".join(f"`{c}`" for c in q.get("changes", [])) or "(none)",
-                ", ".join(f"{x['seed']} ({x['role']})" for x in seeds), f"`{model}`",
-                mean_std(s["labels_only"]), mean_std(s["teacher"]),
-                mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
-                mean_std(s["noisy_student"]), mean_std(s["supervised"]),
-                mean_std(s["gain"]) + " pts", closed,
-                " / ".join(minutes(x["noisy_student"]) for x in seeds),
-                ", ".join(made_by(x["noisy_student"], current) for x in seeds)])
+        said = [_variant_row(name, q, current) for name, q in rows]
+        texts = [note for _, note in said] + [_against_recipe(n, q, rows) for n, q in rows]
         lines += [f"### {dataset}", "", *table(
             ["variant", "changes to the recipe", "seeds", "final network", "labels-only",
              "round 0 teacher", "final student (validation)", "final student (test)",
-             "fully supervised", "gain", "gap closed", "NS minutes", "commit"], table_rows),
-            *(line for n in notes for line in (n, ""))]
+             "fully supervised", "gain", "gap closed", "NS minutes", "commit"],
+            [row for row, _ in said]),
+            *(line for text in texts if text for line in (text, ""))]
     return lines
+
+
+def _summary_seeds(q: dict[str, Any]) -> list[dict[str, Any]]:
+    return [x for x in q["seeds"] if x["seed"] in q.get("summary_seeds", [])]
+
+
+def _variant_row(name: str, q: dict[str, Any], current: str | None) -> tuple[list[str], str]:
+    """A variant's row, and a note when its gap is measured to another network's ceiling."""
+    s, seeds = q["summary"], _summary_seeds(q)
+    model = seeds[0]["model"]
+    others = ", ".join(f"`{m}`" for m in sorted(
+        {x.get("ceiling_model", model) for x in seeds} - {model}))
+    closed = mean_std(s["gap_closed"]) + " %" if "gap_closed" in s else "-"
+    note = ""
+    if others:
+        closed += f" (to {others}'s ceiling)"
+        note = (f"\"{name}\" measures its gap to the ceiling of {others}, not of its own "
+                f"network `{model}` (not trained: hours on this machine): were its own higher, "
+                "the share closed would be lower.")
+    return [name, " ".join(f"`{c}`" for c in q.get("changes", [])) or "(none)",
+            ", ".join(f"{x['seed']} ({x['role']})" for x in seeds), f"`{model}`",
+            mean_std(s["labels_only"]), mean_std(s["teacher"]),
+            mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
+            mean_std(s["noisy_student"]), mean_std(s["supervised"]),
+            mean_std(s["gain"]) + " pts", closed,
+            " / ".join(minutes(x["noisy_student"]) for x in seeds),
+            ", ".join(made_by(x["noisy_student"], current) for x in seeds)], note
+
+
+def _against_recipe(name: str, q: dict[str, Any],
+                    rows: list[tuple[str, dict[str, Any]]]) -> str:
+    """A changed variant against the recipe's row (no changes) on the same seeds: the final
+    student on validation and test, the share of the gap, and the minutes, as ratios."""
+    seeds = [x["seed"] for x in _summary_seeds(q)]
+    base = next((b for _, b in rows if not b.get("changes")
+                 and [x["seed"] for x in _summary_seeds(b)] == seeds), None)
+    if not q.get("changes") or base is None:
+        return ""
+    s, b = q["summary"], base["summary"]
+
+    def points(key: str) -> str:
+        return f"{100 * (s[key]['mean'] - b[key]['mean']):+.2f}"
+
+    def total(x: dict[str, Any]) -> float:
+        return sum(y["noisy_student"]["seconds"] for y in _summary_seeds(x))
+    shared = [k for k in ("noisy_student_val", "noisy_student", "gap_closed")
+              if k in s and k in b]
+    what = {"noisy_student_val": "final student on validation",
+            "noisy_student": "on test", "gap_closed": "share of the gap"}
+    return (f"\"{name}\" against the recipe on the same seeds ({', '.join(map(str, seeds))}): "
+            + ", ".join(f"{what[k]} {points(k)} points" for k in shared)
+            + f", in {total(q) / total(base):.2f} times the minutes.")
 
 
 def _target(name: str, s: dict[str, Any], seeds: list[dict[str, Any]]) -> list[str]:

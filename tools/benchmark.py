@@ -627,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         markdown, plot = args.markdown or path.with_suffix(".md"), path.with_suffix(".png")
     else:
-        markdown, plot = args.markdown or ROOT / "BENCHMARKS.md", RESULTS.with_name("rounds.png")
+        markdown = args.markdown or ROOT / "BENCHMARKS.md"
+        official = path.resolve() == RESULTS.resolve()
+        plot = RESULTS.with_name("rounds.png") if official else path.with_suffix(".png")
     bench_report.write(data, markdown, plot, package_code())
     print(f"results: {path}\nreport: {markdown}\nplot: {plot}")
     return 0
