@@ -129,7 +129,9 @@ def variants_section(variants: dict[str, Any], current: str | None = None) -> li
 
 
 def _summary_seeds(q: dict[str, Any]) -> list[dict[str, Any]]:
-    return [x for x in q["seeds"] if x["seed"] in q.get("summary_seeds", [])]
+    """The seeds a quality result's summary is over (all of them when it does not say)."""
+    used = q.get("summary_seeds")
+    return [x for x in q["seeds"] if used is None or x["seed"] in used]
 
 
 def _variant_row(name: str, q: dict[str, Any], current: str | None) -> tuple[list[str], str]:
