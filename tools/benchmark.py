@@ -539,7 +539,42 @@ def merge_and_report(path: Path, section: str, value: dict[str, Any], command: s
                        path.with_name("rounds.png"), package_code())
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_quality(args: argparse.Namespace, path: Path, datasets: list[str],
+                command: str) -> None:
+    """The quality seeds, filed under `quality` or, with --name, apart under `variants`."""
+    seeds = args.seeds or ([TUNING_SEEDS[0]] if args.quick else list(REPORT_SEEDS))
+    data = load_json(path) if path.is_file() else {}
+    ceilings = data.get("quality", {}) if args.reuse_ceiling else None
+    if args.name:  # a variant: its own earlier seeds, the recipe's ceilings
+        earlier = data.get("variants", {}).get(args.name, {})
+        merge(path, "variants", {args.name: {**earlier, **quality(
+            args.work, datasets, seeds, args.quick, earlier, ceilings, args.changes)}},
+            command)
+    else:
+        merge(path, "quality", quality(args.work, datasets, seeds, args.quick,
+                                       data.get("quality", {}), ceilings), command)
+
+
+def run_ablations(args: argparse.Namespace, path: Path, datasets: list[str],
+                  command: str) -> None:
+    """Each ablation seed read on its own, its variants saved as each one finishes."""
+    seeds = args.seeds or [TUNING_SEEDS[0]]
+    if set(seeds) & set(REPORT_SEEDS):
+        raise SystemExit(f"ablations make choices: they run on tuning seeds, not on the "
+                         f"report seeds {', '.join(map(str, REPORT_SEEDS))}")
+    tries = {t[0]: t[1:] for t in args.tries}
+    only = None if args.variants is None and not tries else [*(args.variants or []), *tries]
+    earlier = load_json(path).get("ablations", {}) if path.is_file() else {}
+    for dataset in datasets:
+        for seed in seeds:
+            known = {**earlier_tries(earlier.get(ablation_key(dataset, seed), {})), **tries}
+            merge(path, "ablations", ablations(
+                args.work, dataset, args.quick, seed, only=only, tries=known,
+                save=lambda part: merge(path, "ablations", part, command),
+                earlier=earlier.get(ablation_key(dataset, seed))), command)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=["quality", "ablations", "speed", "peers", "all", "report"])
     p.add_argument("--dataset", choices=["digits", "fashion_mnist", "both"], default="both")
@@ -574,6 +609,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="where the runs go (default: %(default)s)")
     p.add_argument("--markdown", type=Path,
                    help="report to write (default: BENCHMARKS.md; with --quick, next to the JSON)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if (args.changes or args.name) and args.what != "quality":
         p.error("--set and --name are for quality")
@@ -586,32 +626,9 @@ def main(argv: list[str] | None = None) -> int:
                           *(argv if argv is not None else sys.argv[1:])])
     datasets = ["digits", "fashion_mnist"] if args.dataset == "both" else [args.dataset]
     if args.what in ("quality", "all"):
-        seeds = args.seeds or ([TUNING_SEEDS[0]] if args.quick else list(REPORT_SEEDS))
-        data = load_json(path) if path.is_file() else {}
-        ceilings = data.get("quality", {}) if args.reuse_ceiling else None
-        if args.name:  # a variant: its own earlier seeds, the recipe's ceilings
-            earlier = data.get("variants", {}).get(args.name, {})
-            merge(path, "variants", {args.name: {**earlier, **quality(
-                args.work, datasets, seeds, args.quick, earlier, ceilings, args.changes)}},
-                command)
-        else:
-            merge(path, "quality", quality(args.work, datasets, seeds, args.quick,
-                                           data.get("quality", {}), ceilings), command)
+        run_quality(args, path, datasets, command)
     if args.what in ("ablations", "all"):
-        seeds = args.seeds or [TUNING_SEEDS[0]]
-        if set(seeds) & set(REPORT_SEEDS):
-            raise SystemExit(f"ablations make choices: they run on tuning seeds, not on the "
-                             f"report seeds {', '.join(map(str, REPORT_SEEDS))}")
-        tries = {t[0]: t[1:] for t in args.tries}
-        only = None if args.variants is None and not tries else [*(args.variants or []), *tries]
-        earlier = load_json(path).get("ablations", {}) if path.is_file() else {}
-        for dataset in datasets:
-            for seed in seeds:
-                known = {**earlier_tries(earlier.get(ablation_key(dataset, seed), {})), **tries}
-                merge(path, "ablations", ablations(
-                    args.work, dataset, args.quick, seed, only=only, tries=known,
-                    save=lambda part: merge(path, "ablations", part, command),
-                    earlier=earlier.get(ablation_key(dataset, seed))), command)
+        run_ablations(args, path, datasets, command)
     if args.what in ("speed", "all"):
         digits = recipe_config("digits", args.quick, [f"seed={TUNING_SEEDS[0]}"])
         digits_job = loop_job(args.work, "digits", digits)
