@@ -536,7 +536,7 @@ def peers_section(data: dict[str, Any]) -> list[str]:
     ours = {name: q["summary"] for name, q in quality.items()}
     per_seed = {name: {s["seed"]: {"top1": s["noisy_student"]["rounds"][-1]["student_top1"],
                                    "minutes": s["noisy_student"]["seconds"] / 60}
-                       for s in q["seeds"] if s["seed"] in q.get("summary_seeds", [s["seed"]])}
+                       for s in _summary_seeds(q)}
                 for name, q in quality.items()}
     minutes = {name: statistics.fmean(s["minutes"] for s in seeds.values())
                for name, seeds in per_seed.items()}
@@ -557,7 +557,7 @@ def peers_section(data: dict[str, Any]) -> list[str]:
             s = ours[name]
             head = [["Noisy Student (this project)", "noisy-student", mean_std(s["noisy_student"]),
                      mean_std(s["noisy_student_val"]) if "noisy_student_val" in s else "-",
-                     ", ".join(map(str, quality[name].get("summary_seeds", []))),
+                     ", ".join(str(x["seed"]) for x in _summary_seeds(quality[name])),
                      f"{minutes[name]:.1f}", "", "1.00", "", ""]]
         rows = [[r["method"], f"{r['framework']} {r['framework_version']}",
                  mean_std(r["test_top1"]),
@@ -596,8 +596,8 @@ def _peers_made_apart(name: str, quality: dict[str, Any],
         return (p.get("package_code") or p["commit"], p["commit"][:8],
                 (p.get("machine") or {}).get("cpu"))
 
-    ours = [s["noisy_student"].get("provenance") or {} for s in quality.get("seeds", [])
-            if s["seed"] in quality.get("summary_seeds", [s["seed"]])]
+    ours = [s["noisy_student"].get("provenance") or {}
+            for s in (_summary_seeds(quality) if quality else [])]
     mine = {made(p) for p in ours if p.get("commit")}
     theirs = {made(r) for r in results if r.get("commit")}
     if not mine or not theirs:
