@@ -107,6 +107,23 @@ def test_teacher_is_unnoised_and_stays_frozen():
         make_pseudo_labels(model, images, [0.5], [0.25], cfg, 1.0, {})
 
 
+def test_labeling_on_a_gpu_queues_the_next_batch_before_reading_one_back():
+    """`_one_ahead` (CUDA's labeling order): batch k is handed over, and so read back to the
+    host, only once batch k + 1 has been launched; every batch comes once, in order."""
+    from noisy_student.inference import _one_ahead
+
+    launched = []
+
+    def launch():
+        for k in range(3):
+            launched.append(k)
+            yield k
+
+    handed = [(k, list(launched)) for k in _one_ahead(launch())]
+    assert handed == [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2])]
+    assert list(_one_ahead(iter([]))) == []
+
+
 def test_a_class_without_pseudo_labels_is_reported_with_a_threshold_that_helps():
     from noisy_student.pseudo_label import coverage_warning
 

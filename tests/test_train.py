@@ -232,6 +232,74 @@ def test_reading_step_outcomes_once_per_log_line_trains_as_reading_every_step(mo
                model=_NaNAt({2, 4}))  # read at the epoch's end: still named by its step
 
 
+@pytest.mark.parametrize("distillation", ["hard", "kd"])
+def test_deferred_steps_read_nothing_from_the_device_between_log_lines(monkeypatch,
+                                                                        distillation):
+    """The GPU path's steps (a student, its noise made per batch on the device, stochastic
+    depth and dropout, a fused optimizer) ask the device for no value between log lines: every
+    `.item()`, `bool()`, `float()` and data-dependent shape (what waits for a GPU) is counted
+    by a dispatch mode, here on the CPU. The only reads are the first step's (the optimizer has
+    no momentum yet) and the pending records', at every `log_every`-th step and epoch end."""
+    import functools
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import noisy_student.train as train
+    from noisy_student.models import create_model
+    from noisy_student.noise_batch import BatchNoise
+
+    waits = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+    def waits_for_the_device(func, args):  # a value read, or a shape made from values
+        name = func.__name__.split(".")[0]
+        return name in waits or (name in ("index", "index_put", "index_put_") and any(
+            i is not None and i.dtype == torch.bool for i in args[1]))  # a boolean mask
+    outside, read_at = [], []  # (step, op) of a read in a step; steps at which records are read
+
+    class Reads(TorchDispatchMode):
+        def __init__(self, trainer):
+            super().__init__()
+            self.trainer = trainer
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if waits_for_the_device(func, args) and not self.trainer.reading:
+                outside.append((self.trainer.state.step, func.__name__))
+            return func(*args, **(kwargs or {}))
+
+    epoch, read_steps = train.Trainer._epoch, train.Trainer._read_steps
+
+    def counted_epoch(self, k):
+        with Reads(self):
+            epoch(self, k)
+
+    def counted_read_steps(self):
+        self.reading = True
+        read_at.extend([self.state.step] if self.pending else [])
+        read_steps(self)
+        self.reading = False
+
+    monkeypatch.setattr(train.Trainer, "_epoch", counted_epoch)
+    monkeypatch.setattr(train.Trainer, "_read_steps", counted_read_steps)
+    monkeypatch.setattr(train.Trainer, "reading", False, raising=False)
+    monkeypatch.setattr(train, "build_optimizer", functools.partial(build_optimizer, fused=True))
+    rng, n = np.random.default_rng(0), 40
+    images = rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
+    classes = np.arange(n) % 3
+    targets = classes if distillation == "hard" else np.eye(3, dtype=np.float32)[classes]
+    torch.manual_seed(0)
+    model = create_model("cnn_tiny", num_classes=3, in_chans=1, drop_rate=0.5,
+                         drop_path_rate=0.2)
+    loss = build_student_loss(LossConfig(distillation=distillation, label_smoothing=0.1))
+    data = TrainData(NoisedDataset(images, classes, None, [0.5], [0.25], 0),
+                     NoisedDataset(images, targets, None, [0.5], [0.25], 1), epochs=2,
+                     batch_noise=BatchNoise(2, 9, True, 2, channels=1))
+    cfg = TrainConfig(batch_size=4, unlabeled_ratio=2, device="cpu", log_every=3)
+    result = train_model(model, loss, cfg, torch.device("cpu"), data, TrainHooks("t"))
+    assert result.steps == 10 and len(result.history) == 2  # 5 steps an epoch, 8 items a step
+    assert outside == [(0, "_local_scalar_dense.default")]  # bool(finite), before momentum
+    assert read_at == [3, 5, 6, 9, 10]  # log lines (every 3 steps) and epoch ends
+
+
 def test_out_of_gpu_memory_names_the_batch_settings():
     class _OOM(_Linear):
         def forward(self, x):
