@@ -190,6 +190,10 @@ def test_ratios_come_from_measured_times(quick, speed_training):
     assert noise["noised_train_images_per_second"] == pytest.approx(noised[0].images_per_second)
     assert torch_backend["images_per_second"] == pytest.approx(noised[1].images_per_second)
     assert torch_backend["noise_images_per_second"] > 0  # timed inside bench_speed alone
+    clean = next(r for tag, r in speed_training if tag == "clean")  # the same, noise off
+    assert torch_backend["clean_images_per_second"] == pytest.approx(clean.images_per_second)
+    assert torch_backend["noise_step_share"] == pytest.approx(
+        1 - noised[1].images_per_second / clean.images_per_second)
     # train.amp_cpu off and on, the last two timed runs, each against its own bare loop
     variants = data["speed"]["cpu_variants"]
     timed = [r for tag, r in speed_training if tag == "speed"][-2:]

@@ -52,7 +52,10 @@ def test_tiny_runs_every_part_and_each_figure_follows_from_its_timings(tiny):
     noise = parts["noise"]
     assert noise["supply_over_demand_per_worker"] == pytest.approx(
         noise["noise_images_per_second_per_worker"] / noise["train_consumes_images_per_second"])
-    assert 0 <= noise["torch_backend"]["data_wait_fraction"] < 1
+    tb = noise["torch_backend"]
+    assert 0 <= tb["data_wait_fraction"] < 1
+    assert tb["noise_step_share"] == pytest.approx(
+        1 - tb["images_per_second"] / tb["clean_images_per_second"])
     pl = parts["pseudo_label"]
     assert pl["speed_ratio"] == pytest.approx(
         pl["framework_images_per_second"] / pl["bare_images_per_second"])

@@ -136,7 +136,9 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     """The noise pipeline's images/s in one process (one worker) against what training
     consumes, and the share of a real (noised) training run spent waiting for data with the
     recipe's workers (and with each count in `workers`); the same for the torch backend
-    (`noise_batch.BatchNoise` on whole batches on `device`, no workers)."""
+    (`noise_batch.BatchNoise` on whole batches on `device`, no workers), with the share of its
+    step time the noise costs against the same training on clean images. Each training run
+    takes at least `steps` steps (over the `n` images again as needed)."""
     images, labels, targets, model, loss = _setup(config, n, shape=shape)
     nz = config.noise
     noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, shape[2])
@@ -149,15 +151,16 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     b_pse = t.batch_size * t.unlabeled_ratio
     pse = NoisedDataset(images[:b_pse * steps], targets[:b_pse * steps], noise, [0.5], [0.25], 1)
 
-    def noised_run(num_workers: int, batch_noise: BatchNoise | None = None) -> dict[str, float]:
+    def noised_run(num_workers: int, batch_noise: BatchNoise | None = None,
+                   clean: bool = False) -> dict[str, float]:
         lab_, pse_ = data, pse
-        if batch_noise is not None:  # clean items; the noise runs on whole batches on `device`
+        if batch_noise is not None or clean:  # clean items (noised as whole batches, if at all)
             lab_ = NoisedDataset(images, labels, None, [0.5], [0.25], 0)
             pse_ = NoisedDataset(pse.images, pse.targets.numpy(), None, [0.5], [0.25], 1)
         result = train_model(copy.deepcopy(model), loss, dataclasses.replace(t, device=device.type),
-                             device, TrainData(lab_, pse_, num_workers=num_workers,
-                                               batch_noise=batch_noise),
-                             TrainHooks("noised", eval_times=0))
+                             device, TrainData(lab_, pse_, min_steps=steps,  # n may be fewer
+                                               num_workers=num_workers, batch_noise=batch_noise),
+                             TrainHooks("clean" if clean else "noised", eval_times=0))
         return {"data_wait_fraction": result.timing["data_wait"] / result.seconds,
                 "images_per_second": result.images_per_second}
 
@@ -175,6 +178,11 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     _sync(device)
     torch_backend = {"noise_images_per_second": done / (time.perf_counter() - start),
                      **noised_run(0, batch_noise)}
+    # what the noise costs the step, as a share of it: on a GPU the host's timers see kernel
+    # launches, not the device waiting for data, so the same training without noise says it
+    clean = noised_run(0, clean=True)["images_per_second"]
+    torch_backend.update(clean_images_per_second=clean,
+                         noise_step_share=1 - torch_backend["images_per_second"] / clean)
     return {"noise_images_per_second_per_worker": per_worker,
             "train_consumes_images_per_second": consume_images_per_second,
             "supply_over_demand_per_worker": per_worker / consume_images_per_second,

@@ -13,7 +13,8 @@ Parts, in order (each records its peak GPU memory):
                 (64 + 192); target <= 1.10
   noise         noised training with noise.backend "torch" (whole batches on the device, no
                 worker) and "albumentations" (DataLoader workers: the machine's cores less one):
-                images/s and the share of the time spent waiting for data (target < 10%, torch)
+                images/s, the host's time in the data path, and the step time the noise costs
+                against the same training on clean images (target < 10%, torch)
   pseudo_label  `predict_logits` against a bare `model(x)` loop: images/s (target >= 0.9)
   compile       `train.compile`: seconds spent compiling, steady-state speed-up of the step
   torchrun      one short round of the digits recipe under torchrun, one process (nccl on CUDA)
@@ -84,7 +85,7 @@ class Setting:
 
 FULL = {"tiny": False, "train_step": [Setting("wrn_28_2", (32, 32, 3), 64, 7, 100),
                        Setting("tv_resnet50", (224, 224, 3), 64, 3, 40)],
-        "noise": Setting("wrn_28_2", (32, 32, 3), 64, 7, 20), "noise_images": 3000,
+        "noise": Setting("wrn_28_2", (32, 32, 3), 64, 7, 60), "noise_images": 3000,
         "pseudo_label": Setting("wrn_28_2", (32, 32, 3), 0, 0, 0), "pseudo_images": 20_000,
         "compile": Setting("wrn_28_2", (32, 32, 3), 64, 7, 30)}
 TINY = {"tiny": True, "train_step": [Setting("wrn_28_2", (32, 32, 3), 4, 2, 2),
