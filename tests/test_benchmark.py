@@ -163,9 +163,9 @@ def test_ratios_come_from_measured_times(quick, speed_training):
     _, data = quick
     cpu = data["speed"]["cpu"]
     step = cpu["train_step"]
-    # the first timed run and the first two noised runs are the CPU's (then CUDA's, if any)
+    # the first timed run and the first three noised runs are the CPU's (then CUDA's, if any)
     framework = next(r for tag, r in speed_training if tag == "speed")
-    noised = [r for tag, r in speed_training if tag == "noised"][:2]
+    noised = [r for tag, r in speed_training if tag == "noised"][:3]
     fashion = runpy.run_path(str(ROOT / "recipes" / "fashion_mnist.py"))["make_config"]().train
     assert step["batch"] == fashion.batch_size * (1 + fashion.unlabeled_ratio)
     assert step["steps"] == framework.steps
@@ -183,17 +183,20 @@ def test_ratios_come_from_measured_times(quick, speed_training):
         noise["noise_images_per_second_per_worker"] / noise["train_consumes_images_per_second"])
     assert noise["train_consumes_images_per_second"] == pytest.approx(
         step["bare_images_per_second"])
-    torch_backend = noise["torch_backend"]
-    for figures, run in ((noise, noised[0]), (torch_backend, noised[1])):
-        assert figures["data_wait_fraction"] == pytest.approx(
-            run.timing["data_wait"] / run.seconds)
+    assert noise["data_wait_fraction"] == pytest.approx(
+        noised[0].timing["data_wait"] / noised[0].seconds)
     assert noise["noised_train_images_per_second"] == pytest.approx(noised[0].images_per_second)
-    assert torch_backend["images_per_second"] == pytest.approx(noised[1].images_per_second)
-    assert torch_backend["noise_images_per_second"] > 0  # timed inside bench_speed alone
-    clean = next(r for tag, r in speed_training if tag == "clean")  # the same, noise off
-    assert torch_backend["clean_images_per_second"] == pytest.approx(clean.images_per_second)
-    assert torch_backend["noise_step_share"] == pytest.approx(
-        1 - noised[1].images_per_second / clean.images_per_second)
+    # the torch backend: two noised runs, each followed by the same training on clean images
+    tb, batch_noised = noise["torch_backend"], noised[1:3]
+    clean = [r for tag, r in speed_training if tag == "clean"][:2]
+    assert tb["data_wait_fraction"] == pytest.approx(
+        statistics.fmean([r.timing["data_wait"] / r.seconds for r in batch_noised]))
+    noised_ips, clean_ips = (statistics.fmean([r.images_per_second for r in runs])
+                             for runs in (batch_noised, clean))
+    assert tb["images_per_second"] == pytest.approx(noised_ips)
+    assert tb["clean_images_per_second"] == pytest.approx(clean_ips)
+    assert tb["noise_step_share"] == pytest.approx(1 - noised_ips / clean_ips)
+    assert tb["noise_images_per_second"] > 0  # timed inside bench_speed alone
     # train.amp_cpu off and on, the last two timed runs, each against its own bare loop
     variants = data["speed"]["cpu_variants"]
     timed = [r for tag, r in speed_training if tag == "speed"][-2:]

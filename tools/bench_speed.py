@@ -137,8 +137,9 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     consumes, and the share of a real (noised) training run spent waiting for data with the
     recipe's workers (and with each count in `workers`); the same for the torch backend
     (`noise_batch.BatchNoise` on whole batches on `device`, no workers), with the share of its
-    step time the noise costs against the same training on clean images. Each training run
-    takes at least `steps` steps (over the `n` images again as needed)."""
+    step time the noise costs against the same training on clean images (each twice,
+    alternated; means). Each training run takes at least `steps` steps (over the `n` images
+    again as needed)."""
     images, labels, targets, model, loss = _setup(config, n, shape=shape)
     nz = config.noise
     noise = build_noise(nz.enabled, nz.num_ops, nz.magnitude, nz.flip, nz.crop_padding, shape[2])
@@ -176,13 +177,18 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
         batch_noise(x, g)
         done += len(x)
     _sync(device)
-    torch_backend = {"noise_images_per_second": done / (time.perf_counter() - start),
-                     **noised_run(0, batch_noise)}
+    supply = done / (time.perf_counter() - start)
     # what the noise costs the step, as a share of it: on a GPU the host's timers see kernel
-    # launches, not the device waiting for data, so the same training without noise says it
-    clean = noised_run(0, clean=True)["images_per_second"]
-    torch_backend.update(clean_images_per_second=clean,
-                         noise_step_share=1 - torch_backend["images_per_second"] / clean)
+    # launches, not the device waiting for data, so the same training without noise says it;
+    # noised and clean runs alternate twice, so a drift of the machine falls on both alike
+    noised, clean = zip(*[(noised_run(0, batch_noise), noised_run(0, clean=True))
+                          for _ in range(2)])
+    torch_backend = {"noise_images_per_second": supply,
+                     **{k: float(np.mean([r[k] for r in noised])) for k in noised[0]},
+                     "clean_images_per_second": float(np.mean([r["images_per_second"]
+                                                               for r in clean]))}
+    torch_backend["noise_step_share"] = (1 - torch_backend["images_per_second"]
+                                         / torch_backend["clean_images_per_second"])
     return {"noise_images_per_second_per_worker": per_worker,
             "train_consumes_images_per_second": consume_images_per_second,
             "supply_over_demand_per_worker": per_worker / consume_images_per_second,
