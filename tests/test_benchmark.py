@@ -159,6 +159,31 @@ def test_every_figure_is_present_and_finite(quick):
     assert (tmp / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_training_step_ratio_is_the_median_pair_of_several(monkeypatch):
+    """`train_step(repeats=3)`: three (framework, bare loop) pairs, the figures of the pair
+    with the median ratio, every pair's ratio listed."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import bench_speed
+
+    per_step = iter([0.3, 0.1, 0.2])  # the framework's seconds per step, pair by pair
+    real = bench_speed.train_model
+
+    def timed(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if args[5].tag == "speed":  # a timed framework run (not the warm-up)
+            result.seconds = next(per_step) * result.steps
+        return result
+
+    monkeypatch.setattr(bench_speed, "train_model", timed)
+    config = bench_speed._recipe("digits").with_overrides(["train.batch_size=4",
+                                                           "train.unlabeled_ratio=1"])
+    step = bench_speed.train_step(config, 2, torch.device("cpu"), (8, 8, 1), repeats=3)
+    assert len(step["ratios"]) == 3 and step["ratios"] == sorted(step["ratios"])
+    assert step["ratio"] == step["ratios"][1]
+    assert step["framework_s_per_step"] == pytest.approx(0.2)  # the median pair's own time
+    assert step["ratio"] == pytest.approx(0.2 / step["bare_s_per_step"])
+
+
 def test_ratios_come_from_measured_times(quick, speed_training):
     _, data = quick
     cpu = data["speed"]["cpu"]

@@ -656,10 +656,13 @@ def speed_section(sp: dict[str, Any]) -> list[str]:
             continue
         d = sp[device]
         ts, inf, nz = d["train_step"], d["inference"], d["noise"]
+        ratios = ts.get("ratios", [])
+        pairs = (f"; the median of {len(ratios)} pairs: " + ", ".join(f"{r:.3f}" for r in ratios)
+                 if len(ratios) > 1 else "")
         rows = [["training step: `train_model` / bare loop", f"{ts['ratio']:.3f}",
                  f"{ts['framework_s_per_step'] * 1000:.1f} ms / {ts['bare_s_per_step'] * 1000:.1f}"
                  f" ms per step of {ts['batch']} ({ts['framework_images_per_second']:.0f} / "
-                 f"{ts['bare_images_per_second']:.0f} img/s)", f"<= {TARGETS['train_step']}",
+                 f"{ts['bare_images_per_second']:.0f} img/s{pairs})", f"<= {TARGETS['train_step']}",
                  _ok(ts["ratio"] <= TARGETS["train_step"])],
                 ["pseudo-labeling: `predict_logits` / bare `model(x)`", f"{inf['ratio']:.3f}",
                  f"{inf['framework_images_per_second']:.0f} / {inf['bare_images_per_second']:.0f}"
