@@ -254,6 +254,7 @@ def test_deferred_steps_read_nothing_from_the_device_between_log_lines(monkeypat
         name = func.__name__.split(".")[0]
         return name in waits or (name in ("index", "index_put", "index_put_") and any(
             i is not None and i.dtype == torch.bool for i in args[1]))  # a boolean mask
+
     outside, read_at = [], []  # (step, op) of a read in a step; steps at which records are read
 
     class Reads(TorchDispatchMode):

@@ -158,7 +158,7 @@ def noise_supply(config: Config, n: int, consume_images_per_second: float,
     per_worker = n / (time.perf_counter() - start)
     t = config.train
     b_pse = t.batch_size * t.unlabeled_ratio
-    pse = NoisedDataset(images[:b_pse * steps], targets[:b_pse * steps], noise, [0.5], [0.25], 1)
+    pse = NoisedDataset(images, targets, noise, [0.5], [0.25], 1)
 
     def noised_run(num_workers: int, batch_noise: BatchNoise | None = None,
                    clean: bool = False) -> dict[str, float]:
